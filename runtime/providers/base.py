@@ -1,0 +1,435 @@
+"""The adapter contract and the one boundary where HTTP and its failures are translated.
+
+An :class:`Adapter` is protocol code for one provider dialect, bound to one endpoint:
+it builds requests (URL, headers and body bytes are prepared once, at construction,
+where they can be) and decodes answers and error bodies. It keeps no per-request state.
+
+:class:`ProviderClient` does the I/O over the runtime's shared ``aiohttp`` session and
+is the only code that catches ``aiohttp``, ``asyncio`` timeout and ``msgspec`` errors:
+each becomes one class of :mod:`runtime.errors`, raised ``from`` the original.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import aiohttp
+import msgspec
+
+from ..errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ConnectionFailed,
+    ContextWindowExceeded,
+    LLMError,
+    NotFound,
+    Overloaded,
+    ProtocolError,
+    ProviderError,
+    RateLimited,
+    ServerError,
+    Timeout,
+)
+from ..policy import Endpoint
+from ..types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, RateLimitSnapshot, StreamChunk
+
+__all__ = [
+    "Adapter",
+    "ChunkStream",
+    "HTTPRequest",
+    "ProviderClient",
+    "StreamDecoder",
+    "error_class_for_status",
+    "parse_go_duration",
+    "parse_retry_after",
+]
+
+
+class HTTPRequest(NamedTuple):
+    """What to send: method, absolute URL, headers and body bytes."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None = None
+
+
+class StreamDecoder(abc.ABC):
+    """Incremental decoder of one streamed reply.
+
+    ``feed`` takes bytes split anywhere and returns the chunks completed by them; it
+    raises the matching :class:`ProviderError` for an error event inside the stream.
+    ``finish`` is called at end of input and raises :class:`ProtocolError` when the
+    terminal event (``[DONE]``, ``message_stop``, ``done: true``) never came.
+    """
+
+    done: bool = False
+
+    @abc.abstractmethod
+    def feed(self, data: bytes) -> list[StreamChunk]: ...
+
+    @abc.abstractmethod
+    def finish(self) -> list[StreamChunk]: ...
+
+
+class Adapter(abc.ABC):
+    """Protocol code for one provider dialect, bound to one endpoint.
+
+    Subclasses prepare URLs and constant headers in ``__init__``. Every ``parse_*``
+    method raises :class:`ProtocolError` for a body it cannot read; ``parse_error``
+    returns (never raises) the one error class the status and body mean.
+    """
+
+    provider: str = ""
+    #: media types a successful stream may come as (the first is the canonical one)
+    stream_content_types: tuple[str, ...] = ("text/event-stream",)
+
+    def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self._api_key = api_key
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} endpoint={self.name!r} model={self.endpoint.model!r}>"
+
+    @abc.abstractmethod
+    def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest: ...
+
+    @abc.abstractmethod
+    def parse_chat(self, body: bytes) -> ChatResponse: ...
+
+    @abc.abstractmethod
+    def stream_decoder(self) -> StreamDecoder: ...
+
+    @abc.abstractmethod
+    def embed_request(self, request: EmbeddingRequest) -> HTTPRequest: ...
+
+    @abc.abstractmethod
+    def parse_embed(self, body: bytes) -> EmbeddingResponse: ...
+
+    @abc.abstractmethod
+    def probe_request(self) -> HTTPRequest: ...
+
+    @abc.abstractmethod
+    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError: ...
+
+    def rate_limit(self, headers: Mapping[str, str]) -> RateLimitSnapshot | None:
+        """The provider's rate-limit headers, when it sends any."""
+        return None
+
+    def redact(self, text: str) -> str:
+        """``text`` with this endpoint's key removed, for anything copied out of a response."""
+        key = self._api_key
+        if key and key in text:
+            text = text.replace(key, "***")
+        return text
+
+
+# --- header reading -------------------------------------------------------------------
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(value: str) -> float | None:
+    """Seconds in a Go duration such as ``"6m0s"``, ``"12ms"`` or ``"2m59.56s"``; None if unreadable."""
+    value = value.strip()
+    if not value:
+        return None
+    pos = 0
+    total = 0.0
+    for match in _GO_DURATION.finditer(value):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(value):
+        try:
+            return float(value)  # a bare number means seconds
+        except ValueError:
+            return None
+    return total
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date); None if absent."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def should_retry_header(headers: Mapping[str, str]) -> bool | None:
+    """The provider's ``x-should-retry`` verdict, when it gives one."""
+    value = headers.get("x-should-retry")
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    return None
+
+
+def error_class_for_status(status: int) -> type[ProviderError]:
+    """The error class an HTTP status means before the body is read."""
+    if status == 429:
+        return RateLimited
+    if status in (401, 403):
+        return AuthenticationFailed
+    if status == 404:
+        return NotFound
+    if status in (503, 529):
+        return Overloaded
+    if status >= 500:
+        return ServerError
+    if status == 408:
+        return Timeout
+    return BadRequest
+
+
+_CONTEXT_PATTERNS = re.compile(
+    r"context_length_exceeded|maximum context length|context length|prompt is too long|"
+    r"too many tokens|context window|exceeds the context",
+    re.IGNORECASE,
+)
+
+
+def looks_like_context_overflow(text: str) -> bool:
+    """True when an error message or code says the prompt does not fit the context window."""
+    return _CONTEXT_PATTERNS.search(text) is not None
+
+
+def build_error(
+    adapter: Adapter,
+    status: int,
+    headers: Mapping[str, str],
+    message: str,
+    *,
+    code: str | None = None,
+    error_type: str | None = None,
+    cls: type[ProviderError] | None = None,
+) -> ProviderError:
+    """The error for a failed response, with the fields every adapter fills the same way."""
+    if cls is None:
+        cls = error_class_for_status(status)
+        if cls is BadRequest and looks_like_context_overflow(f"{code or ''} {message}"):
+            cls = ContextWindowExceeded
+    return cls(
+        adapter.redact(message) or f"HTTP {status}",
+        endpoint=adapter.name,
+        provider=adapter.provider,
+        status=status,
+        retry_after=parse_retry_after(headers),
+        code=code,
+        error_type=error_type,
+        rate_limit=adapter.rate_limit(headers),
+    )
+
+
+# --- the I/O boundary ------------------------------------------------------------------
+
+
+class ProviderClient:
+    """Sends an adapter's requests over the shared session and translates every failure.
+
+    Methods return the decoded value and the rate-limit snapshot the response carried.
+    """
+
+    __slots__ = ("adapter", "endpoint", "session", "_name", "_provider")
+
+    def __init__(self, adapter: Adapter, session: aiohttp.ClientSession) -> None:
+        self.adapter = adapter
+        self.endpoint = adapter.endpoint
+        self.session = session
+        self._name = adapter.name
+        self._provider = adapter.provider
+
+    def __repr__(self) -> str:
+        return f"<ProviderClient {self.adapter!r}>"
+
+    def _timeout(self, seconds: float, what: str) -> Timeout:
+        return Timeout(f"no {what} within {seconds:g}s", endpoint=self._name, provider=self._provider)
+
+    def _connection(self, exc: BaseException) -> ConnectionFailed:
+        return ConnectionFailed(
+            self.adapter.redact(f"{type(exc).__name__}: {exc}"), endpoint=self._name, provider=self._provider
+        )
+
+    def _protocol(self, message: str) -> ProtocolError:
+        return ProtocolError(self.adapter.redact(message), endpoint=self._name, provider=self._provider)
+
+    async def _fail(self, resp: aiohttp.ClientResponse) -> ProviderError:
+        body = await resp.read()
+        return self.adapter.parse_error(resp.status, resp.headers, body)
+
+    async def chat(self, request: ChatRequest, timeout: float) -> tuple[ChatResponse, RateLimitSnapshot | None]:
+        """One non-streaming chat attempt, bounded by ``timeout`` seconds."""
+        http = self.adapter.chat_request(request, stream=False)
+        body, headers = await self._exchange(http, timeout, "reply")
+        return self.adapter.parse_chat(body), self.adapter.rate_limit(headers)
+
+    async def embed(self, request: EmbeddingRequest, timeout: float) -> tuple[EmbeddingResponse, RateLimitSnapshot | None]:
+        """One embeddings attempt, bounded by ``timeout`` seconds."""
+        http = self.adapter.embed_request(request)
+        body, headers = await self._exchange(http, timeout, "reply")
+        return self.adapter.parse_embed(body), self.adapter.rate_limit(headers)
+
+    async def probe(self, timeout: float) -> None:
+        """A token-free health probe; raises the error it met."""
+        await self._exchange(self.adapter.probe_request(), timeout, "probe answer")
+
+    async def _exchange(self, http: HTTPRequest, timeout: float, what: str) -> tuple[bytes, Mapping[str, str]]:
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.request(http.method, http.url, headers=http.headers, data=http.body) as resp:
+                    if resp.status >= 400:
+                        raise await self._fail(resp)
+                    body = await resp.read()
+                    if resp.content_type != "application/json" and what == "reply":
+                        raise self._protocol(f"expected application/json, got {resp.content_type!r}")
+                    return body, resp.headers
+        except LLMError:
+            raise
+        except TimeoutError as exc:
+            raise self._timeout(timeout, what) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._connection(exc) from exc
+
+    async def stream(
+        self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float
+    ) -> ChunkStream:
+        """Open one streaming chat attempt; the response headers must come within ``first_chunk_timeout``."""
+        http = self.adapter.chat_request(request, stream=True)
+        stream = ChunkStream(self, first_chunk_timeout, idle_timeout)
+        await stream._open(http)
+        return stream
+
+
+class ChunkStream:
+    """An open streamed reply: an async iterator of :class:`StreamChunk`.
+
+    The first chunk must come within ``first_chunk_timeout`` seconds of the request and
+    each later one within ``idle_timeout`` of the one before (keep-alives do not count).
+    ``aclose()`` closes the connection at once, so the server sees the client leave.
+    """
+
+    __slots__ = ("_client", "_decoder", "_resp", "_pending", "_deadline", "_timeout", "_idle", "_what", "_ended")
+
+    def __init__(self, client: ProviderClient, first_chunk_timeout: float, idle_timeout: float) -> None:
+        self._client = client
+        self._decoder = client.adapter.stream_decoder()
+        self._resp: aiohttp.ClientResponse | None = None
+        self._pending: list[StreamChunk] = []
+        self._deadline = asyncio.get_running_loop().time() + first_chunk_timeout
+        self._timeout = first_chunk_timeout
+        self._idle = idle_timeout
+        self._what = "first chunk"
+        self._ended = False
+
+    async def _open(self, http: HTTPRequest) -> None:
+        client = self._client
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                resp = await client.session.request(http.method, http.url, headers=http.headers, data=http.body)
+                self._resp = resp
+                if resp.status >= 400:
+                    raise await client._fail(resp)
+                if resp.content_type not in client.adapter.stream_content_types:
+                    body = await resp.read()
+                    if resp.content_type == "application/json":
+                        # an error body under a 2xx status still says what went wrong
+                        raise client.adapter.parse_error(resp.status if resp.status >= 400 else 502, resp.headers, body)
+                    raise client._protocol(
+                        f"expected {client.adapter.stream_content_types[0]}, got {resp.content_type!r}"
+                    )
+        except BaseException as exc:
+            self._close()
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    @property
+    def rate_limit(self) -> RateLimitSnapshot | None:
+        """The rate-limit headers the response carried."""
+        return self._client.adapter.rate_limit(self._resp.headers) if self._resp is not None else None
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._pending:
+            return self._pending.pop(0)
+        if self._ended or self._resp is None:
+            raise StopAsyncIteration
+        content = self._resp.content
+        decoder = self._decoder
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                while True:
+                    data = await content.readany()
+                    chunks = decoder.feed(data) if data else decoder.finish()
+                    if chunks or not data or decoder.done:
+                        break
+        except BaseException as exc:
+            self._close()
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        if not data or decoder.done:
+            self._ended = True
+            self._close()
+        if self._what == "first chunk":
+            self._what = "next chunk"
+            self._timeout = self._idle
+        self._deadline = asyncio.get_running_loop().time() + self._timeout
+        if not chunks:
+            raise StopAsyncIteration
+        first = chunks[0]
+        if len(chunks) > 1:
+            self._pending.extend(chunks[1:])
+        return first
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        client = self._client
+        if isinstance(exc, LLMError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return client._timeout(self._timeout, self._what)
+        if isinstance(exc, (aiohttp.ClientError, OSError)):
+            return client._connection(exc)
+        if isinstance(exc, msgspec.MsgspecError):
+            return client._protocol(f"undecodable stream: {exc}")
+        return exc
+
+    def _close(self) -> None:
+        resp = self._resp
+        if resp is not None:
+            self._resp = None
+            resp.close()
+
+    async def aclose(self) -> None:
+        """Close the connection now; the iterator ends."""
+        self._ended = True
+        self._pending.clear()
+        self._close()

@@ -1,0 +1,68 @@
+"""OpenTelemetry spans for state transitions and requests.
+
+Everything goes through the global OpenTelemetry API, so it costs next to nothing when
+no SDK is configured and lands in the user's pipeline when one is. The tracer is looked
+up once per call site group, not per request.
+
+Transition spans are instantaneous: one span per real transition, named
+``"{kind} {to_state}"`` (``"breaker open"``, ``"endpoint throttled"``,
+``"actor restarted"``), with these attributes:
+
+=============  ==============================================================
+``endpoint``   the endpoint's name
+``provider``   its provider
+``model``      its model
+``from_state`` the state before
+``to_state``   the state after
+``reason``     why, in a few words
+figures        what the decision rested on: ``failure_count``, ``failure_rate``,
+               ``retry_after``, ``open_for``, ``restarts`` …
+=============  ==============================================================
+
+A transition to the same state is not a transition: :func:`emit_transition` drops it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+
+__all__ = ["INSTRUMENTATION_NAME", "emit_transition", "tracer"]
+
+INSTRUMENTATION_NAME = "llm-runtime"
+
+
+def tracer() -> trace.Tracer:
+    """The runtime's tracer from the current global provider."""
+    return trace.get_tracer(INSTRUMENTATION_NAME)
+
+
+def emit_transition(
+    kind: str,
+    *,
+    endpoint: str,
+    provider: str,
+    model: str,
+    from_state: str,
+    to_state: str,
+    reason: str,
+    **figures: float | int | str | bool | None,
+) -> bool:
+    """Emit one span for a state transition; return False (and emit nothing) for a no-op."""
+    if from_state == to_state:
+        return False
+    attributes: dict[str, Any] = {
+        "endpoint": endpoint,
+        "provider": provider,
+        "model": model,
+        "from_state": from_state,
+        "to_state": to_state,
+        "reason": reason,
+    }
+    for key, value in figures.items():
+        if value is not None:
+            attributes[key] = value
+    span = tracer().start_span(f"{kind} {to_state}", attributes=attributes)
+    span.end()
+    return True

@@ -1,0 +1,204 @@
+"""Provider-neutral wire types.
+
+Every value that crosses a boundary (caller ↔ runtime, runtime ↔ adapter) is one of
+these msgspec structs. Provider-native shapes never leave their adapter: each adapter
+keeps private view structs and translates into these.
+
+All structs share :class:`Struct`'s configuration: keyword-only construction and
+``omit_defaults`` so encoded replies stay small. New fields always get defaults, so
+older encoded values keep decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Attempt",
+    "ChatRequest",
+    "ChatResponse",
+    "ContentPart",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "ImagePart",
+    "Message",
+    "RateLimitSnapshot",
+    "Role",
+    "StreamChunk",
+    "Struct",
+    "TextPart",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Struct(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Base of every wire type: keyword-only, defaults omitted when encoded."""
+
+
+class TextPart(Struct, tag="text", tag_field="type"):
+    """A text part of a multi-part message."""
+
+    text: str
+
+
+class ImagePart(Struct, tag="image_url", tag_field="type"):
+    """An image part, by URL (``https://…`` or a ``data:`` URL)."""
+
+    url: str
+    detail: str | None = None
+
+
+ContentPart = TextPart | ImagePart
+
+
+class ToolCall(Struct):
+    """A whole tool call the model asked for. ``arguments`` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallDelta(Struct):
+    """A fragment of a tool call inside a stream; fragments with one ``index`` add up to a call."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class Message(Struct):
+    """One conversation turn.
+
+    ``content`` is plain text or a list of parts; an assistant turn may carry
+    ``tool_calls`` instead of text, and a ``tool`` turn answers one call by ``tool_call_id``.
+    """
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text, with the text parts of a multi-part message joined."""
+        content = self.content
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        return "".join(p.text for p in content if isinstance(p, TextPart))
+
+
+class Usage(Struct):
+    """Token counts of one reply.
+
+    ``estimated`` is true when the provider reported nothing and the runtime counted
+    the tokens itself; the provider's own figures always win when it reports them.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    estimated: bool = False
+
+
+class RateLimitSnapshot(Struct, frozen=True):
+    """What a provider's rate-limit headers said; resets are seconds from when it was read."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+
+class Attempt(Struct, frozen=True):
+    """One try at one endpoint: the endpoint's name, the error it ended with (None on success), seconds spent."""
+
+    endpoint: str
+    error: Any = None
+    elapsed: float = 0.0
+    hedge: bool = False
+
+
+class ChatRequest(Struct):
+    """A chat request as the runtime carries it to an adapter.
+
+    ``model`` is a route (a group or model name) at the dispatcher and is replaced by
+    the endpoint's own model when the adapter builds the HTTP body.
+    """
+
+    messages: list[Message]
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+class ChatResponse(Struct):
+    """A whole reply: the text, why it ended, what it cost and how it was obtained."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    model: str = ""
+    endpoint: str = ""
+    provider: str = ""
+    id: str | None = None
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    reasoning: str | None = None
+    cost_usd: float = 0.0
+    cached: bool = False
+    stale: bool = False
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+
+
+class StreamChunk(Struct):
+    """One piece of a streamed reply. Text, reasoning and tool-call fragments are deltas;
+    ``usage`` and ``finish_reason`` arrive once, near the end."""
+
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+    id: str | None = None
+
+
+class EmbeddingRequest(Struct):
+    """Texts to embed; ``model`` routes like a chat request's."""
+
+    inputs: list[str]
+    model: str | None = None
+    dimensions: int | None = None
+
+
+class EmbeddingResponse(Struct):
+    """One vector per input, in input order."""
+
+    vectors: list[list[float]]
+    model: str = ""
+    endpoint: str = ""
+    provider: str = ""
+    usage: Usage = msgspec.field(default_factory=Usage)
+    cost_usd: float = 0.0
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
