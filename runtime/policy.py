@@ -61,7 +61,7 @@ def _positive(value: float | None, key: str, endpoint: str | None = None, *, zer
     _check(value >= 0 if zero_ok else value > 0, key, f"must be {'>= 0' if zero_ok else '> 0'}, got {value!r}", endpoint)
 
 
-class BreakerPolicy(_Config):
+class BreakerPolicy(_Config, frozen=True):
     """When an endpoint's circuit breaker opens, and for how long.
 
     It opens on ``failure_threshold`` consecutive failures, or when at least
@@ -93,7 +93,7 @@ class BreakerPolicy(_Config):
         _check(self.half_open_calls >= 1, "breaker.half_open_calls", "must be >= 1")
 
 
-class HealthPolicy(_Config):
+class HealthPolicy(_Config, frozen=True):
     """The health-probe loop: a token-free probe every ``interval`` seconds (jittered,
     backing off while the endpoint is down), each allowed ``timeout`` seconds."""
 
@@ -106,7 +106,7 @@ class HealthPolicy(_Config):
         _positive(self.timeout, "health.timeout")
 
 
-class Price(_Config):
+class Price(_Config, frozen=True):
     """USD per million tokens; overrides the shipped price table for one endpoint."""
 
     input: float
@@ -119,7 +119,7 @@ class Price(_Config):
         _positive(self.cached_input, "price.cached_input", zero_ok=True)
 
 
-class Budget(_Config):
+class Budget(_Config, frozen=True):
     """Spending limits. Past one, requests are refused with BudgetExceeded before sending.
 
     Daily limits reset at midnight UTC, monthly ones on the first of the month. A
@@ -138,7 +138,7 @@ class Budget(_Config):
         _check(0.0 < self.warn_at <= 1.0, "budget.warn_at", "must be in (0, 1]")
 
 
-class Endpoint(_Config):
+class Endpoint(_Config, frozen=True):
     """One LLM endpoint: where it is, how to reach it, and the policies it runs under.
 
     The key comes from ``api_key``, else the variable ``api_key_env`` names, else the
@@ -216,7 +216,7 @@ class Endpoint(_Config):
 
     def key_problem(self) -> str | None:
         """Why this endpoint cannot authenticate, or None when it can (or needs no key)."""
-        if self.api_key or self.provider not in KEY_REQUIRED and not self.api_key_env:
+        if self.api_key or (self.provider not in KEY_REQUIRED and not self.api_key_env):
             return None
         env = self.key_env
         if env and not os.environ.get(env):
@@ -237,7 +237,7 @@ def _secret_header(name: str) -> bool:
     return any(word in lowered for word in ("key", "auth", "token", "secret"))
 
 
-class RetryPolicy(_Config):
+class RetryPolicy(_Config, frozen=True):
     """How failed attempts are retried.
 
     At most ``max_attempts`` attempts per request, across endpoints. Before trying the
@@ -261,7 +261,7 @@ class RetryPolicy(_Config):
         _positive(self.budget_floor, "retry.budget_floor", zero_ok=True)
 
 
-class HedgePolicy(_Config):
+class HedgePolicy(_Config, frozen=True):
     """Hedged requests (off unless given): when the first attempt has not answered after
     ``after`` seconds (or the endpoint's observed p95 latency, ``"p95"``), up to
     ``max_extra`` more attempts go to other endpoints; the first answer wins. Hedges
@@ -273,12 +273,12 @@ class HedgePolicy(_Config):
 
     def __post_init__(self) -> None:
         if self.after != "p95":
-            _positive(self.after, "hedge.after")  # type: ignore[arg-type]
+            _positive(self.after, "hedge.after")
         _check(self.max_extra >= 1, "hedge.max_extra", "must be >= 1")
         _positive(self.budget_ratio, "hedge.budget_ratio")
 
 
-class CachePolicy(_Config):
+class CachePolicy(_Config, frozen=True):
     """The response cache: at most ``max_entries`` replies, each kept ``ttl`` seconds.
 
     Only deterministic requests (temperature 0) are cached unless a request passes

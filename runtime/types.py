@@ -22,6 +22,7 @@ __all__ = [
     "ContentPart",
     "EmbeddingRequest",
     "EmbeddingResponse",
+    "FrozenStruct",
     "ImagePart",
     "Message",
     "RateLimitSnapshot",
@@ -39,6 +40,10 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 class Struct(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of every wire type: keyword-only, defaults omitted when encoded."""
+
+
+class FrozenStruct(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """Base of immutable values: snapshots, statistics, attempt records."""
 
 
 class TextPart(Struct, tag="text", tag_field="type"):
@@ -113,7 +118,7 @@ class Usage(Struct):
     estimated: bool = False
 
 
-class RateLimitSnapshot(Struct, frozen=True):
+class RateLimitSnapshot(FrozenStruct, frozen=True):
     """What a provider's rate-limit headers said; resets are seconds from when it was read."""
 
     limit_requests: int | None = None
@@ -124,13 +129,15 @@ class RateLimitSnapshot(Struct, frozen=True):
     reset_tokens: float | None = None
 
 
-class Attempt(Struct, frozen=True):
-    """One try at one endpoint: the endpoint's name, the error it ended with (None on success), seconds spent."""
+class Attempt(FrozenStruct, frozen=True):
+    """One try at one endpoint: the endpoint's name, the error it ended with (None on success
+    or when it was cancelled because a hedged twin answered first), seconds spent."""
 
     endpoint: str
     error: Any = None
     elapsed: float = 0.0
     hedge: bool = False
+    cancelled: bool = False
 
 
 class ChatRequest(Struct):

@@ -8,6 +8,8 @@ import pytest
 
 from runtime.testing import VirtualClockLoop
 
+pytest_plugins = ["otel_fixtures"]
+
 
 @pytest.fixture
 def anyio_backend() -> tuple[str, dict[str, Any]]:

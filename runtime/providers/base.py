@@ -254,7 +254,7 @@ class ProviderClient:
     Methods return the decoded value and the rate-limit snapshot the response carried.
     """
 
-    __slots__ = ("adapter", "endpoint", "session", "_name", "_provider")
+    __slots__ = ("_name", "_provider", "adapter", "endpoint", "session")
 
     def __init__(self, adapter: Adapter, session: aiohttp.ClientSession) -> None:
         self.adapter = adapter
@@ -332,7 +332,7 @@ class ChunkStream:
     ``aclose()`` closes the connection at once, so the server sees the client leave.
     """
 
-    __slots__ = ("_client", "_decoder", "_resp", "_pending", "_deadline", "_timeout", "_idle", "_what", "_ended")
+    __slots__ = ("_client", "_deadline", "_decoder", "_ended", "_idle", "_pending", "_resp", "_timeout", "_what")
 
     def __init__(self, client: ProviderClient, first_chunk_timeout: float, idle_timeout: float) -> None:
         self._client = client

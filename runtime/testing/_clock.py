@@ -53,7 +53,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self.autojump_threshold = autojump_threshold
         self._offset = 0.0
-        self._selector = _FastForwardSelector(self._selector, self)  # type: ignore[has-type,assignment]
+        inner: selectors.BaseSelector = self._selector
+        self._selector = _FastForwardSelector(inner, self)  # type: ignore[assignment]
 
     def time(self) -> float:
         return time.monotonic() + self._offset

@@ -1,0 +1,238 @@
+"""Configuration from files and the environment, validated into :mod:`runtime.policy` structs.
+
+A file (TOML, or JSON by its ``.json`` suffix) has top-level runtime keys and one
+``[[endpoints]]`` table per endpoint::
+
+    timeout = 30
+    [retry]
+    max_attempts = 3
+    [[endpoints]]
+    name = "primary"
+    provider = "openai"
+    model = "gpt-4o-mini"
+    api_key_env = "OPENAI_API_KEY"
+
+Every problem is a :class:`~runtime.errors.ConfigError` naming the key (``endpoints[0].rpm``)
+and the endpoint, and nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError
+from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
+
+__all__ = ["RuntimeConfig", "endpoints_from_env", "load_config", "parse_config"]
+
+
+class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The whole file: runtime-wide settings and the endpoints."""
+
+    endpoints: list[Endpoint]
+    timeout: float = 60.0
+    shutdown_grace: float = 10.0
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    hedge: HedgePolicy | None = None
+    cache: CachePolicy | None = None
+    budget: Budget | None = None
+
+    def runtime_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`runtime.Runtime`."""
+        return {
+            "endpoints": self.endpoints,
+            "timeout": self.timeout,
+            "shutdown_grace": self.shutdown_grace,
+            "retry": self.retry,
+            "hedge": self.hedge,
+            "cache": self.cache,
+            "budget": self.budget,
+        }
+
+
+_PATH = re.compile(r"`\$(?P<path>[^`]*)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RuntimeConfig:
+    """Validate already-parsed data (a dict from TOML or JSON) into a :class:`RuntimeConfig`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a table", key="$")
+    if "endpoints" not in data:
+        raise ConfigError(f"{source}: no [[endpoints]] given", key="endpoints")
+    try:
+        return msgspec.convert(data, RuntimeConfig, strict=True)
+    except ConfigError as exc:
+        # Raised by a struct's own checks; say which endpoint when it is one of them.
+        if exc.endpoint is None:
+            endpoint = _endpoint_of_failure(data, exc)
+            if endpoint is not None:
+                raise ConfigError(str(exc), key=exc.key, endpoint=endpoint) from None
+        raise
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, data, source) from None
+
+
+def _endpoint_of_failure(data: Mapping[str, Any], exc: ConfigError) -> str | None:
+    # Re-validate endpoint by endpoint to find the one that failed.
+    for raw in data.get("endpoints") or []:
+        try:
+            msgspec.convert(raw, Endpoint, strict=True)
+        except (ConfigError, msgspec.ValidationError):
+            return str(raw.get("name")) if isinstance(raw, Mapping) else None
+    return None
+
+
+def _translate(exc: msgspec.ValidationError, data: Mapping[str, Any], source: str) -> ConfigError:
+    message = str(exc)
+    match = _PATH.search(message)
+    path = match.group("path") if match else ""
+    key = path.lstrip(".")
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        key = f"{key}.{unknown.group('field')}".lstrip(".")
+    endpoint = None
+    m = re.match(r"\.?endpoints\[(\d+)\]", path)
+    if m:
+        index = int(m.group(1))
+        endpoints = data.get("endpoints") or []
+        if index < len(endpoints) and isinstance(endpoints[index], Mapping):
+            endpoint = endpoints[index].get("name")
+        key = re.sub(r"^endpoints\[\d+\]\.?", "", key) or "endpoints"
+    detail = _PATH.sub("", message).rstrip(" -")
+    if unknown:
+        detail = f"unknown key {unknown.group('field')!r}"
+    return ConfigError(f"{source}: {detail}", key=key or None, endpoint=str(endpoint) if endpoint is not None else None)
+
+
+def load_config(path: str | Path) -> RuntimeConfig:
+    """Read and validate a TOML (or ``.json``) configuration file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror or exc}", key="path") from None
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(raw)
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p} is not valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+    return parse_config(data, source=str(p))
+
+
+# --- the environment ------------------------------------------------------------------
+
+# Without LLM_BACKEND every provider whose variables are set joins, in this order.
+_CHAIN = ("azure", "openai", "anthropic", "deepseek", "ollama", "custom")
+_BACKENDS = {"azure", "openai", "anthropic", "deepseek", "ollama", "custom", "openai-compatible"}
+
+
+def _env_endpoint(kind: str, env: Mapping[str, str], priority: int, *, required: bool) -> Endpoint | None:
+    def need(var: str) -> str | None:
+        value = env.get(var)
+        if not value and required:
+            raise ConfigError(f"LLM_BACKEND={kind} needs {var} to be set", key=var)
+        return value or None
+
+    match kind:
+        case "openai":
+            if not required and not env.get("OPENAI_API_KEY"):
+                return None
+            need("OPENAI_API_KEY")
+            return Endpoint(
+                name="openai", provider="openai", model=env.get("OPENAI_MODEL") or "gpt-4o-mini",
+                base_url=env.get("OPENAI_BASE_URL") or None, api_key_env="OPENAI_API_KEY", priority=priority,
+            )
+        case "azure":
+            if not required and not (env.get("AZURE_OPENAI_API_KEY") and env.get("AZURE_OPENAI_ENDPOINT")):
+                return None
+            need("AZURE_OPENAI_API_KEY")
+            base = need("AZURE_OPENAI_ENDPOINT")
+            return Endpoint(
+                name="azure", provider="azure", model=need("AZURE_OPENAI_DEPLOYMENT") or "",
+                base_url=base, api_key_env="AZURE_OPENAI_API_KEY",
+                api_version=env.get("OPENAI_API_VERSION") or None, priority=priority,
+            )
+        case "anthropic":
+            if not required and not env.get("ANTHROPIC_API_KEY"):
+                return None
+            need("ANTHROPIC_API_KEY")
+            return Endpoint(
+                name="anthropic", provider="anthropic", model=env.get("ANTHROPIC_MODEL") or "claude-3-5-haiku-latest",
+                api_key_env="ANTHROPIC_API_KEY", priority=priority,
+            )
+        case "deepseek":
+            if not required and not env.get("DEEPSEEK_API_KEY"):
+                return None
+            need("DEEPSEEK_API_KEY")
+            return Endpoint(
+                name="deepseek", provider="deepseek", model=env.get("DEEPSEEK_MODEL") or "deepseek-chat",
+                base_url=env.get("DEEPSEEK_BASE_URL") or None, api_key_env="DEEPSEEK_API_KEY", priority=priority,
+            )
+        case "ollama":
+            base = env.get("OLLAMA_BASE_URL") or env.get("OLLAMA_HOST")
+            if not required and not base and not env.get("OLLAMA_MODEL"):
+                return None
+            if base and not base.startswith(("http://", "https://")):
+                base = f"http://{base}"  # OLLAMA_HOST is often host:port
+            return Endpoint(
+                name="ollama", provider="ollama", model=env.get("OLLAMA_MODEL") or "llama3.2",
+                base_url=base or None, priority=priority,
+            )
+        case _:  # custom / openai-compatible
+            if not required and not env.get("CUSTOM_LLM_URL"):
+                return None
+            url = need("CUSTOM_LLM_URL")
+            headers: dict[str, str] = {}
+            raw_headers = env.get("CUSTOM_LLM_HEADERS")
+            if raw_headers:
+                try:
+                    headers = msgspec.convert(json.loads(raw_headers), dict[str, str])
+                except (ValueError, msgspec.ValidationError):
+                    raise ConfigError("must be a JSON object of header names to strings", key="CUSTOM_LLM_HEADERS") from None
+            return Endpoint(
+                name="custom", provider="openai-compatible", model=need("CUSTOM_LLM_MODEL") or "",
+                base_url=url, api_key_env="CUSTOM_LLM_API_KEY" if env.get("CUSTOM_LLM_API_KEY") else None,
+                headers=headers, priority=priority,
+            )
+
+
+def endpoints_from_env(environ: Mapping[str, str] | None = None) -> list[Endpoint]:
+    """Endpoints from ``LLM_BACKEND`` and the providers' usual variables.
+
+    With ``LLM_BACKEND`` set (``openai``, ``azure``, ``anthropic``, ``deepseek``,
+    ``ollama``, ``custom``) that one provider is used and its variables are required.
+    Without it, every provider whose variables are set joins a priority chain:
+    Azure, OpenAI, Anthropic, DeepSeek, Ollama, custom.
+    """
+    env = os.environ if environ is None else environ
+    backend = (env.get("LLM_BACKEND") or "").strip().lower()
+    if backend:
+        if backend not in _BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; one of {', '.join(sorted(_BACKENDS))}", key="LLM_BACKEND")
+        kind = "custom" if backend == "openai-compatible" else backend
+        endpoint = _env_endpoint(kind, env, 1, required=True)
+        assert endpoint is not None
+        return [endpoint]
+    endpoints: list[Endpoint] = []
+    for kind in _CHAIN:
+        endpoint = _env_endpoint(kind, env, len(endpoints) + 1, required=False)
+        if endpoint is not None:
+            endpoints.append(endpoint)
+    if not endpoints:
+        raise ConfigError(
+            "no LLM provider configured: set LLM_BACKEND, or OPENAI_API_KEY, AZURE_OPENAI_API_KEY + "
+            "AZURE_OPENAI_ENDPOINT, ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OLLAMA_BASE_URL/OLLAMA_HOST or CUSTOM_LLM_URL",
+            key="LLM_BACKEND",
+        )
+    return endpoints
