@@ -53,8 +53,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self.autojump_threshold = autojump_threshold
         self._offset = 0.0
-        inner: selectors.BaseSelector = self._selector
-        self._selector = _FastForwardSelector(inner, self)  # type: ignore[assignment]
+        inner: selectors.BaseSelector = self._selector  # type: ignore[has-type]
+        self._selector = _FastForwardSelector(inner, self)
 
     def time(self) -> float:
         return time.monotonic() + self._offset
