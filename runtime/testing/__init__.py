@@ -1,5 +1,21 @@
 """Test support: fault-injecting local LLM endpoints and a fast-forwarding event loop."""
 
 from ._clock import VirtualClockLoop as VirtualClockLoop
+from ._server import Decision as Decision
+from ._server import Dialect as Dialect
+from ._server import Faults as Faults
+from ._server import FaultyEndpoint as FaultyEndpoint
+from ._server import LocalEndpoints as LocalEndpoints
+from ._server import ServerStats as ServerStats
+from ._server import Step as Step
 
-__all__ = ["VirtualClockLoop"]
+__all__ = [
+    "Decision",
+    "Dialect",
+    "FaultyEndpoint",
+    "Faults",
+    "LocalEndpoints",
+    "ServerStats",
+    "Step",
+    "VirtualClockLoop",
+]
