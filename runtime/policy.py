@@ -244,14 +244,16 @@ class RetryPolicy(_Config, frozen=True):
     same endpoint again the dispatcher waits ``backoff_base * 2**n`` seconds (full
     jitter, at most ``backoff_max``). Retries are rationed by a retry budget: extra
     attempts may add at most ``budget_ratio`` of the requests of the last 10 seconds,
-    plus ``budget_floor`` per second, so an outage cannot multiply the load.
+    plus ``budget_floor`` per second, so an outage cannot multiply the load. The
+    defaults are Finagle's: 20 % plus 10 per second, enough for a burst of failovers
+    when an endpoint dies with requests in flight, far too little for a storm.
     """
 
     max_attempts: int = 3
     backoff_base: float = 0.1
     backoff_max: float = 5.0
     budget_ratio: float = 0.2
-    budget_floor: float = 1.0
+    budget_floor: float = 10.0
 
     def __post_init__(self) -> None:
         _check(self.max_attempts >= 1, "retry.max_attempts", "must be >= 1")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import datetime
 import email.utils
 import re
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 import msgspec
@@ -45,9 +46,17 @@ __all__ = [
     "HTTPRequest",
     "ProviderClient",
     "StreamDecoder",
+    "body_snippet",
+    "build_error",
+    "decode_error_body",
     "error_class_for_status",
+    "header_float",
+    "header_int",
+    "looks_like_context_overflow",
     "parse_go_duration",
     "parse_retry_after",
+    "parse_rfc3339_delay",
+    "should_retry_header",
 ]
 
 
@@ -72,10 +81,12 @@ class StreamDecoder(abc.ABC):
     done: bool = False
 
     @abc.abstractmethod
-    def feed(self, data: bytes) -> list[StreamChunk]: ...
+    def feed(self, data: bytes) -> list[StreamChunk]:
+        """The chunks completed by ``data``."""
 
     @abc.abstractmethod
-    def finish(self) -> list[StreamChunk]: ...
+    def finish(self) -> list[StreamChunk]:
+        """The chunks left at end of input; raises :class:`ProtocolError` without the terminal event."""
 
 
 class Adapter(abc.ABC):
@@ -99,25 +110,32 @@ class Adapter(abc.ABC):
         return f"<{type(self).__name__} endpoint={self.name!r} model={self.endpoint.model!r}>"
 
     @abc.abstractmethod
-    def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest: ...
+    def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
+        """The HTTP request of one chat attempt, streamed or not."""
 
     @abc.abstractmethod
-    def parse_chat(self, body: bytes) -> ChatResponse: ...
+    def parse_chat(self, body: bytes) -> ChatResponse:
+        """A whole reply from a 2xx body."""
 
     @abc.abstractmethod
-    def stream_decoder(self) -> StreamDecoder: ...
+    def stream_decoder(self) -> StreamDecoder:
+        """A fresh decoder for one streamed reply."""
 
     @abc.abstractmethod
-    def embed_request(self, request: EmbeddingRequest) -> HTTPRequest: ...
+    def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
+        """The HTTP request of one embeddings attempt (raises :class:`InvalidRequest` if unsupported)."""
 
     @abc.abstractmethod
-    def parse_embed(self, body: bytes) -> EmbeddingResponse: ...
+    def parse_embed(self, body: bytes) -> EmbeddingResponse:
+        """The vectors from a 2xx body."""
 
     @abc.abstractmethod
-    def probe_request(self) -> HTTPRequest: ...
+    def probe_request(self) -> HTTPRequest:
+        """A token-free request that succeeds when the endpoint is reachable and the key works."""
 
     @abc.abstractmethod
-    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError: ...
+    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        """The one error class an error status, its headers and body mean."""
 
     def rate_limit(self, headers: Mapping[str, str]) -> RateLimitSnapshot | None:
         """The provider's rate-limit headers, when it sends any."""
@@ -190,10 +208,15 @@ def should_retry_header(headers: Mapping[str, str]) -> bool | None:
 
 
 def error_class_for_status(status: int) -> type[ProviderError]:
-    """The error class an HTTP status means before the body is read."""
+    """The error class an HTTP status means before the body is read.
+
+    402 (DeepSeek's "Insufficient Balance") counts with 401/403: the endpoint cannot serve
+    anything until someone pays, so it is misconfigured, and another endpoint may serve
+    the request. As a :class:`BadRequest` it would have been raised to the caller unretried.
+    """
     if status == 429:
         return RateLimited
-    if status in (401, 403):
+    if status in (401, 402, 403):
         return AuthenticationFailed
     if status == 404:
         return NotFound
@@ -227,22 +250,102 @@ def build_error(
     code: str | None = None,
     error_type: str | None = None,
     cls: type[ProviderError] | None = None,
+    retry_after: float | None = None,
 ) -> ProviderError:
-    """The error for a failed response, with the fields every adapter fills the same way."""
+    """The error for a failed response, with the fields every adapter fills the same way.
+
+    Without an explicit ``cls`` the status decides, refined by the body and headers: a
+    client error that says the prompt is too long is :class:`ContextWindowExceeded`, and
+    the provider's ``x-should-retry`` verdict overrides the status where the two disagree.
+    ``true`` on an odd client status (409, say) makes it a retryable
+    :class:`ServerError`; ``false`` on a 429 means waiting will not lift the limit (a
+    spent quota), so it is :class:`AuthenticationFailed`: the endpoint is misconfigured
+    until someone acts and other endpoints are tried. ``retry_after`` is the adapter's own
+    reading (from the body, say), used when no ``retry-after`` header came.
+    """
     if cls is None:
         cls = error_class_for_status(status)
         if cls is BadRequest and looks_like_context_overflow(f"{code or ''} {message}"):
             cls = ContextWindowExceeded
+        verdict = should_retry_header(headers)
+        if verdict is True and cls is BadRequest and status not in (400, 413, 422):
+            cls = ServerError
+        elif verdict is False and cls is RateLimited:
+            cls = AuthenticationFailed
+    header_delay = parse_retry_after(headers)
     return cls(
         adapter.redact(message) or f"HTTP {status}",
         endpoint=adapter.name,
         provider=adapter.provider,
         status=status,
-        retry_after=parse_retry_after(headers),
-        code=code,
+        retry_after=header_delay if header_delay is not None else retry_after,
+        code=adapter.redact(code) if code else code,
         error_type=error_type,
         rate_limit=adapter.rate_limit(headers),
     )
+
+
+def decode_error_body(body: bytes) -> Any:
+    """An error body as plain JSON values, or None when it is not JSON.
+
+    Tolerant where error bodies are known to be sloppy: raw newlines and tabs inside
+    strings (Azure's documented content-filter body has them) are read as spaces.
+    """
+    if not body:
+        return None
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        pass
+    try:
+        return msgspec.json.decode(body.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\t", b" "))
+    except msgspec.DecodeError:
+        return None
+
+
+def body_snippet(body: bytes, limit: int = 300) -> str:
+    """The start of a body that is not JSON (an HTML page from a proxy, say), on one line."""
+    text = body[:limit].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text + "…" if len(body) > limit else text
+
+
+def header_int(headers: Mapping[str, str], name: str) -> int | None:
+    """An integer header, or None when absent or unreadable."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        try:
+            return int(float(value))
+        except ValueError:
+            return None
+
+
+def header_float(headers: Mapping[str, str], name: str) -> float | None:
+    """A number header, or None when absent or unreadable."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def parse_rfc3339_delay(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from ``now`` until an RFC 3339 timestamp (``2025-01-01T00:00:30Z``); None if unreadable."""
+    if not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 # --- the I/O boundary ------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""Per-request overhead of the runtime over a bare aiohttp call, side by side in one run.
+
+A fast local OpenAI-compatible server runs in its own process
+(``python -m runtime.testing.server``). The same requests go through:
+
+  (a) a bare aiohttp call (POST, read, JSON-decode),
+  (b) the runtime with one endpoint,
+  (c) the runtime with three endpoints (one tier),
+  (d) ``litellm.Router`` when litellm is installed.
+
+At concurrency 1 the modes are interleaved request by request, so drift on a shared
+machine hits them alike; the report gives median and p99 latency and what each adds over
+(a). At concurrency 64 it reports throughput as a ratio of (a)'s. Streaming reports the
+time to first chunk added over a bare streaming read. Absolute times on shared machines
+are noisy: read the ratios and the added microseconds.
+
+    python benchmarks/overhead.py [--requests 3000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import msgspec
+
+from runtime import Endpoint, HealthPolicy, Runtime
+
+BODY = msgspec.json.encode(
+    {"model": "bench", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
+)
+STREAM_BODY = msgspec.json.encode(
+    {"model": "bench", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16, "stream": True}
+)
+
+
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.testing.server", "--dialect", "openai", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    base_url = proc.stdout.readline().strip()
+    if not base_url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"the local server did not start: {base_url!r}")
+    return proc, base_url
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def endpoints(base_url: str, n: int) -> list[Endpoint]:
+    # Probes off: the benchmark measures the request path, not background traffic.
+    return [
+        Endpoint(
+            name=f"e{i}", provider="openai-compatible", model="bench", base_url=base_url,
+            health=HealthPolicy(enabled=False), timeout=30,
+        )
+        for i in range(n)
+    ]
+
+
+async def main(requests: int, concurrency: int) -> None:
+    proc, base_url = start_server()
+    try:
+        await run(base_url, requests, concurrency)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def run(base_url: str, requests: int, concurrency: int) -> None:
+    url = f"{base_url}/chat/completions"
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def bare() -> None:
+            async with session.post(url, data=BODY, headers=headers) as resp:
+                msgspec.json.decode(await resp.read())
+
+        async def bare_stream_first() -> None:
+            async with session.post(url, data=STREAM_BODY, headers=headers) as resp:
+                await resp.content.readline()
+
+        async with Runtime(endpoints(base_url, 1), seed=1) as rt1, Runtime(endpoints(base_url, 3), seed=1) as rt3:
+
+            async def one() -> None:
+                await rt1.chat("Say hi", max_tokens=16)
+
+            async def three() -> None:
+                await rt3.chat("Say hi", max_tokens=16)
+
+            async def stream_first() -> None:
+                async with rt1.stream("Say hi", max_tokens=16) as s:
+                    async for _ in s:
+                        break
+
+            modes: dict[str, Callable[[], Awaitable[None]]] = {"bare": bare, "runtime-1": one, "runtime-3": three}
+            router = litellm_router(base_url)
+            if router is not None:
+
+                async def lite() -> None:
+                    await router.acompletion(model="bench", messages=[{"role": "user", "content": "Say hi"}], max_tokens=16)
+
+                modes["litellm"] = lite
+
+            for fn in modes.values():  # warm up connections and code paths
+                for _ in range(50):
+                    await fn()
+
+            samples: dict[str, list[float]] = {name: [] for name in modes}
+            clock = time.perf_counter
+            for _ in range(requests):
+                for name, fn in modes.items():
+                    t0 = clock()
+                    await fn()
+                    samples[name].append(clock() - t0)
+
+            print(f"concurrency 1, {requests} requests per mode (interleaved)")
+            print(f"{'mode':<12}{'median µs':>12}{'p99 µs':>12}{'added p50 µs':>15}{'added p99 µs':>15}")
+            base_med, base_p99 = statistics.median(samples["bare"]), pct(samples["bare"], 0.99)
+            for name, s in samples.items():
+                med, p99 = statistics.median(s), pct(s, 0.99)
+                print(f"{name:<12}{med * 1e6:>12.1f}{p99 * 1e6:>12.1f}{(med - base_med) * 1e6:>15.1f}{(p99 - base_p99) * 1e6:>15.1f}")
+
+            print(f"\nconcurrency {concurrency}, throughput")
+            rates: dict[str, float] = {}
+            for name, fn in modes.items():
+                rates[name] = await throughput(fn, requests, concurrency)
+            for name, rate in rates.items():
+                print(f"{name:<12}{rate:>12.0f} req/s   {rate / rates['bare']:>6.2f}× bare")
+
+            ttfc: dict[str, list[float]] = {"bare": [], "runtime-1": []}
+            for _ in range(min(requests, 1000)):
+                for name, fn in (("bare", bare_stream_first), ("runtime-1", stream_first)):
+                    t0 = clock()
+                    await fn()
+                    ttfc[name].append(clock() - t0)
+            added = statistics.median(ttfc["runtime-1"]) - statistics.median(ttfc["bare"])
+            print(
+                f"\nstreaming time to first chunk: bare {statistics.median(ttfc['bare']) * 1e6:.0f} µs, "
+                f"runtime {statistics.median(ttfc['runtime-1']) * 1e6:.0f} µs, added {added * 1e6:.0f} µs (median)"
+            )
+
+
+async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await fn()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0)
+
+
+def litellm_router(base_url: str) -> object | None:
+    try:
+        import litellm  # type: ignore[import-not-found]
+    except ImportError:
+        print("litellm is not installed: mode (d) skipped")
+        return None
+    return litellm.Router(
+        model_list=[{"model_name": "bench", "litellm_params": {"model": "openai/bench", "api_base": base_url, "api_key": "x"}}]
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.concurrency))

@@ -1,0 +1,860 @@
+"""The ``Runtime`` facade: builds the supervision tree and serves chat, stream and embed.
+
+``async with Runtime(...)`` opens one pooled ``aiohttp`` session, starts the supervisor
+and one endpoint actor per endpoint under it. Requests run in the caller's task: the
+facade builds the provider-neutral request, the dispatcher chooses endpoints and runs
+attempts, and the reply comes back with its endpoint, attempt trail, usage and cost.
+Leaving the block drains: new requests are refused, those in flight get a grace period,
+then everything is cancelled and the session closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .accounting import (
+    BudgetGuard,
+    Metrics,
+    PriceTable,
+    ResponseCache,
+    UsageLedger,
+    UsageReport,
+    cacheable,
+    estimate_request_tokens,
+    estimate_usage,
+    replay_as_stream,
+)
+from .actors import ChildSpec, Supervisor
+from .dispatch.dispatcher import Dispatcher, RouteTable, Tier
+from .endpoint.actor import EndpointActor, EndpointStatus, Permit
+from .errors import (
+    AllEndpointsFailed,
+    ConfigError,
+    InvalidRequest,
+    LLMError,
+    StreamInterrupted,
+    Timeout,
+)
+from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
+from .providers import make_client
+from .providers.base import ChunkStream
+from .telemetry import tracer
+from .types import (
+    Attempt,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Message,
+    StreamChunk,
+    ToolCall,
+    Usage,
+)
+
+__all__ = ["BlockingRuntime", "ReplyStream", "Runtime"]
+
+# Reserved against TPM when a request sets no max_tokens: a typical reply, so that an
+# unbounded request neither reserves nothing nor a whole context window.
+DEFAULT_REPLY_RESERVE = 1024
+
+
+class Runtime:
+    """A supervised fleet of LLM endpoints behind ``chat``, ``stream`` and ``embed``.
+
+    ``timeout`` is the default deadline of a whole request (override per call).
+    ``retry``, ``hedge``, ``cache`` and ``budget`` are the policies of
+    :mod:`runtime.policy`; ``hedge``, ``cache`` and ``budget`` are off when None.
+    ``shutdown_grace`` bounds how long leaving ``async with`` waits for requests in flight.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        hedge: HedgePolicy | None = None,
+        cache: CachePolicy | None = None,
+        budget: Budget | None = None,
+        shutdown_grace: float = 10.0,
+        max_restarts: int = 3,
+        restart_within: float = 60.0,
+        seed: int | None = None,
+    ) -> None:
+        endpoints = list(endpoints)
+        if not endpoints:
+            raise ConfigError("at least one endpoint is required", key="endpoints")
+        seen: set[str] = set()
+        for ep in endpoints:
+            if not isinstance(ep, Endpoint):
+                raise ConfigError(f"expected an Endpoint, got {type(ep).__name__}", key="endpoints")
+            if ep.name in seen:
+                raise ConfigError("duplicate endpoint name", key="name", endpoint=ep.name)
+            seen.add(ep.name)
+        if not (timeout > 0):
+            raise ConfigError(f"must be > 0, got {timeout!r}", key="timeout")
+        self.endpoints = endpoints
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.hedge = hedge
+        self.cache_policy = cache
+        self.budget = budget
+        self.shutdown_grace = shutdown_grace
+        self._rng = random.Random(seed)
+        self._max_restarts = max_restarts
+        self._restart_within = restart_within
+        self._session: aiohttp.ClientSession | None = None
+        self._supervisor: Supervisor | None = None
+        self._tg: TaskGroup | None = None
+        self._actors: dict[str, EndpointActor] = {}
+        self._routes: RouteTable | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._running = False
+        self._breaker_storage: dict[str, Any] = {}
+        self.prices = PriceTable.load()
+        self.ledger = UsageLedger()
+        self.metrics = Metrics()
+        self.cache = ResponseCache(cache) if cache is not None else None
+        self.budget_guard = BudgetGuard(budget) if budget is not None else None
+        self._endpoint_budgets = {ep.name: BudgetGuard(ep.budget) for ep in endpoints if ep.budget is not None}
+        if self.budget_guard is not None:
+            self.metrics.observe_budget(self.budget_guard.remaining)
+        self._tracer = tracer()
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<Runtime [{state} | endpoints: {', '.join(self._actors or {e.name: None for e in self.endpoints})}]>"
+
+    # --- construction from files and the environment -------------------------------------
+
+    @classmethod
+    def from_config(cls, path: str | Path, **overrides: Any) -> Runtime:
+        """A runtime from a TOML or JSON file; unknown or mistyped keys raise ConfigError naming them."""
+        from .config import load_config
+
+        config = load_config(path)
+        return cls(**{**config.runtime_kwargs(), **overrides})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Runtime:
+        """A runtime from ``LLM_BACKEND`` and the providers' usual variables (see the README)."""
+        from .config import endpoints_from_env
+
+        return cls(endpoints_from_env(environ), **overrides)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        if self._running:
+            raise InvalidRequest("the runtime is already running")
+        # Our own deadlines bound every request; aiohttp's default 5-minute total would
+        # only race them. limit=0: the concurrency caps live in the endpoint limiters.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            self._supervisor = Supervisor(max_restarts=self._max_restarts, within=self._restart_within)
+            await self._tg.start(self._supervisor.run)
+            actors = [self._build_actor(ep) for ep in self.endpoints]
+            self._routes = RouteTable(actors)
+            self._dispatcher = Dispatcher(self._routes, retry=self.retry, hedge=self.hedge, rng=self._rng)
+            for actor in actors:
+                await self._supervisor.start_child(self._spec(actor))
+        except BaseException:
+            await self._close()
+            raise
+        self._running = True
+        return self
+
+    def _build_actor(self, endpoint: Endpoint) -> EndpointActor:
+        assert self._session is not None
+        storage = self._breaker_storage.get(endpoint.name)
+        actor = EndpointActor(
+            endpoint,
+            make_client(endpoint, self._session),
+            breaker_storage=storage,
+            rng=self._rng,
+        )
+        self._breaker_storage[endpoint.name] = actor.breaker.storage
+        self._actors[endpoint.name] = actor
+        return actor
+
+    def _spec(self, first: EndpointActor) -> ChildSpec:
+        endpoint = first.endpoint
+        pending = [first]
+
+        def start() -> EndpointActor:
+            # The first instance is the one already routed to; restarts get fresh state
+            # but the same breaker storage, so an open breaker stays open.
+            if pending:
+                return pending.pop()
+            old = self._actors[endpoint.name]
+            new = self._build_actor(endpoint)
+            assert self._routes is not None
+            self._routes.replace(old, new)
+            return new
+
+        def escalate(exc: BaseException) -> None:
+            self._actors[endpoint.name].mark_failed(f"actor crashed too often: {type(exc).__name__}: {exc}")
+
+        return ChildSpec(
+            name=endpoint.name,
+            start=start,
+            on_escalate=escalate,
+            labels={"endpoint": endpoint.name, "provider": endpoint.provider, "model": endpoint.model},
+        )
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._running = False
+        for actor in self._actors.values():
+            actor.drain()
+        # Requests in flight get the grace period even if the caller is being cancelled.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_grace):
+            for actor in self._actors.values():
+                await actor.drained.wait()
+        await self._close()
+
+    async def _close(self) -> None:
+        """Stop the supervision tree and close the session (the task group is exited here,
+        at the scope level it was entered at)."""
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                if self._supervisor is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._supervisor.shutdown(grace=0)
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            if self._session is not None:
+                session, self._session = self._session, None
+                with anyio.CancelScope(shield=True):
+                    await session.close()
+
+    def _require_running(self) -> tuple[RouteTable, Dispatcher]:
+        if not self._running or self._routes is None or self._dispatcher is None:
+            raise InvalidRequest("the runtime is not running: use `async with runtime:` around requests")
+        return self._routes, self._dispatcher
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        messages: str | Sequence[Message | Mapping[str, Any]],
+        *,
+        system: str | None,
+        model: str | None,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        stop: str | Sequence[str] | None,
+        tools: Sequence[Mapping[str, Any]] | None,
+        tool_choice: str | Mapping[str, Any] | None,
+        response_format: Mapping[str, Any] | None,
+        seed: int | None,
+    ) -> ChatRequest:
+        msgs = _to_messages(messages)
+        if system is not None:
+            msgs.insert(0, Message(role="system", content=system))
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+            raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}", field="max_tokens")
+        if temperature is not None and not (0.0 <= temperature <= 2.0):
+            raise InvalidRequest(f"temperature must be in [0, 2], got {temperature!r}", field="temperature")
+        if top_p is not None and not (0.0 < top_p <= 1.0):
+            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p!r}", field="top_p")
+        return ChatRequest(
+            messages=msgs,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=[stop] if isinstance(stop, str) else list(stop) if stop is not None else None,
+            tools=[dict(t) for t in tools] if tools else None,
+            tool_choice=dict(tool_choice) if isinstance(tool_choice, Mapping) else tool_choice,
+            response_format=dict(response_format) if response_format is not None else None,
+            seed=seed,
+        )
+
+    def _deadline(self, timeout: float | None) -> float:
+        if timeout is not None and not (timeout > 0):
+            raise InvalidRequest(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
+        return anyio.current_time() + (timeout if timeout is not None else self.timeout)
+
+    def _accept(self) -> Any:
+        budgets = self._endpoint_budgets
+        if not budgets:
+            return None
+        return lambda actor: (guard := budgets.get(actor.name)) is None or not guard.exhausted()
+
+    async def chat(
+        self,
+        messages: str | Sequence[Message | Mapping[str, Any]],
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        endpoint: str | None = None,
+        cache: bool | None = None,
+        hedge: HedgePolicy | bool | None = None,
+    ) -> ChatResponse:
+        """Send a chat request to the best healthy endpoint and return the whole reply.
+
+        ``messages`` is a string (one user message) or a list of messages (dicts or
+        :class:`Message`). ``model`` routes by group or model name, ``endpoint`` pins one
+        endpoint, ``timeout`` is the whole request's deadline in seconds, ``cache``
+        opts in (True) or out (False) of the response cache, ``hedge`` overrides the
+        runtime's hedging for this request (a policy, or False for none).
+        """
+        routes, dispatcher = self._require_running()
+        request = self._request(
+            messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
+        )
+        deadline = self._deadline(timeout)
+        tiers = routes.tiers(model, endpoint)
+        route = endpoint or model
+        key = None
+        cache_store = self.cache
+        if cache_store is not None and cacheable(request, cache):
+            key = cache_store.key(route, request)
+            hit = cache_store.get(key)
+            self.metrics.record_cache(hit is not None)
+            if hit is not None:
+                self.ledger.record_cache_hit(hit.endpoint, hit.model)
+                return msgspec.structs.replace(hit, cached=True, attempts=[])
+        hedge_policy = self.hedge if hedge is None or hedge is True else (hedge or None)
+        if hedge is True and hedge_policy is None:
+            hedge_policy = HedgePolicy()
+        with self._tracer.start_as_current_span(
+            f"chat {model or request.model or 'default'}",
+            attributes={"gen_ai.operation.name": "chat", "gen_ai.request.model": model or ""},
+        ) as span:
+            try:
+                reply = await self._send(
+                    tiers, request, deadline, route, hedge_policy if hedge_policy and dispatcher.hedge_budget else None
+                )
+            except AllEndpointsFailed as exc:
+                if key is not None and cache_store is not None and cache_store.policy.serve_stale:
+                    stale = cache_store.stale(key)
+                    if stale is not None:
+                        span.set_attribute("llm_runtime.stale", True)
+                        return msgspec.structs.replace(stale, cached=True, stale=True, attempts=exc.attempts)
+                raise
+            _annotate(span, reply)
+        if key is not None and cache_store is not None:
+            cache_store.set(key, reply)
+        return reply
+
+    async def _send(
+        self, tiers: list[Tier], request: ChatRequest, deadline: float, route: str | None, hedge: HedgePolicy | None
+    ) -> ChatResponse:
+        _, dispatcher = self._require_running()
+        prompt = estimate_request_tokens(request)
+        reserve = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
+        reservation = self._reserve_budget(prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE))
+        loop_time = asyncio.get_running_loop().time
+
+        async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
+            reply, snapshot = await actor.client.chat(request, timeout)
+            if snapshot is not None:
+                actor.observe_rate_limit(snapshot, loop_time())
+            return reply
+
+        try:
+            outcome = await dispatcher.run(
+                tiers, attempt, tokens=reserve, deadline=deadline, prompt_tokens=prompt + (request.max_tokens or 0),
+                route=route, usage_tokens=_total_tokens, accept=self._accept(), hedge=hedge,
+            )
+        except BaseException as exc:
+            self._release_budget(reservation)
+            if isinstance(exc, LLMError):
+                self.ledger.record_error(None, request.model, type(exc).__name__)
+                self.metrics.record_error(type(exc).__name__)
+            raise
+        reply = outcome.value
+        self._finish_reply(reply, outcome.actor, request, outcome.attempts, reservation)
+        return reply
+
+    def _finish_reply(
+        self, reply: ChatResponse, actor: EndpointActor, request: ChatRequest, attempts: list[Any], reservation: Any
+    ) -> None:
+        """Fill in who answered, usage, cost; settle budgets, ledger and metrics."""
+        reply.endpoint = actor.name
+        reply.provider = actor.provider
+        reply.attempts = attempts
+        if not reply.model:
+            reply.model = actor.model
+        usage = reply.usage
+        if usage.input_tokens == 0 and usage.output_tokens == 0:
+            reply.usage = usage = estimate_usage(
+                request, reply.text, actor.model, tool_calls=reply.tool_calls, reasoning=reply.reasoning
+            )
+        reply.cost_usd = self.prices.cost_usd(usage, reply.model or actor.model, actor.provider, actor.endpoint.price)
+        tokens = usage.input_tokens + usage.output_tokens
+        if reservation is not None and self.budget_guard is not None:
+            self.budget_guard.settle(reservation, tokens, reply.cost_usd)
+        guard = self._endpoint_budgets.get(actor.name)
+        if guard is not None:
+            guard.spend(tokens, reply.cost_usd)
+        self.ledger.record(actor.name, reply.model or actor.model, usage, reply.cost_usd)
+        self.metrics.record_request(actor.name, actor.provider, reply.model or actor.model, usage, reply.cost_usd, attempts[-1].elapsed if attempts else 0.0)
+
+    def _reserve_budget(self, tokens: int) -> Any:
+        if self.budget_guard is None:
+            return None
+        return self.budget_guard.reserve(tokens, 0.0)
+
+    def _release_budget(self, reservation: Any) -> None:
+        if reservation is not None and self.budget_guard is not None:
+            self.budget_guard.release(reservation)
+
+    def stream(
+        self,
+        messages: str | Sequence[Message | Mapping[str, Any]],
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        endpoint: str | None = None,
+        cache: bool | None = None,
+    ) -> ReplyStream:
+        """Stream a chat reply: ``async with rt.stream(...) as s: async for chunk in s: ...``.
+
+        Failover is transparent until the first chunk with content reaches the caller;
+        after that a failure raises :class:`StreamInterrupted` carrying the partial text.
+        ``s.response`` holds the whole reply once the stream has ended.
+        """
+        routes, _ = self._require_running()
+        request = self._request(
+            messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
+        )
+        return ReplyStream(self, request, routes.tiers(model, endpoint), self._deadline(timeout), endpoint or model, cache)
+
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        timeout: float | None = None,
+        endpoint: str | None = None,
+    ) -> EmbeddingResponse:
+        """Embed texts on the best healthy endpoint that has an embeddings API."""
+        routes, dispatcher = self._require_running()
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidRequest("inputs must be a string or a non-empty list of strings", field="inputs")
+        request = EmbeddingRequest(inputs=texts, model=model, dimensions=dimensions)
+        deadline = self._deadline(timeout)
+        tokens = sum(len(t) for t in texts) // 4 + 1
+
+        async def attempt(actor: EndpointActor, attempt_timeout: float) -> EmbeddingResponse:
+            reply, _ = await actor.client.embed(request, attempt_timeout)
+            return reply
+
+        outcome = await dispatcher.run(
+            routes.tiers(model, endpoint), attempt, tokens=tokens, deadline=deadline, route=endpoint or model,
+            accept=_has_embeddings,
+        )
+        reply = outcome.value
+        reply.endpoint = outcome.actor.name
+        reply.provider = outcome.actor.provider
+        reply.attempts = outcome.attempts
+        if not reply.model:
+            reply.model = outcome.actor.model
+        reply.cost_usd = self.prices.cost_usd(reply.usage, reply.model, outcome.actor.provider, outcome.actor.endpoint.price)
+        self.ledger.record(outcome.actor.name, reply.model, reply.usage, reply.cost_usd)
+        return reply
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def status(self) -> list[EndpointStatus]:
+        """One :class:`EndpointStatus` per endpoint, in configuration order. Carries no secret."""
+        if not self._actors:
+            return [
+                EndpointStatus(
+                    name=ep.name, provider=ep.provider, model=ep.model, state="stopped", breaker="closed",
+                    in_flight=0, latency_ms=None, last_error=ep.key_problem(), priority=ep.priority,
+                )
+                for ep in self.endpoints
+            ]
+        return [self._actors[ep.name].status() for ep in self.endpoints]
+
+    def usage(self) -> UsageReport:
+        """Requests, tokens, cost, errors and cache hits: overall, by endpoint, by model and by day."""
+        return self.ledger.report()
+
+    def actor(self, name: str) -> EndpointActor:
+        """The endpoint actor named ``name`` (for operations such as ``isolate()`` and ``reset()``)."""
+        try:
+            return self._actors[name]
+        except KeyError:
+            raise InvalidRequest(f"no endpoint named {name!r}", field="endpoint") from None
+
+    @contextmanager
+    def blocking(self) -> Iterator[BlockingRuntime]:
+        """Run the runtime in a background event loop for code that is not async.
+
+        ``with Runtime(...).blocking() as rt: rt.chat("hi")``: the same methods, blocking.
+        """
+        with start_blocking_portal() as portal:
+            portal.call(self.__aenter__)
+            try:
+                yield BlockingRuntime(self, portal)
+            finally:
+                portal.call(self.__aexit__, None, None, None)
+
+
+class ReplyStream:
+    """A streamed reply: an async context manager and an async iterator of :class:`StreamChunk`.
+
+    Entering it chooses an endpoint and waits for the first chunk that carries content,
+    failing over transparently until then. Leaving it early closes the HTTP response and
+    releases the endpoint's concurrency slot and limiter reservation.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        request: ChatRequest,
+        tiers: list[Tier],
+        deadline: float,
+        route: str | None,
+        cache: bool | None,
+    ) -> None:
+        self._rt = runtime
+        self._request = request
+        self._tiers = tiers
+        self._deadline = deadline
+        self._route = route
+        self._cache_opt = cache
+        self._chunks: ChunkStream | None = None
+        self._buffer: list[StreamChunk] = []
+        self._actor: EndpointActor | None = None
+        self._permit: Permit | None = None
+        self._attempts: list[Any] = []
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._tool_calls: dict[int, list[str]] = {}
+        self._tool_ids: dict[int, tuple[str, str]] = {}
+        self._usage: Usage | None = None
+        self._finish: str | None = None
+        self._model: str | None = None
+        self._id: str | None = None
+        self._response: ChatResponse | None = None
+        self._ended = False
+        self._cache_key: str | None = None
+        self._reservation: Any = None
+        self._first_at: float | None = None
+        self._started = 0.0
+
+    def __repr__(self) -> str:
+        where = self._actor.name if self._actor else "unopened"
+        return f"<ReplyStream [{where} | {'ended' if self._ended else 'open'} | {len(''.join(self._text))} chars]>"
+
+    async def __aenter__(self) -> ReplyStream:
+        rt = self._rt
+        _, dispatcher = rt._require_running()
+        self._started = anyio.current_time()
+        cache = rt.cache
+        request = self._request
+        if cache is not None and cacheable(request, self._cache_opt):
+            self._cache_key = cache.key(self._route, request)
+            hit = cache.get(self._cache_key)
+            rt.metrics.record_cache(hit is not None)
+            if hit is not None:
+                rt.ledger.record_cache_hit(hit.endpoint, hit.model)
+                self._response = msgspec.structs.replace(hit, cached=True, attempts=[])
+                self._buffer = replay_as_stream(hit)
+                self._ended = True
+                return self
+        prompt = estimate_request_tokens(request)
+        reserve = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
+        self._reservation = rt._reserve_budget(reserve)
+
+        async def attempt(actor: EndpointActor, timeout: float) -> tuple[ChunkStream, list[StreamChunk]]:
+            endpoint = actor.endpoint
+            chunks = await actor.client.stream(
+                request,
+                first_chunk_timeout=min(actor.first_chunk_timeout, timeout),
+                idle_timeout=endpoint.idle_timeout,
+            )
+            try:
+                # Hold back chunks that carry nothing for the caller (a role-only opener):
+                # until real content arrives the stream may still fail over.
+                held: list[StreamChunk] = []
+                async for chunk in chunks:
+                    held.append(chunk)
+                    if chunk.text or chunk.reasoning or chunk.tool_calls:
+                        break
+                return chunks, held
+            except BaseException:
+                await chunks.aclose()
+                raise
+
+        try:
+            outcome = await dispatcher.run(
+                self._tiers, attempt, tokens=reserve, deadline=self._deadline,
+                prompt_tokens=prompt + (request.max_tokens or 0), route=self._route, settle=False,
+                accept=rt._accept(),
+            )
+        except BaseException:
+            rt._release_budget(self._reservation)
+            raise
+        self._chunks, self._buffer = outcome.value
+        self._actor, self._permit, self._attempts = outcome.actor, outcome.permit, outcome.attempts
+        self._first_at = anyio.current_time()
+        rt.metrics.record_ttfc(self._first_at - self._started)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._buffer:
+            chunk = self._buffer.pop(0)
+            if self._chunks is not None:
+                self._absorb(chunk)
+            return chunk
+        chunks = self._chunks
+        if self._ended or chunks is None:
+            raise StopAsyncIteration
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            self._complete()
+            raise
+        except TimeoutError as exc:
+            raise self._interrupted(Timeout("the request's deadline passed mid-stream", endpoint=self._actor_name())) from exc
+        except LLMError as exc:
+            raise self._interrupted(exc) from exc
+        self._absorb(chunk)
+        return chunk
+
+    def _actor_name(self) -> str | None:
+        return self._actor.name if self._actor else None
+
+    def _absorb(self, chunk: StreamChunk) -> None:
+        if chunk.text:
+            self._text.append(chunk.text)
+        if chunk.reasoning:
+            self._reasoning.append(chunk.reasoning)
+        if chunk.tool_calls:
+            for delta in chunk.tool_calls:
+                parts = self._tool_calls.setdefault(delta.index, [])
+                if delta.arguments:
+                    parts.append(delta.arguments)
+                old_id, old_name = self._tool_ids.get(delta.index, ("", ""))
+                self._tool_ids[delta.index] = (delta.id or old_id, delta.name or old_name)
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self._finish = chunk.finish_reason
+        if chunk.model:
+            self._model = chunk.model
+        if chunk.id:
+            self._id = chunk.id
+
+    def _interrupted(self, cause: LLMError) -> StreamInterrupted:
+        self._ended = True
+        actor, permit = self._actor, self._permit
+        if actor is not None and permit is not None:
+            actor.finish(permit, cause, anyio.current_time())
+            self._permit = None
+            self._attempts.append(Attempt(endpoint=actor.name, error=cause, elapsed=anyio.current_time() - self._started))
+        self._rt._release_budget(self._reservation)
+        self._rt.metrics.record_error(type(cause).__name__)
+        partial = "".join(self._text)
+        return StreamInterrupted(
+            f"the stream from {self._actor_name()!r} failed after {len(partial)} characters: {cause}",
+            partial=partial,
+            cause=cause,
+            endpoint=self._actor_name(),
+        )
+
+    def _complete(self) -> None:
+        self._ended = True
+        actor, permit = self._actor, self._permit
+        assert actor is not None and permit is not None
+        reply = ChatResponse(
+            text="".join(self._text),
+            finish_reason=self._finish,
+            usage=self._usage or Usage(),
+            model=self._model or "",
+            id=self._id,
+            tool_calls=[
+                ToolCall(id=self._tool_ids[i][0], name=self._tool_ids[i][1], arguments="".join(self._tool_calls[i]) or "{}")
+                for i in sorted(self._tool_calls)
+            ],
+            reasoning="".join(self._reasoning) or None,
+        )
+        self._permit = None
+        usage = reply.usage
+        actor.finish(permit, None, anyio.current_time(), usage.input_tokens + usage.output_tokens or None)
+        self._rt._finish_reply(reply, actor, self._request, self._attempts, self._reservation)
+        self._response = reply
+        if self._cache_key is not None and self._rt.cache is not None:
+            self._rt.cache.set(self._cache_key, reply)
+
+    @property
+    def response(self) -> ChatResponse:
+        """The whole reply (text, tool calls, usage, finish reason, endpoint) once the stream ended."""
+        if self._response is None:
+            raise InvalidRequest("the stream has not ended yet: read it to the end first", field="response")
+        return self._response
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint serving this stream."""
+        return self._actor_name() or (self._response.endpoint if self._response else None)
+
+    async def aclose(self) -> None:
+        """Leave the stream: close the connection and release the endpoint's slot and reservation."""
+        chunks, actor, permit = self._chunks, self._actor, self._permit
+        self._ended = True
+        self._buffer.clear()
+        if chunks is not None:
+            await chunks.aclose()
+        if actor is not None and permit is not None:
+            self._permit = None
+            # Leaving early is the caller's choice: it counts as nothing against the endpoint.
+            actor.finish(permit, anyio.get_cancelled_exc_class()(), anyio.current_time())
+            self._rt._release_budget(self._reservation)
+
+
+class BlockingRuntime:
+    """The runtime's methods for code that is not async; made by :meth:`Runtime.blocking`."""
+
+    def __init__(self, runtime: Runtime, portal: BlockingPortal) -> None:
+        self.runtime = runtime
+        self._portal = portal
+
+    def chat(self, messages: str | Sequence[Message | Mapping[str, Any]], **kwargs: Any) -> ChatResponse:
+        """Blocking :meth:`Runtime.chat`."""
+        return self._portal.call(lambda: self.runtime.chat(messages, **kwargs))
+
+    def embed(self, inputs: str | Sequence[str], **kwargs: Any) -> EmbeddingResponse:
+        """Blocking :meth:`Runtime.embed`."""
+        return self._portal.call(lambda: self.runtime.embed(inputs, **kwargs))
+
+    @contextmanager
+    def stream(self, messages: str | Sequence[Message | Mapping[str, Any]], **kwargs: Any) -> Iterator[BlockingStream]:
+        """Blocking :meth:`Runtime.stream`: ``with rt.stream(...) as s: for chunk in s: ...``."""
+        cm: AbstractAsyncContextManager[ReplyStream] = self._portal.call(lambda: _stream_cm(self.runtime, messages, kwargs))
+        with self._portal.wrap_async_context_manager(cm) as stream:
+            yield BlockingStream(stream, self._portal)
+
+    def status(self) -> list[EndpointStatus]:
+        """:meth:`Runtime.status`."""
+        return self.runtime.status()
+
+    def usage(self) -> UsageReport:
+        """:meth:`Runtime.usage`."""
+        return self.runtime.usage()
+
+
+class BlockingStream:
+    """A :class:`ReplyStream` iterated from a thread."""
+
+    def __init__(self, stream: ReplyStream, portal: BlockingPortal) -> None:
+        self._stream = stream
+        self._portal = portal
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        while True:
+            try:
+                yield self._portal.call(self._stream.__anext__)
+            except StopAsyncIteration:
+                return
+
+    @property
+    def response(self) -> ChatResponse:
+        """The whole reply once the stream has ended."""
+        return self._stream.response
+
+
+async def _stream_cm(runtime: Runtime, messages: Any, kwargs: dict[str, Any]) -> ReplyStream:
+    return runtime.stream(messages, **kwargs)
+
+
+def _to_messages(messages: str | Sequence[Message | Mapping[str, Any]]) -> list[Message]:
+    if isinstance(messages, str):
+        return [Message(role="user", content=messages)]
+    if not isinstance(messages, Sequence) or not messages:
+        raise InvalidRequest("messages must be a string or a non-empty list of messages", field="messages")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        if not isinstance(m, Mapping):
+            raise InvalidRequest(f"messages[{i}] must be a dict or Message, got {type(m).__name__}", field=f"messages[{i}]")
+        try:
+            out.append(msgspec.convert(m, Message))
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"messages[{i}] is not a valid message: {exc}", field=f"messages[{i}]") from None
+    return out
+
+
+def _total_tokens(reply: ChatResponse) -> int | None:
+    usage = reply.usage
+    total = usage.input_tokens + usage.output_tokens
+    return total or None
+
+
+def _has_embeddings(actor: EndpointActor) -> bool:
+    return actor.provider != "anthropic"
+
+
+def _annotate(span: Any, reply: ChatResponse) -> None:
+    if not span.is_recording():
+        return
+    span.set_attribute("gen_ai.provider.name", reply.provider)
+    span.set_attribute("gen_ai.response.model", reply.model)
+    span.set_attribute("gen_ai.usage.input_tokens", reply.usage.input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", reply.usage.output_tokens)
+    if reply.finish_reason:
+        span.set_attribute("gen_ai.response.finish_reasons", [reply.finish_reason])
+    span.set_attribute("endpoint", reply.endpoint)
+    span.set_attribute("attempts", len(reply.attempts))
+

@@ -1,0 +1,157 @@
+"""The usage ledger: what every request used and cost, overall, by endpoint, model and day.
+
+The runtime records one outcome per request (a reply, a cache hit or an error); the
+ledger keeps running totals, so recording is O(1) and :meth:`UsageLedger.report` costs
+only the number of distinct endpoints, models and days. Days are UTC dates
+(``"2026-11-21"``), from a wall clock that tests can replace.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+
+import msgspec
+
+from ..types import FrozenStruct, Usage
+
+__all__ = ["UsageLedger", "UsageReport", "UsageTotals"]
+
+
+class UsageTotals(FrozenStruct, frozen=True):
+    """Totals over a set of requests. ``errors`` and ``cache_hits`` are counts of requests."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    errors: int = 0
+    cache_hits: int = 0
+
+
+class UsageReport(FrozenStruct, frozen=True):
+    """Usage overall (``total``), by endpoint, by model and by UTC day (``"YYYY-MM-DD"``)."""
+
+    total: UsageTotals = UsageTotals()
+    by_endpoint: dict[str, UsageTotals] = msgspec.field(default_factory=dict)
+    by_model: dict[str, UsageTotals] = msgspec.field(default_factory=dict)
+    by_day: dict[str, UsageTotals] = msgspec.field(default_factory=dict)
+
+
+class _Tally:
+    """Mutable running totals; frozen into :class:`UsageTotals` for a report."""
+
+    __slots__ = ("cache_hits", "cost_usd", "errors", "input_tokens", "output_tokens", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_usd = 0.0
+        self.errors = 0
+        self.cache_hits = 0
+
+    def add(self, input_tokens: int, output_tokens: int, cost_usd: float, error: bool, cached: bool) -> None:
+        self.requests += 1
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cost_usd += cost_usd
+        self.errors += error
+        self.cache_hits += cached
+
+    def freeze(self) -> UsageTotals:
+        return UsageTotals(
+            requests=self.requests,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=self.cost_usd,
+            errors=self.errors,
+            cache_hits=self.cache_hits,
+        )
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class UsageLedger:
+    """Running usage totals of one runtime.
+
+    ``now`` is the wall clock that dates each record (default: UTC now); a naive
+    datetime it returns is taken as UTC.
+    """
+
+    def __init__(self, *, now: Callable[[], datetime.datetime] = _utc_now) -> None:
+        self._now = now
+        self._total = _Tally()
+        self._by_endpoint: dict[str, _Tally] = {}
+        self._by_model: dict[str, _Tally] = {}
+        self._by_day: dict[str, _Tally] = {}
+
+    def __repr__(self) -> str:
+        t = self._total
+        return (
+            f"<UsageLedger [{t.requests} requests, {t.errors} errors, {t.cache_hits} cache hits | "
+            f"{t.input_tokens} in, {t.output_tokens} out | ${t.cost_usd:.4f}]>"
+        )
+
+    def _day(self) -> str:
+        now = self._now()
+        if now.tzinfo is not None:
+            now = now.astimezone(datetime.UTC)
+        return now.date().isoformat()
+
+    def record(
+        self,
+        endpoint: str | None,
+        model: str | None,
+        usage: Usage | None = None,
+        cost_usd: float = 0.0,
+        *,
+        error: str | None = None,
+        cached: bool = False,
+    ) -> None:
+        """Record one request's outcome.
+
+        ``error`` is the error's class name when it failed; ``cached`` marks a reply served
+        from the response cache. An outcome without an endpoint or model (refused before
+        any endpoint was chosen) counts in the total and its day only.
+        """
+        input_tokens = usage.input_tokens if usage is not None else 0
+        output_tokens = usage.output_tokens if usage is not None else 0
+        failed = error is not None
+        self._total.add(input_tokens, output_tokens, cost_usd, failed, cached)
+        day = self._day()
+        tally = self._by_day.get(day)
+        if tally is None:
+            tally = self._by_day[day] = _Tally()
+        tally.add(input_tokens, output_tokens, cost_usd, failed, cached)
+        if endpoint is not None:
+            tally = self._by_endpoint.get(endpoint)
+            if tally is None:
+                tally = self._by_endpoint[endpoint] = _Tally()
+            tally.add(input_tokens, output_tokens, cost_usd, failed, cached)
+        if model:
+            tally = self._by_model.get(model)
+            if tally is None:
+                tally = self._by_model[model] = _Tally()
+            tally.add(input_tokens, output_tokens, cost_usd, failed, cached)
+
+    def record_cache_hit(self, endpoint: str | None, model: str | None) -> None:
+        """Record a request answered from the response cache (it used and cost nothing)."""
+        self.record(endpoint, model, cached=True)
+
+    def record_error(self, endpoint: str | None, model: str | None, error: str) -> None:
+        """Record a request that failed with the error class named ``error``."""
+        self.record(endpoint, model, error=error)
+
+    def report(self) -> UsageReport:
+        """A frozen snapshot of the totals."""
+        return UsageReport(
+            total=self._total.freeze(),
+            by_endpoint={k: v.freeze() for k, v in self._by_endpoint.items()},
+            by_model={k: v.freeze() for k, v in self._by_model.items()},
+            by_day={k: v.freeze() for k, v in self._by_day.items()},
+        )
+
+    usage = report

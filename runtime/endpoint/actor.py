@@ -1,0 +1,373 @@
+"""The endpoint actor: the single owner of one endpoint's state.
+
+It owns the breaker, the limiter, the latency tracker and the health of one endpoint.
+The dispatcher asks it, synchronously and without a mailbox hop, whether it can take a
+request now (:meth:`EndpointActor.try_admit`) and tells it how the attempt ended
+(:meth:`EndpointActor.finish`); both run to completion on the event loop, so the state
+has one writer at a time. What must wait runs in the actor's own tasks: the timer that
+moves an open breaker to half-open or ends a throttle, and the health-probe loop.
+
+Endpoint states (``EndpointState``), worst first: ``failed`` (escalated by the
+supervisor), ``draining`` (shutting down), ``misconfigured`` (no key, 401/403),
+``unhealthy`` (breaker open), ``throttled`` (429 or a spent rate limit), ``degraded``
+(half-open, recent failures or a failing probe) and ``healthy``. Each real change emits
+one ``endpoint`` transition span.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+import pybreaker
+
+from ..actors.actor import Actor
+from ..errors import AuthenticationFailed, LLMError, ProviderError, RateLimited
+from ..policy import Endpoint
+from ..providers.base import ProviderClient
+from ..telemetry import emit_transition
+from ..types import FrozenStruct
+from .breaker import Breaker, BreakerState, Outcome, classify
+from .health import ProbeSchedule
+from .limiter import Limiter, Reservation
+from .stats import LatencyTracker, short_error
+
+__all__ = ["EndpointActor", "EndpointState", "EndpointStatus", "Permit"]
+
+# A 429 without Retry-After throttles for this long: long enough to shed the burst,
+# short enough that a lone 429 does not take an endpoint out of rotation for long.
+DEFAULT_THROTTLE = 1.0
+
+
+class EndpointState(enum.Enum):
+    """An endpoint's health as the dispatcher sees it."""
+
+    HEALTHY = "healthy"  # serving normally
+    DEGRADED = "degraded"  # serving, but half-open, failing lately or failing probes
+    UNHEALTHY = "unhealthy"  # breaker open: routed around until it recovers
+    THROTTLED = "throttled"  # 429 or a spent rate limit: routed around until the reset
+    MISCONFIGURED = "misconfigured"  # no key or 401/403: routed around until a probe passes
+    FAILED = "failed"  # its actor crashed past the restart intensity: routed around for good
+    DRAINING = "draining"  # the runtime is shutting down: takes no new requests
+
+
+class EndpointStatus(FrozenStruct, frozen=True):
+    """One endpoint as ``Runtime.status()`` reports it. Carries no secret."""
+
+    name: str
+    provider: str
+    model: str
+    state: str
+    breaker: str
+    in_flight: int
+    latency_ms: float | None
+    last_error: str | None = None
+    priority: int = 1
+    retry_at: float | None = None
+
+
+class Permit:
+    """An admitted attempt: what :meth:`EndpointActor.finish` needs to settle it."""
+
+    __slots__ = ("reservation", "started")
+
+    def __init__(self, reservation: Reservation, started: float) -> None:
+        self.reservation = reservation
+        self.started = started
+
+
+class EndpointActor(Actor):
+    """Owns one endpoint's breaker, limiter, latency and health; runs its probe loop."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        client: ProviderClient | Any,
+        *,
+        breaker_storage: pybreaker.CircuitBreakerStorage | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(endpoint.name)
+        self.endpoint = endpoint
+        self.client = client
+        self.provider = endpoint.provider
+        self.model = endpoint.model
+        self.priority = endpoint.priority
+        self.weight = endpoint.weight
+        self._rng = rng
+        self.breaker = Breaker(
+            endpoint.breaker,
+            endpoint=endpoint.name,
+            provider=endpoint.provider,
+            model=endpoint.model,
+            storage=breaker_storage,
+            rng=self._rng,
+        )
+        self.limiter = Limiter(endpoint.rpm, endpoint.tpm, endpoint.max_concurrency)
+        self.latency = LatencyTracker()
+        self._schedule = ProbeSchedule(endpoint.health, self._rng)
+        self._slow_call = endpoint.breaker.slow_call
+        self.health = EndpointState.HEALTHY
+        self.last_error: str | None = None
+        self._misconfigured: str | None = endpoint.key_problem()
+        self._failed = False
+        self._draining = False
+        self._probe_failing = False
+        self._last_success = -math.inf
+        self._wake = anyio.Event()
+        self.drained = anyio.Event()
+        self.first_chunk_timeout = endpoint.first_chunk_timeout or endpoint.timeout
+        self._refresh(anyio.current_time() if _in_loop() else 0.0, "started")
+
+    def __repr__(self) -> str:
+        return (
+            f"<EndpointActor {self.name!r} [{self.health.value} | breaker {self.breaker.state.value} | "
+            f"in-flight {self.limiter.in_flight} | {self.provider}/{self.model}]>"
+        )
+
+    # --- the hot path: called by the dispatcher from the caller's task ------------------
+
+    def try_admit(self, tokens: int, now: float) -> Permit | None:
+        """Take the request now if breaker, limiter and health allow; None (at once) if not."""
+        if self._blocked():
+            return None
+        if not self.breaker.admit(now):
+            return None
+        reservation = self.limiter.try_acquire(tokens, now)
+        if reservation is None:
+            self.breaker.record(Outcome.IGNORED, now)
+            return None
+        return Permit(reservation, now)
+
+    def finish(self, permit: Permit, error: BaseException | None, now: float, tokens: int | None = None) -> None:
+        """Settle an attempt: classify the outcome, feed breaker, limiter and latency."""
+        elapsed = now - permit.started
+        outcome = classify(error, elapsed, self._slow_call)
+        # A 503/529 that says when to come back sets the open period, should it open.
+        retry_after = error.retry_after if isinstance(error, ProviderError) else None
+        self.breaker.record(outcome, now, retry_after=retry_after)
+        self.limiter.release(permit.reservation, tokens, now)
+        if self._draining and self.limiter.in_flight == 0:
+            self.drained.set()
+        if error is None:
+            self.latency.observe(elapsed, now)
+            self._last_success = now
+            if self.health is not EndpointState.HEALTHY:
+                self._refresh(now, "request succeeded")
+            return
+        if isinstance(error, ProviderError):
+            self.last_error = short_error(f"{type(error).__name__}: {error}")
+            self.latency.count(type(error).__name__)
+            if error.rate_limit is not None:
+                self.limiter.observe(error.rate_limit, now)
+            if isinstance(error, RateLimited):
+                retry_after = error.retry_after if error.retry_after is not None else DEFAULT_THROTTLE
+                self.limiter.throttle(now + retry_after)
+                self._refresh(now, "rate limited (429)", retry_after=retry_after)
+                self._wake.set()
+                return
+            if isinstance(error, AuthenticationFailed):
+                self._misconfigured = f"authentication failed (HTTP {error.status})"
+        self._refresh(now, f"request failed: {type(error).__name__}")
+        if self.breaker.state is BreakerState.OPEN:
+            self._wake.set()
+
+    def observe_rate_limit(self, snapshot: Any, now: float) -> None:
+        """Feed the rate-limit headers of a successful response to the limiter."""
+        if snapshot is not None:
+            self.limiter.observe(snapshot, now)
+            if self.limiter.throttled_until > now:
+                self._refresh(now, "provider rate limit spent")
+                self._wake.set()
+
+    def score(self, now: float) -> float:
+        """Lower is better: peak-sensitive latency × (in-flight + 1), divided by weight.
+
+        The latency decays while the endpoint is idle, so one slow spike does not keep
+        it out of rotation for good.
+        """
+        return self.latency.cost(now) * (self.limiter.in_flight + 1) / self.weight
+
+    def available_at(self, tokens: int, now: float) -> float:
+        """When this endpoint expects to take a request of ``tokens`` again (``inf``: not by itself)."""
+        if self._blocked():
+            return math.inf
+        when = now
+        if self.breaker.state is BreakerState.OPEN:
+            when = max(when, self.breaker.retry_at or math.inf)
+        return max(when, self.limiter.available_at(tokens, now))
+
+    def _blocked(self) -> bool:
+        return self._failed or self._draining or self._misconfigured is not None
+
+    # --- state -------------------------------------------------------------------------
+
+    def _compute(self, now: float) -> EndpointState:
+        if self._failed:
+            return EndpointState.FAILED
+        if self._draining:
+            return EndpointState.DRAINING
+        if self._misconfigured is not None:
+            return EndpointState.MISCONFIGURED
+        breaker = self.breaker.state
+        if breaker is BreakerState.OPEN:
+            return EndpointState.UNHEALTHY
+        if self.limiter.throttled_until > now:
+            return EndpointState.THROTTLED
+        if breaker is BreakerState.HALF_OPEN or self._probe_failing or self.breaker.consecutive_failures > 0:
+            return EndpointState.DEGRADED
+        return EndpointState.HEALTHY
+
+    def _refresh(self, now: float, reason: str, **figures: float | int | None) -> None:
+        new = self._compute(now)
+        old = self.health
+        if new is old:
+            return
+        self.health = new
+        self.state_since = now
+        emit_transition(
+            "endpoint",
+            endpoint=self.name,
+            provider=self.provider,
+            model=self.model,
+            from_state=old.value,
+            to_state=new.value,
+            reason=reason,
+            **figures,
+        )
+
+    def mark_failed(self, reason: str) -> None:
+        """The supervisor gave up on this endpoint's actor: route around it from now on."""
+        self._failed = True
+        self.last_error = short_error(reason)
+        self._refresh(anyio.current_time(), reason)
+
+    def drain(self) -> None:
+        """Take no new requests; those in flight finish (``drained`` is set when none is left)."""
+        self._draining = True
+        if self.limiter.in_flight == 0:
+            self.drained.set()
+        self._refresh(anyio.current_time(), "runtime shutting down")
+
+    def isolate(self) -> None:
+        """Open the breaker by hand and keep it open until :meth:`reset`."""
+        now = anyio.current_time()
+        self.breaker.isolate(now)
+        self._refresh(now, "isolated by hand")
+
+    def reset(self) -> None:
+        """Close the breaker, clear throttling and misconfiguration; a fresh start."""
+        now = anyio.current_time()
+        self.breaker.reset(now)
+        self.limiter.unthrottle()
+        self._misconfigured = self.endpoint.key_problem()
+        self._probe_failing = False
+        self._refresh(now, "reset by hand")
+
+    def status(self) -> EndpointStatus:
+        """A snapshot for ``Runtime.status()``."""
+        ewma = self.latency.ewma
+        return EndpointStatus(
+            name=self.name,
+            provider=self.provider,
+            model=self.model,
+            state=self.health.value,
+            breaker=self.breaker.state.value,
+            in_flight=self.limiter.in_flight,
+            latency_ms=round(ewma * 1000.0, 3) if ewma > 0 else None,
+            last_error=self._misconfigured or self.last_error,
+            priority=self.priority,
+            retry_at=self.breaker.retry_at if self.breaker.state is BreakerState.OPEN else None,
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        """Breaker, limiter and latency statistics together."""
+        return {
+            "breaker": self.breaker.statistics(),
+            "limiter": self.limiter.statistics(),
+            "latency": self.latency.statistics(),
+            "state": self.health.value,
+        }
+
+    # --- the actor's own tasks -----------------------------------------------------------
+
+    def background(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        loops: list[Callable[[], Coroutine[Any, Any, None]]] = [self._timers]
+        if self.endpoint.health.enabled:
+            loops.append(self._probe_loop)
+        return loops
+
+    async def handle(self, message: Any) -> Any:
+        match message:
+            case "isolate":
+                self.isolate()
+            case "reset":
+                self.reset()
+            case "probe":
+                return await self.probe()
+            case "status":
+                return self.status()
+            case _:
+                raise LLMError(f"endpoint actor {self.name!r} got an unknown message {message!r}")
+        return None
+
+    async def _timers(self) -> None:
+        """Wake when the breaker's open period or a throttle ends, and move the state on."""
+        while True:
+            now = anyio.current_time()
+            self.breaker.tick(now)
+            self._refresh(now, "timer")
+            deadlines = [t for t in (self.breaker.retry_at, self.limiter.throttled_until) if t is not None and t > now]
+            wake = self._wake = anyio.Event()
+            with anyio.move_on_after(min(deadlines) - now if deadlines else math.inf):
+                await wake.wait()
+
+    async def probe(self) -> bool:
+        """Probe once now; True when the endpoint answered. Feeds breaker and state."""
+        timeout = self.endpoint.health.timeout
+        try:
+            await self.client.probe(timeout)
+        except LLMError as exc:
+            now = anyio.current_time()
+            self._probe_failing = True
+            self.last_error = short_error(f"probe: {type(exc).__name__}: {exc}")
+            if isinstance(exc, AuthenticationFailed):
+                self._misconfigured = f"authentication failed (HTTP {exc.status})"
+            self._refresh(now, f"probe failed: {type(exc).__name__}")
+            return False
+        now = anyio.current_time()
+        self._probe_failing = False
+        if self._misconfigured is not None and self.endpoint.key_problem() is None:
+            self._misconfigured = None
+        if self.breaker.state is BreakerState.OPEN:
+            self.breaker.probe_succeeded(now)
+        self._refresh(now, "probe succeeded")
+        return True
+
+    async def _probe_loop(self) -> None:
+        """Probe on the schedule; skip while real traffic proves the endpoint healthy."""
+        healthy = True
+        while True:
+            await anyio.sleep(self._schedule.next_delay(healthy))
+            if self._failed or self._draining or self.endpoint.key_problem() is not None:
+                continue
+            now = anyio.current_time()
+            if (
+                self.health is EndpointState.HEALTHY
+                and now - self._last_success < self.endpoint.health.interval
+            ):
+                healthy = True  # passive health: real traffic succeeded lately
+                continue
+            healthy = await self.probe()
+
+
+def _in_loop() -> bool:
+    try:
+        anyio.current_time()
+    except RuntimeError:
+        return False
+    return True

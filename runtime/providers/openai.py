@@ -1,0 +1,661 @@
+"""The OpenAI Chat Completions dialect, and the providers that speak it.
+
+:class:`OpenAIAdapter` is the dialect; the presets are configuration on the same code:
+
+- ``openai``: ``https://api.openai.com/v1`` (default), ``Authorization: Bearer``; the reply
+  limit is sent as ``max_completion_tokens`` (``max_tokens`` is refused by reasoning models).
+- ``azure`` (:class:`AzureAdapter`): ``{base_url}/openai/deployments/{model}/…?api-version=…``
+  (default ``2024-10-21``), ``api-key`` header, content filtering mapped to
+  :class:`ContentFiltered`.
+- ``deepseek`` (:class:`DeepSeekAdapter`): ``https://api.deepseek.com`` (default); usage on
+  the finish chunk, ``prompt_cache_hit_tokens``, ``reasoning_content``, ``: keep-alive``
+  comments. DeepSeek has no embeddings API.
+- ``openai-compatible`` (:class:`OpenAICompatibleAdapter`): any ``base_url`` (required),
+  key optional.
+
+Shared behaviour, decided once here:
+
+- Streams ask for usage (``stream_options: {"include_usage": true}``); usage is accepted on
+  a trailing ``choices: []`` chunk (OpenAI, Azure) or on the finish chunk (DeepSeek).
+- Only choice index 0 is read, from a stream or a whole reply, even when ``n > 1``.
+- ``reasoning_content`` (DeepSeek; ``reasoning`` on some compatible servers) becomes
+  ``reasoning``, kept apart from the text.
+- A ``refusal`` (structured outputs) is the model's answer and is returned as the text
+  when there is no ``content``; ``finish_reason`` stays what the provider said.
+- ``finish_reason: "content_filter"``: a whole reply with no text and no tool calls raises
+  :class:`ContentFiltered` (there is nothing to return); one with partial text is
+  returned as it is, finish reason and all. A stream that ends with that finish reason
+  delivers its chunks, the finish chunk included, then raises :class:`ContentFiltered`
+  where the stream ends: the caller sees a refusal, not a short success.
+- ``Endpoint.headers`` go on every request, after the adapter's own, so they may
+  override them (an Azure Entra ``Authorization`` header instead of ``api-key``, say).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import msgspec
+
+from ..errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ConfigError,
+    ContentFiltered,
+    ContextWindowExceeded,
+    InvalidRequest,
+    Overloaded,
+    ProtocolError,
+    ProviderError,
+    RateLimited,
+    ServerError,
+)
+from ..policy import Endpoint
+from ..types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Message,
+    RateLimitSnapshot,
+    StreamChunk,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from .base import (
+    Adapter,
+    HTTPRequest,
+    body_snippet,
+    build_error,
+    decode_error_body,
+    error_class_for_status,
+    header_int,
+    looks_like_context_overflow,
+    parse_go_duration,
+)
+from .streams import FramedDecoder, SSEDecoder, SSEEvent
+
+__all__ = ["AzureAdapter", "DeepSeekAdapter", "OpenAIAdapter", "OpenAICompatibleAdapter"]
+
+
+# --- provider-native views: private, every field defaulted so unknown or missing keys pass ---
+
+
+class _View(msgspec.Struct, gc=False):
+    """Base of the wire views: unknown fields are ignored, missing ones take defaults."""
+
+
+class _FunctionView(_View):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCallView(_View):
+    index: int = 0
+    id: str | None = None
+    function: _FunctionView | None = None
+
+
+class _MessageView(_View):
+    content: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[_ToolCallView] | None = None
+
+
+class _ChoiceView(_View):
+    index: int = 0
+    message: _MessageView | None = None
+    finish_reason: str | None = None
+
+
+class _PromptDetailsView(_View):
+    cached_tokens: int | None = None
+
+
+class _CompletionDetailsView(_View):
+    reasoning_tokens: int | None = None
+
+
+class _UsageView(_View):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: _PromptDetailsView | None = None
+    completion_tokens_details: _CompletionDetailsView | None = None
+    prompt_cache_hit_tokens: int | None = None  # DeepSeek
+
+
+class _ErrorView(_View):
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
+
+
+class _CompletionView(_View):
+    id: str | None = None
+    model: str | None = None
+    choices: list[_ChoiceView] = []
+    usage: _UsageView | None = None
+    error: _ErrorView | str | None = None
+
+
+class _DeltaView(_View):
+    content: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[_ToolCallView] | None = None
+
+
+class _ChunkChoiceView(_View):
+    index: int = 0
+    delta: _DeltaView | None = None
+    finish_reason: str | None = None
+
+
+class _ChunkView(_View):
+    id: str | None = None
+    model: str | None = None
+    choices: list[_ChunkChoiceView] = []
+    usage: _UsageView | None = None
+    error: _ErrorView | str | None = None
+
+
+class _EmbeddingView(_View):
+    index: int = 0
+    embedding: list[float] = []
+
+
+class _EmbeddingListView(_View):
+    data: list[_EmbeddingView] = []
+    model: str | None = None
+    usage: _UsageView | None = None
+
+
+_completion_decoder = msgspec.json.Decoder(_CompletionView)
+_chunk_decoder = msgspec.json.Decoder(_ChunkView)
+_embedding_decoder = msgspec.json.Decoder(_EmbeddingListView)
+_encode = msgspec.json.encode
+
+_INCLUDE_USAGE: dict[str, Any] = {"include_usage": True}
+# "Please try again in 6ms." / "in 20s." / "in 1m30s." in OpenAI's 429 messages
+_TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))+)")
+_FILTER_CODES = frozenset({"content_filter", "ResponsibleAIPolicyViolation"})
+
+
+def _usage(view: _UsageView) -> Usage:
+    """OpenAI usage → :class:`Usage`: prompt → input, completion → output, cached prompt
+    tokens (``prompt_tokens_details.cached_tokens``, else DeepSeek's
+    ``prompt_cache_hit_tokens``) → cached input, ``reasoning_tokens`` → reasoning."""
+    prompt = view.prompt_tokens or 0
+    completion = view.completion_tokens or 0
+    details = view.prompt_tokens_details
+    cached = details.cached_tokens if details is not None and details.cached_tokens is not None else None
+    if cached is None:
+        cached = view.prompt_cache_hit_tokens
+    out_details = view.completion_tokens_details
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=completion,
+        total_tokens=view.total_tokens or prompt + completion,
+        cached_input_tokens=cached,
+        reasoning_tokens=out_details.reasoning_tokens if out_details is not None else None,
+    )
+
+
+def _wire_message(message: Message) -> Message | dict[str, Any]:
+    """A message in OpenAI's shape. Plain-text messages already encode as it, unchanged."""
+    content = message.content
+    if message.tool_calls is None and (content is None or isinstance(content, str)):
+        return message
+    wire: dict[str, Any] = {"role": message.role}
+    if isinstance(content, list):
+        parts: list[dict[str, Any]] = []
+        for part in content:
+            if isinstance(part, TextPart):
+                parts.append({"type": "text", "text": part.text})
+            else:
+                image: dict[str, Any] = {"url": part.url}
+                if part.detail is not None:
+                    image["detail"] = part.detail
+                parts.append({"type": "image_url", "image_url": image})
+        wire["content"] = parts
+    else:
+        # An assistant turn that only calls tools has null content on the wire.
+        wire["content"] = content
+    if message.name is not None:
+        wire["name"] = message.name
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def _error_fields(doc: Any) -> tuple[str | None, str | None, str | None, bool]:
+    """(message, code, type, content-filtered?) from any error body shape seen in the wild:
+    ``{"error": {...}}`` (OpenAI, Azure, DeepSeek), ``{"error": "..."}``, ``{"message": ...}``
+    (vLLM), ``{"detail": ...}`` (FastAPI servers)."""
+    if not isinstance(doc, dict):
+        return None, None, None, False
+    error = doc.get("error")
+    if isinstance(error, str):
+        return error, None, None, False
+    if not isinstance(error, dict):
+        error = doc
+    message = error.get("message")
+    if message is None and "detail" in doc:
+        message = doc["detail"]
+    code = error.get("code")
+    etype = error.get("type")
+    inner = error.get("innererror") or error.get("inner_error")
+    inner_code = inner.get("code") if isinstance(inner, dict) else None
+    filtered = code in _FILTER_CODES or inner_code in _FILTER_CODES
+    return (
+        message if isinstance(message, str) else (None if message is None else str(message)),
+        None if code is None else str(code),
+        etype if isinstance(etype, str) else None,
+        filtered,
+    )
+
+
+def _class_for_code(code: str | None, etype: str | None, message: str) -> type[ProviderError]:
+    """The error class of an error carried without an HTTP status (inside a stream or a 200 body)."""
+    if code is not None and code.isdigit() and 400 <= int(code) < 600:
+        # vLLM and other compatible servers put the HTTP status in ``code``
+        cls = error_class_for_status(int(code))
+        if cls is BadRequest and looks_like_context_overflow(message):
+            return ContextWindowExceeded
+        return cls
+    key = f"{code or ''} {etype or ''}"
+    if "content_filter" in key:
+        return ContentFiltered
+    if "insufficient_quota" in key:
+        return AuthenticationFailed
+    if "rate_limit" in key or etype in ("requests", "tokens"):
+        return RateLimited
+    if looks_like_context_overflow(f"{key} {message}"):
+        return ContextWindowExceeded
+    if "overloaded" in key:
+        return Overloaded
+    if "invalid_request" in key:
+        return BadRequest
+    if "auth" in key or "invalid_api_key" in key:
+        return AuthenticationFailed
+    return ServerError
+
+
+class OpenAIAdapter(Adapter):
+    """OpenAI Chat Completions and Embeddings, for one endpoint (see the module docstring)."""
+
+    provider = "openai"
+    #: where requests go when the endpoint names no ``base_url``
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
+    #: the body key of the reply-length limit
+    max_tokens_field: ClassVar[str] = "max_completion_tokens"
+    #: whether the provider serves ``/embeddings``
+    embeddings: ClassVar[bool] = True
+
+    def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
+        super().__init__(endpoint, api_key)
+        base = (endpoint.base_url or self.default_base_url or "").rstrip("/")
+        if not base:
+            raise ConfigError(f"base_url is required for {self.provider}", key="base_url", endpoint=endpoint.name)
+        self._base = base
+        self._model = endpoint.model
+        self._chat_url, self._embed_url, self._probe_url = self._urls(base, endpoint)
+        auth = self._auth_headers(api_key)
+        self._probe_headers: dict[str, str] = {**auth, **endpoint.headers}
+        self._json_headers: dict[str, str] = {"Content-Type": "application/json", **auth, **endpoint.headers}
+        self._stream_headers: dict[str, str] = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            **auth,
+            **endpoint.headers,
+        }
+
+    def _urls(self, base: str, endpoint: Endpoint) -> tuple[str, str, str]:
+        """The chat, embeddings and probe URLs."""
+        return f"{base}/chat/completions", f"{base}/embeddings", f"{base}/models"
+
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """The headers that carry the key (none without a key)."""
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    # --- requests ---------------------------------------------------------------------
+
+    def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
+        """``POST …/chat/completions`` with the endpoint's model and the request's options."""
+        body: dict[str, Any] = {"model": self._model, "messages": [_wire_message(m) for m in request.messages]}
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = _INCLUDE_USAGE
+        if request.max_tokens is not None:
+            body[self.max_tokens_field] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = request.stop
+        if request.tools:
+            body["tools"] = request.tools
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+        if request.response_format is not None:
+            body["response_format"] = request.response_format  # json_object / json_schema, as given
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.user is not None:
+            body["user"] = request.user
+        headers = self._stream_headers if stream else self._json_headers
+        return HTTPRequest("POST", self._chat_url, headers, _encode(body))
+
+    def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
+        """``POST …/embeddings`` asking for float vectors (the SDKs default to base64)."""
+        if not self.embeddings:
+            raise InvalidRequest(
+                f"{self.provider} has no embeddings API; route embeddings to an openai, azure, ollama "
+                "or openai-compatible endpoint",
+                endpoint=self.name,
+            )
+        body: dict[str, Any] = {"model": self._model, "input": request.inputs, "encoding_format": "float"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        return HTTPRequest("POST", self._embed_url, self._json_headers, _encode(body))
+
+    def probe_request(self) -> HTTPRequest:
+        """``GET …/models``: authenticated, spends no tokens."""
+        return HTTPRequest("GET", self._probe_url, self._probe_headers)
+
+    # --- answers ----------------------------------------------------------------------
+
+    def parse_chat(self, body: bytes) -> ChatResponse:
+        """A whole reply: choice 0's text, reasoning, tool calls, finish reason, and usage."""
+        try:
+            view = _completion_decoder.decode(body)
+        except msgspec.MsgspecError as exc:
+            raise self._protocol(f"undecodable chat reply: {exc}") from exc
+        if view.error is not None:
+            raise self.error_in_body(view.error)
+        choice = next((c for c in view.choices if c.index == 0), None)
+        if choice is None:
+            if not view.choices:
+                raise self._protocol("chat reply has no choices")
+            choice = view.choices[0]
+        message = choice.message or _MessageView()
+        text = message.content or message.refusal or ""
+        calls = [
+            ToolCall(
+                id=call.id or f"call_{i}",
+                name=(call.function.name or "") if call.function else "",
+                arguments=(call.function.arguments or "{}") if call.function else "{}",
+            )
+            for i, call in enumerate(message.tool_calls or ())
+        ]
+        finish = choice.finish_reason
+        if finish == "content_filter" and not text and not calls:
+            raise ContentFiltered(
+                "the provider's content filter withheld the completion",
+                endpoint=self.name,
+                provider=self.provider,
+                code="content_filter",
+            )
+        return ChatResponse(
+            text=text,
+            finish_reason=finish,
+            usage=_usage(view.usage) if view.usage is not None else Usage(),
+            model=view.model or self._model,
+            endpoint=self.name,
+            provider=self.provider,
+            id=view.id or None,
+            tool_calls=calls,
+            reasoning=message.reasoning_content or message.reasoning,
+        )
+
+    def stream_decoder(self) -> _ChatStreamDecoder:
+        """A decoder of one Chat Completions SSE stream."""
+        return _ChatStreamDecoder(self)
+
+    def parse_embed(self, body: bytes) -> EmbeddingResponse:
+        """One float vector per input, in input order (the ``index`` field decides)."""
+        try:
+            view = _embedding_decoder.decode(body)
+        except msgspec.MsgspecError as exc:
+            raise self._protocol(f"undecodable embeddings reply: {exc}") from exc
+        items = sorted(view.data, key=lambda item: item.index)
+        usage = view.usage
+        return EmbeddingResponse(
+            vectors=[item.embedding for item in items],
+            model=view.model or self._model,
+            endpoint=self.name,
+            provider=self.provider,
+            usage=_usage(usage) if usage is not None else Usage(),
+        )
+
+    # --- errors and headers -----------------------------------------------------------
+
+    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        """The one error an HTTP error response means (see :func:`~runtime.providers.base.build_error`).
+
+        Beyond the status: ``content_filter`` (Azure; ``innererror.code``
+        ``ResponsibleAIPolicyViolation``) is :class:`ContentFiltered`, ``insufficient_quota``
+        is :class:`AuthenticationFailed` (no amount of waiting helps; the endpoint needs
+        someone to act), context-length wording is :class:`ContextWindowExceeded`, and a
+        429 without ``Retry-After`` takes its delay from "try again in 6ms" in the message.
+        """
+        doc = decode_error_body(body)
+        message, code, etype, filtered = _error_fields(doc)
+        if message is None:
+            message = body_snippet(body) if doc is None else ""
+        cls: type[ProviderError] | None = None
+        if filtered:
+            cls = ContentFiltered
+        elif code == "insufficient_quota" or etype == "insufficient_quota":
+            cls = AuthenticationFailed
+        hint = None
+        if status == 429 and message:
+            match = _TRY_AGAIN.search(message)
+            if match is not None:
+                hint = parse_go_duration(match.group(1))
+        return build_error(self, status, headers, message, code=code, error_type=etype, cls=cls, retry_after=hint)
+
+    def error_in_body(self, error: _ErrorView | str) -> ProviderError:
+        """The error an ``{"error": …}`` object means where no HTTP status says it (mid-stream)."""
+        if isinstance(error, str):
+            message, code, etype = error, None, None
+        else:
+            message = error.message or ""
+            code = None if error.code is None else str(error.code)
+            etype = error.type
+        cls = _class_for_code(code, etype, message)
+        return cls(
+            self.redact(message) or "error event in the reply",
+            endpoint=self.name,
+            provider=self.provider,
+            code=self.redact(code) if code else None,
+            error_type=etype,
+        )
+
+    def rate_limit(self, headers: Mapping[str, str]) -> RateLimitSnapshot | None:
+        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``; resets are Go durations."""
+        limit_requests = header_int(headers, "x-ratelimit-limit-requests")
+        limit_tokens = header_int(headers, "x-ratelimit-limit-tokens")
+        remaining_requests = header_int(headers, "x-ratelimit-remaining-requests")
+        remaining_tokens = header_int(headers, "x-ratelimit-remaining-tokens")
+        reset_requests = headers.get("x-ratelimit-reset-requests")
+        reset_tokens = headers.get("x-ratelimit-reset-tokens")
+        if (
+            limit_requests is None
+            and limit_tokens is None
+            and remaining_requests is None
+            and remaining_tokens is None
+            and reset_requests is None
+            and reset_tokens is None
+        ):
+            return None
+        return RateLimitSnapshot(
+            limit_requests=limit_requests,
+            remaining_requests=remaining_requests,
+            reset_requests=parse_go_duration(reset_requests) if reset_requests is not None else None,
+            limit_tokens=limit_tokens,
+            remaining_tokens=remaining_tokens,
+            reset_tokens=parse_go_duration(reset_tokens) if reset_tokens is not None else None,
+        )
+
+    def _protocol(self, message: str) -> ProtocolError:
+        return ProtocolError(self.redact(message), endpoint=self.name, provider=self.provider)
+
+
+class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
+    """Chat Completions SSE → :class:`StreamChunk`; ends at ``data: [DONE]``.
+
+    Emits a chunk for every event that carries text, reasoning, tool-call fragments, a
+    finish reason or usage; role-only openers, Azure's filter annotations and empty
+    keep-alive events carry nothing and emit nothing. A stream whose choice 0 finished
+    with ``content_filter`` raises :class:`ContentFiltered` once its chunks are out.
+    """
+
+    terminal = "data: [DONE]"
+
+    def __init__(self, adapter: OpenAIAdapter) -> None:
+        super().__init__(adapter, SSEDecoder())
+        self._openai = adapter
+        self._filtered = False
+
+    def _frame(self, frame: SSEEvent, out: list[StreamChunk]) -> None:
+        data = frame.data
+        if len(data) < 16 and data.strip() == b"[DONE]":
+            if self._filtered:
+                raise self._missing_terminal()
+            self.done = True
+            return
+        try:
+            chunk = _chunk_decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            raise self._openai._protocol(f"undecodable stream event: {exc}") from exc
+        if chunk.error is not None:
+            raise self._openai.error_in_body(chunk.error)
+        usage = _usage(chunk.usage) if chunk.usage is not None else None
+        model = chunk.model or None
+        ident = chunk.id or None
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            finish = choice.finish_reason
+            if delta is None:
+                text = reasoning = ""
+                tools = None
+            else:
+                text = delta.content or delta.refusal or ""
+                reasoning = delta.reasoning_content or delta.reasoning or ""
+                tools = (
+                    [
+                        ToolCallDelta(
+                            index=call.index,
+                            id=call.id,
+                            name=call.function.name if call.function else None,
+                            arguments=(call.function.arguments or "") if call.function else "",
+                        )
+                        for call in delta.tool_calls
+                    ]
+                    if delta.tool_calls
+                    else None
+                )
+            if finish == "content_filter":
+                self._filtered = True
+            if text or reasoning or tools or finish or usage is not None:
+                out.append(
+                    StreamChunk(
+                        text=text,
+                        reasoning=reasoning,
+                        tool_calls=tools,
+                        finish_reason=finish,
+                        usage=usage,
+                        model=model,
+                        id=ident,
+                    )
+                )
+                usage = None
+        if usage is not None:
+            out.append(StreamChunk(usage=usage, model=model, id=ident))
+
+    def _missing_terminal(self) -> ProviderError:
+        if self._filtered:
+            adapter = self._openai
+            return ContentFiltered(
+                "the provider's content filter cut the completion",
+                endpoint=adapter.name,
+                provider=adapter.provider,
+                code="content_filter",
+            )
+        return super()._missing_terminal()
+
+
+class AzureAdapter(OpenAIAdapter):
+    """Azure OpenAI: the deployment (``Endpoint.model``) is in the URL, the key in ``api-key``.
+
+    ``POST {base_url}/openai/deployments/{model}/chat/completions?api-version={api_version}``
+    (``api_version`` defaults to ``2024-10-21``, the GA version); the probe lists the
+    resource's models, ``GET {base_url}/openai/models?api-version=…``. Prompt filtering
+    (400, ``code: content_filter``) and completion filtering (``finish_reason:
+    content_filter``) are :class:`ContentFiltered` as the module docstring says.
+    """
+
+    provider = "azure"
+    default_base_url = None
+    max_tokens_field = "max_tokens"
+    #: the API version used when the endpoint names none
+    default_api_version: ClassVar[str] = "2024-10-21"
+
+    def _urls(self, base: str, endpoint: Endpoint) -> tuple[str, str, str]:
+        if base.endswith("/openai"):
+            base = base[: -len("/openai")]
+        version = urllib.parse.quote(endpoint.api_version or self.default_api_version, safe="")
+        deployment = f"{base}/openai/deployments/{urllib.parse.quote(endpoint.model, safe='')}"
+        return (
+            f"{deployment}/chat/completions?api-version={version}",
+            f"{deployment}/embeddings?api-version={version}",
+            f"{base}/openai/models?api-version={version}",
+        )
+
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"api-key": api_key} if api_key else {}
+
+
+class DeepSeekAdapter(OpenAIAdapter):
+    """DeepSeek: ``https://api.deepseek.com`` by default, Bearer key, no embeddings API.
+
+    ``deepseek-reasoner``'s ``reasoning_content`` becomes ``reasoning``;
+    ``prompt_cache_hit_tokens`` becomes ``cached_input_tokens``; ``: keep-alive`` comments
+    are skipped by the SSE framer and do not reset the idle timer.
+    """
+
+    provider = "deepseek"
+    default_base_url = "https://api.deepseek.com"
+    max_tokens_field = "max_tokens"
+    embeddings = False
+
+
+class OpenAICompatibleAdapter(OpenAIAdapter):
+    """Any server speaking the OpenAI dialect (vLLM, llama.cpp, LM Studio, LiteLLM, …).
+
+    ``base_url`` is required (the prefix before ``/chat/completions``, usually ending in
+    ``/v1``); the key is optional and sent as a Bearer token when given; custom headers
+    come from ``Endpoint.headers``.
+    """
+
+    provider = "openai-compatible"
+    default_base_url = None
+    max_tokens_field = "max_tokens"

@@ -1,0 +1,367 @@
+"""Incremental stream framing: bytes split anywhere in, whole events out.
+
+Two framers turn a response body into frames, whatever way the network split it:
+
+- :class:`SSEDecoder` reads ``text/event-stream`` (OpenAI, Azure, DeepSeek, Anthropic) as the
+  WHATWG spec says: ``\\n``, ``\\r\\n`` and a lone ``\\r`` all end a line, ``:`` lines are
+  comments (``: keep-alive``), ``data:`` lines of one event are joined with ``\\n``, an
+  ``event:`` field names the event, a blank line dispatches it. One departure from the
+  spec, on purpose: an event still open at end of input is dispatched by :meth:`finish`
+  rather than dropped, because real servers end on an event without its blank line
+  (Anthropic's SDK fixture does) and dropping it would lose the terminal event.
+- :class:`NDJSONDecoder` reads newline-delimited JSON (Ollama): one frame per non-blank
+  line, the last line flushed at end of input even without its newline.
+
+Both hold at most one incomplete line plus the event being assembled, so memory stays
+flat however long the stream runs; a single line or event larger than ``max_frame_bytes``
+is refused with :class:`ProtocolError` rather than buffered without bound.
+
+:class:`FramedDecoder` is the base of every adapter's :class:`StreamDecoder`: it runs a
+framer, hands each frame to the adapter's dialect code and takes care of the two rules
+every dialect shares. An error found after some chunks of the same read is held back
+until those chunks are delivered; a stream that ends without its terminal event raises
+:class:`ProtocolError` from :meth:`~FramedDecoder.finish`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
+
+from ..errors import ProtocolError, ProviderError
+from ..types import StreamChunk
+from .base import StreamDecoder
+
+if TYPE_CHECKING:
+    from .base import Adapter
+
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "FramedDecoder", "Framer", "NDJSONDecoder", "SSEDecoder", "SSEEvent"]
+
+#: The largest single line or event a framer buffers. LLM stream events are small (a
+#: token, a tool-call fragment); a frame this large means a broken or hostile server.
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+_T = TypeVar("_T")
+
+
+class SSEEvent(NamedTuple):
+    """One dispatched server-sent event: its name (``"message"`` when it had no ``event:``
+    field) and its data, the event's ``data:`` lines joined with ``\\n``, as bytes so JSON
+    decoders read it without a copy."""
+
+    event: str
+    data: bytes
+
+
+class Framer(Protocol[_T]):
+    """Something that cuts a byte stream into frames: :class:`SSEDecoder`, :class:`NDJSONDecoder`."""
+
+    def feed(self, data: bytes) -> list[_T]:
+        """The frames completed by ``data``."""
+        ...
+
+    def finish(self) -> list[_T]:
+        """The frames still open at end of input."""
+        ...
+
+
+def _too_large(size: int, limit: int) -> ProtocolError:
+    return ProtocolError(f"stream frame of {size} bytes exceeds the {limit}-byte limit")
+
+
+class SSEDecoder:
+    """Bytes to :class:`SSEEvent`\\ s, incrementally; the same events for any split of the input.
+
+    ``comments`` counts comment lines seen (keep-alives); ``last_event_id`` is the last
+    ``id:`` field. ``retry:`` and unknown fields are ignored, as the spec says.
+    """
+
+    __slots__ = (
+        "_data",
+        "_data_size",
+        "_event",
+        "_partial",
+        "_partial_size",
+        "_skip_lf",
+        "comments",
+        "last_event_id",
+        "max_frame_bytes",
+    )
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.comments = 0
+        self.last_event_id: str | None = None
+        self._partial: list[bytes] = []  # pieces of the current, unterminated line
+        self._partial_size = 0
+        self._data: list[bytes] | None = None  # data lines of the open event; None: no data yet
+        self._data_size = 0
+        self._event = "message"
+        self._skip_lf = False  # the last read ended on "\r": a leading "\n" completes that CRLF
+
+    def __repr__(self) -> str:
+        return f"<SSEDecoder [buffered {self.buffered} bytes | {self.comments} comments]>"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the incomplete line plus the data of the event being assembled."""
+        return self._partial_size + self._data_size
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """The events completed by ``data``."""
+        if not data:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]
+                if not data:
+                    return []
+        has_cr = b"\r" in data
+        if not has_cr and b"\n" not in data:
+            # No line ends here: keep the piece; joining happens once, when the line ends,
+            # so a long line in many small reads costs linear, not quadratic, time.
+            self._partial.append(data)
+            self._partial_size += len(data)
+            if self._partial_size + self._data_size > self.max_frame_bytes:
+                raise _too_large(self._partial_size + self._data_size, self.max_frame_bytes)
+            return []
+        if self._partial:
+            self._partial.append(data)
+            data = b"".join(self._partial)
+            self._partial = []
+            self._partial_size = 0
+        if has_cr:
+            if data[-1] == 0x0D:
+                self._skip_lf = True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        events: list[SSEEvent] = []
+        # The two lines almost every event is made of (``data: …`` and the blank line that
+        # dispatches it) are handled inline; everything else goes through _line.
+        limit = self.max_frame_bytes
+        for line in lines:
+            if not line:
+                parts = self._data
+                if parts is not None:
+                    events.append(SSEEvent(self._event, parts[0] if len(parts) == 1 else b"\n".join(parts)))
+                    self._data = None
+                    self._data_size = 0
+                self._event = "message"
+            elif line.startswith(b"data: "):
+                value = line[6:]
+                if self._data is None:
+                    self._data = [value]
+                else:
+                    self._data.append(value)
+                self._data_size += len(value) + 1  # + the joining newline, so empty lines count too
+                if self._data_size > limit:
+                    raise _too_large(self._data_size, limit)
+            elif line.startswith(b"event: "):
+                self._event = _event_name(line[7:])
+            else:
+                self._line(line, events)
+        if tail:
+            self._partial.append(tail)
+            self._partial_size = len(tail)
+            if self._partial_size + self._data_size > self.max_frame_bytes:
+                raise _too_large(self._partial_size + self._data_size, self.max_frame_bytes)
+        return events
+
+    def finish(self) -> list[SSEEvent]:
+        """The event still open at end of input (see the module docstring); resets the decoder."""
+        events: list[SSEEvent] = []
+        if self._partial:
+            line = b"".join(self._partial)
+            self._partial = []
+            self._partial_size = 0
+            self._line(line, events)
+        self._line(b"", events)
+        self._skip_lf = False
+        return events
+
+    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
+        if not line:
+            parts = self._data
+            if parts is not None:
+                events.append(SSEEvent(self._event, parts[0] if len(parts) == 1 else b"\n".join(parts)))
+                self._data = None
+                self._data_size = 0
+            self._event = "message"
+            return
+        if line[0] == 0x3A:  # ":" opens a comment
+            self.comments += 1
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            if self._data is None:
+                self._data = [value]
+            else:
+                self._data.append(value)
+            self._data_size += len(value) + 1  # + the joining newline, so empty lines count too
+            if self._data_size > self.max_frame_bytes:
+                raise _too_large(self._data_size, self.max_frame_bytes)
+        elif name == b"event":
+            self._event = _event_name(value)
+        elif name == b"id":
+            if b"\0" not in value:
+                self.last_event_id = value.decode("utf-8", "replace")
+
+
+_EVENT_NAMES: dict[bytes, str] = {}
+
+
+def _event_name(raw: bytes) -> str:
+    # Streams repeat a handful of names thousands of times; decode each once. The cache is
+    # bounded so a server inventing names cannot grow it.
+    name = _EVENT_NAMES.get(raw)
+    if name is None:
+        name = raw.decode("utf-8", "replace") or "message"
+        if len(_EVENT_NAMES) < 64:
+            _EVENT_NAMES[raw] = name
+    return name
+
+
+class NDJSONDecoder:
+    """Bytes to lines of newline-delimited JSON, incrementally; blank lines are skipped and a
+    ``\\r`` before the ``\\n`` is dropped. The same lines for any split of the input."""
+
+    __slots__ = ("_partial", "_partial_size", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+
+    def __repr__(self) -> str:
+        return f"<NDJSONDecoder [buffered {self.buffered} bytes]>"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the incomplete last line."""
+        return self._partial_size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines completed by ``data``."""
+        if b"\n" not in data:
+            if data:
+                self._partial.append(data)
+                self._partial_size += len(data)
+                if self._partial_size > self.max_frame_bytes:
+                    raise _too_large(self._partial_size, self.max_frame_bytes)
+            return []
+        if self._partial:
+            self._partial.append(data)
+            data = b"".join(self._partial)
+            self._partial = []
+            self._partial_size = 0
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            self._partial.append(tail)
+            self._partial_size = len(tail)
+            if self._partial_size > self.max_frame_bytes:
+                raise _too_large(self._partial_size, self.max_frame_bytes)
+        return [line for line in map(_strip_cr, lines) if line and not line.isspace()]
+
+    def finish(self) -> list[bytes]:
+        """The last line when the input did not end with a newline; resets the decoder."""
+        if not self._partial:
+            return []
+        line = _strip_cr(b"".join(self._partial))
+        self._partial = []
+        self._partial_size = 0
+        return [line] if line and not line.isspace() else []
+
+
+def _strip_cr(line: bytes) -> bytes:
+    return line[:-1] if line[-1:] == b"\r" else line
+
+
+class FramedDecoder(StreamDecoder, Generic[_T]):
+    """Base of the adapters' stream decoders: a framer plus the dialect's frame handler.
+
+    Subclasses implement :meth:`_frame`, appending the chunks a frame carries to ``out``,
+    raising the matching :class:`ProviderError` for an error frame and setting ``done``
+    on the terminal one; frames after it are ignored. ``terminal`` names the terminal
+    event for the error raised when the stream ends without it.
+
+    An error raised by a frame after earlier frames of the same read produced chunks is
+    held back: ``feed`` returns those chunks and the error is raised by the next
+    ``feed`` or ``finish`` (servers close the stream after an error, so that call comes at
+    once). So the caller gets every chunk the server sent before the error, however the
+    bytes were split. ``finish`` cannot hold anything back (the stream is over), so an
+    error found there is raised at once.
+    """
+
+    terminal: str = "terminal event"
+
+    def __init__(self, adapter: Adapter, framer: Framer[_T]) -> None:
+        self._adapter = adapter
+        self._framer = framer
+        self._error: ProviderError | None = None
+        self.done = False
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "failed" if self._error is not None else "open"
+        return f"<{type(self).__name__} {self._adapter.name!r} [{state}]>"
+
+    @abc.abstractmethod
+    def _frame(self, frame: _T, out: list[StreamChunk]) -> None: ...
+
+    def feed(self, data: bytes) -> list[StreamChunk]:
+        """The chunks completed by ``data``; raises the error a frame carried."""
+        if self._error is not None:
+            raise self._release()
+        out: list[StreamChunk] = []
+        try:
+            for frame in self._framer.feed(data):
+                if self.done:
+                    break
+                self._frame(frame, out)
+        except ProviderError as exc:
+            self._own(exc)
+            if out:
+                self._error = exc
+                return out
+            raise
+        return out
+
+    def finish(self) -> list[StreamChunk]:
+        """The chunks of a last frame without its terminator; raises :class:`ProtocolError`
+        when the terminal event never came."""
+        if self._error is not None:
+            raise self._release()
+        out: list[StreamChunk] = []
+        try:
+            for frame in self._framer.finish():
+                if self.done:
+                    break
+                self._frame(frame, out)
+        except ProviderError as exc:
+            self._own(exc)
+            raise
+        if not self.done:
+            raise self._missing_terminal()
+        return out
+
+    def _missing_terminal(self) -> ProviderError:
+        """The error for a stream that ended without its terminal event."""
+        adapter = self._adapter
+        return ProtocolError(f"stream ended without its {self.terminal}", endpoint=adapter.name, provider=adapter.provider)
+
+    def _release(self) -> ProviderError:
+        error = self._error
+        assert error is not None
+        self._error = None
+        self.done = True  # nothing after an error event is a reply
+        return error
+
+    def _own(self, exc: ProviderError) -> None:
+        # Framers raise without knowing whose stream it is; name the endpoint here.
+        if exc.endpoint is None:
+            exc.endpoint = self._adapter.name
+            exc.provider = self._adapter.provider
