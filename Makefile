@@ -16,7 +16,7 @@ demo: install
 	$(BIN)/llm-runtime demo
 
 lint: install
-	$(BIN)/ruff check runtime tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: lint
