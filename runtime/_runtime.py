@@ -50,7 +50,7 @@ from .errors import (
 from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
 from .providers import make_client
 from .providers.base import ChunkStream
-from .telemetry import tracer
+from .telemetry import request_span
 from .types import (
     Attempt,
     ChatRequest,
@@ -131,7 +131,6 @@ class Runtime:
         self._endpoint_budgets = {ep.name: BudgetGuard(ep.budget) for ep in endpoints if ep.budget is not None}
         if self.budget_guard is not None:
             self.metrics.observe_budget(self.budget_guard.remaining)
-        self._tracer = tracer()
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
@@ -295,7 +294,7 @@ class Runtime:
     def _deadline(self, timeout: float | None) -> float:
         if timeout is not None and not (timeout > 0):
             raise InvalidRequest(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
-        return anyio.current_time() + (timeout if timeout is not None else self.timeout)
+        return asyncio.get_running_loop().time() + (timeout if timeout is not None else self.timeout)
 
     def _accept(self) -> Any:
         budgets = self._endpoint_budgets
@@ -350,9 +349,8 @@ class Runtime:
         hedge_policy = self.hedge if hedge is None or hedge is True else (hedge or None)
         if hedge is True and hedge_policy is None:
             hedge_policy = HedgePolicy()
-        with self._tracer.start_as_current_span(
-            f"chat {model or request.model or 'default'}",
-            attributes={"gen_ai.operation.name": "chat", "gen_ai.request.model": model or ""},
+        with request_span(
+            f"chat {model or 'default'}", {"gen_ai.operation.name": "chat", "gen_ai.request.model": model or ""}
         ) as span:
             try:
                 reply = await self._send(

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
 
 from .types import Usage
 
@@ -123,6 +123,17 @@ def _observe_budgets(options: CallbackOptions) -> Iterable[Observation]:
                 yield Observation(value, {"scope": scope, "kind": kind})
 
 
+def metrics_enabled() -> bool:
+    """True once a real meter provider (an SDK) is installed globally.
+
+    Until then every instrument is a proxy that records nothing, yet each call still
+    costs a microsecond or more; the request path skips the calls instead.
+    """
+    provider = metrics.get_meter_provider()
+    # The default global is a private proxy class; compare by name rather than import it.
+    return not isinstance(provider, NoOpMeterProvider) and type(provider).__name__ != "_ProxyMeterProvider"
+
+
 class Metrics:
     """One runtime's handle on the metric instruments (see the module docstring)."""
 
@@ -156,6 +167,8 @@ class Metrics:
         outcome: str = "ok",
     ) -> None:
         """Count one finished request: its outcome, duration, tokens and cost."""
+        if not metrics_enabled():
+            return
         ins = self._instruments
         attrs = self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model), ("outcome", outcome))
         ins.requests.add(1, attrs)
@@ -182,6 +195,8 @@ class Metrics:
         self, error_class: str, *, endpoint: str | None = None, provider: str | None = None, model: str | None = None
     ) -> None:
         """Count one error by its class name (and where it happened, when known)."""
+        if not metrics_enabled():
+            return
         self._instruments.errors.add(
             1,
             self._attributes(
@@ -193,12 +208,16 @@ class Metrics:
         self, seconds: float, *, endpoint: str | None = None, provider: str | None = None, model: str | None = None
     ) -> None:
         """Record a stream's time to first chunk."""
+        if not metrics_enabled():
+            return
         self._instruments.ttfc.record(
             seconds, self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model))
         )
 
     def record_cache(self, hit: bool) -> None:
         """Count one response-cache lookup as a hit or a miss."""
+        if not metrics_enabled():
+            return
         if hit:
             self._instruments.cache_hits.add(1)
         else:

@@ -27,8 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 
-__all__ = ["INSTRUMENTATION_NAME", "emit_transition", "tracer"]
+__all__ = ["INSTRUMENTATION_NAME", "emit_transition", "request_span", "tracer", "tracing_enabled"]
 
 INSTRUMENTATION_NAME = "llm-runtime"
 
@@ -36,6 +37,46 @@ INSTRUMENTATION_NAME = "llm-runtime"
 def tracer() -> trace.Tracer:
     """The runtime's tracer from the current global provider."""
     return trace.get_tracer(INSTRUMENTATION_NAME)
+
+
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def tracing_enabled() -> bool:
+    """True once a real tracer provider (an SDK) is installed globally.
+
+    Even a no-op span costs several microseconds (context attach and detach); the
+    request path asks this first and skips spans entirely when nobody records them.
+    """
+    return not isinstance(trace.get_tracer_provider(), _NO_SDK)
+
+
+class _NoSpan:
+    """Stands in for a span when tracing is off: a context manager that records nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        return None
+
+    def is_recording(self) -> bool:
+        return False
+
+
+_NO_SPAN = _NoSpan()
+
+
+def request_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
+    """A current span for a request or an attempt, or a shared no-op when tracing is off."""
+    if isinstance(trace.get_tracer_provider(), _NO_SDK):
+        return _NO_SPAN
+    return trace.get_tracer(INSTRUMENTATION_NAME).start_as_current_span(name, attributes=attributes)
 
 
 def emit_transition(

@@ -9,6 +9,8 @@ only the number of distinct endpoints, models and days. Days are UTC dates
 from __future__ import annotations
 
 import datetime
+import math
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -87,6 +89,8 @@ class UsageLedger:
         self._by_endpoint: dict[str, _Tally] = {}
         self._by_model: dict[str, _Tally] = {}
         self._by_day: dict[str, _Tally] = {}
+        self._day_key = ""
+        self._day_end = -math.inf
 
     def __repr__(self) -> str:
         t = self._total
@@ -96,6 +100,15 @@ class UsageLedger:
         )
 
     def _day(self) -> str:
+        if self._now is _utc_now:
+            # The default clock: one float comparison per record until midnight UTC.
+            t = time.time()
+            if t < self._day_end:
+                return self._day_key
+            today = datetime.datetime.fromtimestamp(t, datetime.UTC).date()
+            self._day_key = today.isoformat()
+            self._day_end = datetime.datetime.combine(today, datetime.time(), datetime.UTC).timestamp() + 86400.0
+            return self._day_key
         now = self._now()
         if now.tzinfo is not None:
             now = now.astimezone(datetime.UTC)

@@ -20,6 +20,7 @@ take requests again before the deadline (a long Retry-After) is skipped, not wai
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import math
@@ -39,7 +40,7 @@ from ..errors import (
     NoEndpointAvailable,
 )
 from ..policy import HedgePolicy, RetryPolicy
-from ..telemetry import tracer
+from ..telemetry import request_span
 from ..types import Attempt
 from .retry import RetryBudget, backoff_delay
 
@@ -138,7 +139,6 @@ class Dispatcher:
         self._random = self._rng.random
         self.retry_budget = RetryBudget(retry.budget_ratio, retry.budget_floor)
         self.hedge_budget = RetryBudget(hedge.budget_ratio, 0.0) if hedge else None
-        self._tracer = tracer()
 
     def __repr__(self) -> str:
         return f"<Dispatcher [endpoints: {len(self.routes.actors)} | {self.retry_budget!r}]>"
@@ -245,7 +245,8 @@ class Dispatcher:
         what must fit an endpoint's context window together with the reply. With
         ``settle`` false the winning permit stays open for the caller to settle (streams).
         """
-        now = anyio.current_time()
+        clock = asyncio.get_running_loop().time
+        now = clock()
         self.retry_budget.record_request(now)
         if self.hedge_budget is not None:
             self.hedge_budget.record_request(now)
@@ -256,7 +257,7 @@ class Dispatcher:
         retry = self.retry
         retry_same = False
         while True:
-            now = anyio.current_time()
+            now = clock()
             if now >= deadline:
                 break
             if attempts and (len(attempts) >= retry.max_attempts or not self.retry_budget.try_spend(now)):
@@ -295,9 +296,9 @@ class Dispatcher:
                     )
                     attempts.extend(extra)
                 else:
-                    with self._tracer.start_as_current_span(
+                    with request_span(
                         f"attempt {actor.name}",
-                        attributes={"endpoint": actor.name, "attempt": len(attempts) + 1, "gen_ai.provider.name": actor.provider},
+                        {"endpoint": actor.name, "attempt": len(attempts) + 1, "gen_ai.provider.name": actor.provider},
                     ) as span:
                         try:
                             value = await attempt(actor, timeout)
@@ -306,7 +307,7 @@ class Dispatcher:
                             raise
                         span.set_attribute("outcome", "ok")
             except LLMError as exc:
-                end = anyio.current_time()
+                end = clock()
                 actor.finish(permit, exc, end)
                 attempts.append(Attempt(endpoint=actor.name, error=exc, elapsed=end - started))
                 if isinstance(exc, ContextWindowExceeded):
@@ -321,16 +322,16 @@ class Dispatcher:
                 failed[actor.name] = failed.get(actor.name, 0) + 1
                 continue
             except BaseException as exc:
-                actor.finish(permit, exc, anyio.current_time())
+                actor.finish(permit, exc, clock())
                 raise
-            end = anyio.current_time()
+            end = clock()
             attempts.append(Attempt(endpoint=actor.name, elapsed=end - started))
             if settle:
                 actor.finish(permit, None, end, usage_tokens(value) if usage_tokens else None)
             return Outcome(value, actor, permit, attempts)
         if raise_if_none is not None:
             raise raise_if_none
-        deadline_hit = anyio.current_time() >= deadline
+        deadline_hit = clock() >= deadline
         if not attempts:
             raise NoEndpointAvailable(f"deadline reached before any endpoint could take the request (route {route!r})", route=route)
         reason = "deadline reached" if deadline_hit else (

@@ -15,6 +15,7 @@ import abc
 import asyncio
 import datetime
 import email.utils
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -155,6 +156,7 @@ _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+@functools.lru_cache(maxsize=256)
 def parse_go_duration(value: str) -> float | None:
     """Seconds in a Go duration such as ``"6m0s"``, ``"12ms"`` or ``"2m59.56s"``; None if unreadable."""
     value = value.strip()
@@ -407,7 +409,8 @@ class ProviderClient:
                     if resp.status >= 400:
                         raise await self._fail(resp)
                     body = await resp.read()
-                    if resp.content_type != "application/json" and what == "reply":
+                    # The raw header, not aiohttp's parsed property: parsing costs more than the check.
+                    if what == "reply" and not resp.headers.get("Content-Type", "").startswith("application/json"):
                         raise self._protocol(f"expected application/json, got {resp.content_type!r}")
                     return body, resp.headers
         except LLMError:
