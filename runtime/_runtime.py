@@ -50,7 +50,7 @@ from .errors import (
 from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
 from .providers import make_client
 from .providers.base import ChunkStream
-from .telemetry import request_span
+from .telemetry import request_span, resolve_providers
 from .types import (
     Attempt,
     ChatRequest,
@@ -129,6 +129,11 @@ class Runtime:
         self.cache = ResponseCache(cache) if cache is not None else None
         self.budget_guard = BudgetGuard(budget) if budget is not None else None
         self._endpoint_budgets = {ep.name: BudgetGuard(ep.budget) for ep in endpoints if ep.budget is not None}
+        # Counting prompt tokens costs microseconds per request; do it only when a TPM
+        # limit, a context window or a budget will read the count.
+        self._count_prompt = budget is not None or any(
+            ep.tpm or ep.context_window or ep.budget for ep in endpoints
+        )
         if self.budget_guard is not None:
             self.metrics.observe_budget(self.budget_guard.remaining)
 
@@ -158,6 +163,7 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         if self._running:
             raise InvalidRequest("the runtime is already running")
+        resolve_providers()
         # Our own deadlines bound every request; aiohttp's default 5-minute total would
         # only race them. limit=0: the concurrency caps live in the endpoint limiters.
         self._session = aiohttp.ClientSession(
@@ -372,9 +378,9 @@ class Runtime:
         self, tiers: list[Tier], request: ChatRequest, deadline: float, route: str | None, hedge: HedgePolicy | None
     ) -> ChatResponse:
         _, dispatcher = self._require_running()
-        prompt = estimate_request_tokens(request)
+        prompt = estimate_request_tokens(request) if self._count_prompt else 0
         reserve = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
-        reservation = self._reserve_budget(prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE))
+        reservation = self._reserve_budget(reserve)
         loop_time = asyncio.get_running_loop().time
 
         async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
@@ -600,7 +606,7 @@ class ReplyStream:
                 self._buffer = replay_as_stream(hit)
                 self._ended = True
                 return self
-        prompt = estimate_request_tokens(request)
+        prompt = estimate_request_tokens(request) if rt._count_prompt else 0
         reserve = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
         self._reservation = rt._reserve_budget(reserve)
 

@@ -41,6 +41,7 @@ from typing import Final
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
+from opentelemetry.metrics import _internal as _metrics_internal
 
 from .types import Usage
 
@@ -127,11 +128,18 @@ def metrics_enabled() -> bool:
     """True once a real meter provider (an SDK) is installed globally.
 
     Until then every instrument is a proxy that records nothing, yet each call still
-    costs a microsecond or more; the request path skips the calls instead.
+    costs a microsecond or more, and ``metrics.get_meter_provider()`` reads
+    ``os.environ`` on every call; the set-once global is read directly instead (see
+    :func:`runtime.telemetry.resolve_providers`).
     """
-    provider = metrics.get_meter_provider()
-    # The default global is a private proxy class; compare by name rather than import it.
-    return not isinstance(provider, NoOpMeterProvider) and type(provider).__name__ != "_ProxyMeterProvider"
+    provider = getattr(_metrics_internal, "_METER_PROVIDER", _UNREAD)
+    if provider is _UNREAD:  # the API changed its internals: take the public, slower path
+        provider = metrics.get_meter_provider()
+        return type(provider).__name__ != "_ProxyMeterProvider" and not isinstance(provider, NoOpMeterProvider)
+    return provider is not None and not isinstance(provider, NoOpMeterProvider)
+
+
+_UNREAD = object()
 
 
 class Metrics:

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.util.types import AttributeValue
 
-__all__ = ["INSTRUMENTATION_NAME", "emit_transition", "request_span", "tracer", "tracing_enabled"]
+__all__ = ["INSTRUMENTATION_NAME", "emit_transition", "request_span", "resolve_providers", "tracer", "tracing_enabled"]
 
 INSTRUMENTATION_NAME = "llm-runtime"
 
@@ -45,10 +45,25 @@ _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 def tracing_enabled() -> bool:
     """True once a real tracer provider (an SDK) is installed globally.
 
-    Even a no-op span costs several microseconds (context attach and detach); the
-    request path asks this first and skips spans entirely when nobody records them.
+    Even a no-op span costs several microseconds (context attach and detach), and
+    ``trace.get_tracer_provider()`` reads ``os.environ`` on every call until a provider
+    is set. The global provider can be set only once, so the set-once module global is
+    read directly; :func:`resolve_providers` (called when a runtime starts) lets an
+    environment-configured provider load first.
     """
-    return not isinstance(trace.get_tracer_provider(), _NO_SDK)
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNREAD)
+    if provider is _UNREAD:  # the API changed its internals: take the public, slower path
+        provider = trace.get_tracer_provider()
+    return provider is not None and not isinstance(provider, _NO_SDK)
+
+
+_UNREAD = object()
+
+
+def resolve_providers() -> None:
+    """Let providers configured by ``OTEL_PYTHON_*_PROVIDER`` variables load now, not mid-request."""
+    trace.get_tracer_provider()
+    metrics.get_meter_provider()
 
 
 class _NoSpan:
@@ -74,7 +89,7 @@ _NO_SPAN = _NoSpan()
 
 def request_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
     """A current span for a request or an attempt, or a shared no-op when tracing is off."""
-    if isinstance(trace.get_tracer_provider(), _NO_SDK):
+    if not tracing_enabled():
         return _NO_SPAN
     return trace.get_tracer(INSTRUMENTATION_NAME).start_as_current_span(name, attributes=attributes)
 

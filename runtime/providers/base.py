@@ -16,6 +16,7 @@ import asyncio
 import datetime
 import email.utils
 import functools
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -403,16 +404,21 @@ class ProviderClient:
         await self._exchange(self.adapter.probe_request(), timeout, "probe answer")
 
     async def _exchange(self, http: HTTPRequest, timeout: float, what: str) -> tuple[bytes, Mapping[str, str]]:
+        # aiohttp's own per-request timer bounds connect, headers and body alike; it is the
+        # timer a plain aiohttp call pays anyway, where a second asyncio.timeout would add
+        # its cost on top. No rounding up: the deadline is the caller's.
+        limit = aiohttp.ClientTimeout(total=timeout, ceil_threshold=math.inf)
         try:
-            async with asyncio.timeout(timeout):
-                async with self.session.request(http.method, http.url, headers=http.headers, data=http.body) as resp:
-                    if resp.status >= 400:
-                        raise await self._fail(resp)
-                    body = await resp.read()
-                    # The raw header, not aiohttp's parsed property: parsing costs more than the check.
-                    if what == "reply" and not resp.headers.get("Content-Type", "").startswith("application/json"):
-                        raise self._protocol(f"expected application/json, got {resp.content_type!r}")
-                    return body, resp.headers
+            async with self.session.request(
+                http.method, http.url, headers=http.headers, data=http.body, timeout=limit
+            ) as resp:
+                if resp.status >= 400:
+                    raise await self._fail(resp)
+                body = await resp.read()
+                # The raw header, not aiohttp's parsed property: parsing costs more than the check.
+                if what == "reply" and not resp.headers.get("Content-Type", "").startswith("application/json"):
+                    raise self._protocol(f"expected application/json, got {resp.content_type!r}")
+                return body, resp.headers
         except LLMError:
             raise
         except TimeoutError as exc:
