@@ -34,7 +34,9 @@ from .accounting import (
     cacheable,
     estimate_request_tokens,
     estimate_usage,
+    fit_messages,
     replay_as_stream,
+    token_counter,
 )
 from .actors import ChildSpec, Supervisor
 from .dispatch.dispatcher import Dispatcher, RouteTable, Tier
@@ -173,6 +175,10 @@ class Runtime:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
+            # The first token count for a model may load a tokenizer file: do it now,
+            # off the event loop, rather than on the first request.
+            for model in {ep.model for ep in self.endpoints}:
+                await anyio.to_thread.run_sync(token_counter, model)
             self._supervisor = Supervisor(max_restarts=self._max_restarts, within=self._restart_within)
             await self._tg.start(self._supervisor.run)
             actors = [self._build_actor(ep) for ep in self.endpoints]
@@ -326,6 +332,7 @@ class Runtime:
         endpoint: str | None = None,
         cache: bool | None = None,
         hedge: HedgePolicy | bool | None = None,
+        trim: bool = False,
     ) -> ChatResponse:
         """Send a chat request to the best healthy endpoint and return the whole reply.
 
@@ -333,7 +340,10 @@ class Runtime:
         :class:`Message`). ``model`` routes by group or model name, ``endpoint`` pins one
         endpoint, ``timeout`` is the whole request's deadline in seconds, ``cache``
         opts in (True) or out (False) of the response cache, ``hedge`` overrides the
-        runtime's hedging for this request (a policy, or False for none).
+        runtime's hedging for this request (a policy, or False for none). With ``trim``
+        a conversation too long for an endpoint's ``context_window`` is trimmed to fit it
+        (system messages and the newest turns kept, tool call and result never split)
+        instead of routing around that endpoint.
         """
         routes, dispatcher = self._require_running()
         request = self._request(
@@ -360,7 +370,7 @@ class Runtime:
         ) as span:
             try:
                 reply = await self._send(
-                    tiers, request, deadline, route, hedge_policy if hedge_policy and dispatcher.hedge_budget else None
+                    tiers, request, deadline, route, hedge_policy if hedge_policy and dispatcher.hedge_budget else None, trim
                 )
             except AllEndpointsFailed as exc:
                 if key is not None and cache_store is not None and cache_store.policy.serve_stale:
@@ -375,7 +385,13 @@ class Runtime:
         return reply
 
     async def _send(
-        self, tiers: list[Tier], request: ChatRequest, deadline: float, route: str | None, hedge: HedgePolicy | None
+        self,
+        tiers: list[Tier],
+        request: ChatRequest,
+        deadline: float,
+        route: str | None,
+        hedge: HedgePolicy | None,
+        trim: bool,
     ) -> ChatResponse:
         _, dispatcher = self._require_running()
         prompt = estimate_request_tokens(request) if self._count_prompt else 0
@@ -384,14 +400,15 @@ class Runtime:
         loop_time = asyncio.get_running_loop().time
 
         async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
-            reply, snapshot = await actor.client.chat(request, timeout)
+            reply, snapshot = await actor.client.chat(self._fit(request, actor) if trim else request, timeout)
             if snapshot is not None:
                 actor.observe_rate_limit(snapshot, loop_time())
             return reply
 
         try:
             outcome = await dispatcher.run(
-                tiers, attempt, tokens=reserve, deadline=deadline, prompt_tokens=prompt + (request.max_tokens or 0),
+                tiers, attempt, tokens=reserve, deadline=deadline,
+                prompt_tokens=0 if trim else prompt + (request.max_tokens or 0),
                 route=route, usage_tokens=_total_tokens, accept=self._accept(), hedge=hedge,
             )
         except BaseException as exc:
@@ -403,6 +420,23 @@ class Runtime:
         reply = outcome.value
         self._finish_reply(reply, outcome.actor, request, outcome.attempts, reservation)
         return reply
+
+    @staticmethod
+    def _fit(request: ChatRequest, actor: EndpointActor) -> ChatRequest:
+        """The request trimmed to the endpoint's context window (unchanged when it has none)."""
+        window = actor.endpoint.context_window
+        if window is None:
+            return request
+        fitted = fit_messages(
+            request.messages,
+            context_window=window,
+            max_tokens=request.max_tokens or DEFAULT_REPLY_RESERVE,
+            model=actor.model,
+            extra_tokens=estimate_request_tokens(msgspec.structs.replace(request, messages=[])),
+        )
+        if not fitted.dropped:
+            return request
+        return msgspec.structs.replace(request, messages=fitted.messages)
 
     def _finish_reply(
         self, reply: ChatResponse, actor: EndpointActor, request: ChatRequest, attempts: list[Any], reservation: Any
@@ -454,19 +488,23 @@ class Runtime:
         timeout: float | None = None,
         endpoint: str | None = None,
         cache: bool | None = None,
+        trim: bool = False,
     ) -> ReplyStream:
         """Stream a chat reply: ``async with rt.stream(...) as s: async for chunk in s: ...``.
 
         Failover is transparent until the first chunk with content reaches the caller;
         after that a failure raises :class:`StreamInterrupted` carrying the partial text.
-        ``s.response`` holds the whole reply once the stream has ended.
+        ``s.response`` holds the whole reply once the stream has ended. ``trim`` as for
+        :meth:`chat`.
         """
         routes, _ = self._require_running()
         request = self._request(
             messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
         )
-        return ReplyStream(self, request, routes.tiers(model, endpoint), self._deadline(timeout), endpoint or model, cache)
+        return ReplyStream(
+            self, request, routes.tiers(model, endpoint), self._deadline(timeout), endpoint or model, cache, trim
+        )
 
     async def embed(
         self,
@@ -535,12 +573,9 @@ class Runtime:
 
         ``with Runtime(...).blocking() as rt: rt.chat("hi")``: the same methods, blocking.
         """
-        with start_blocking_portal() as portal:
-            portal.call(self.__aenter__)
-            try:
-                yield BlockingRuntime(self, portal)
-            finally:
-                portal.call(self.__aexit__, None, None, None)
+        # One task enters and leaves the runtime, as its task group requires.
+        with start_blocking_portal() as portal, portal.wrap_async_context_manager(self):
+            yield BlockingRuntime(self, portal)
 
 
 class ReplyStream:
@@ -559,8 +594,10 @@ class ReplyStream:
         deadline: float,
         route: str | None,
         cache: bool | None,
+        trim: bool = False,
     ) -> None:
         self._rt = runtime
+        self._trim = trim
         self._request = request
         self._tiers = tiers
         self._deadline = deadline
@@ -613,7 +650,7 @@ class ReplyStream:
         async def attempt(actor: EndpointActor, timeout: float) -> tuple[ChunkStream, list[StreamChunk]]:
             endpoint = actor.endpoint
             chunks = await actor.client.stream(
-                request,
+                rt._fit(request, actor) if self._trim else request,
                 first_chunk_timeout=min(actor.first_chunk_timeout, timeout),
                 idle_timeout=endpoint.idle_timeout,
             )
@@ -633,7 +670,7 @@ class ReplyStream:
         try:
             outcome = await dispatcher.run(
                 self._tiers, attempt, tokens=reserve, deadline=self._deadline,
-                prompt_tokens=prompt + (request.max_tokens or 0), route=self._route, settle=False,
+                prompt_tokens=0 if self._trim else prompt + (request.max_tokens or 0), route=self._route, settle=False,
                 accept=rt._accept(),
             )
         except BaseException:

@@ -256,13 +256,17 @@ class Dispatcher:
         raise_if_none: LLMError | None = None
         retry = self.retry
         retry_same = False
+        # Endpoints whose window proved too small: never again within this request.
+        too_small: set[str] = set()
         while True:
             now = clock()
             if now >= deadline:
                 break
             if attempts and (len(attempts) >= retry.max_attempts or not self.retry_budget.try_spend(now)):
                 break
-            picked = self.choose(tiers, tokens, now, frozenset() if retry_same else failed.keys(), min_window, accept)
+            picked = self.choose(
+                tiers, tokens, now, too_small if retry_same else failed.keys() | too_small, min_window, accept
+            )
             if picked is None and failed and not retry_same:
                 # Every untried endpoint is unavailable: back off, then the same ones again.
                 wait = backoff_delay(max(failed.values()), retry.backoff_base, retry.backoff_max, self._rng)
@@ -313,9 +317,10 @@ class Dispatcher:
                 if isinstance(exc, ContextWindowExceeded):
                     # Only an endpoint with a larger window can help.
                     window = actor.endpoint.context_window
-                    min_window = max(min_window, (window or tokens) + 1)
+                    if window is not None:
+                        min_window = max(min_window, window + 1)
+                    too_small.add(actor.name)
                     raise_if_none = exc
-                    failed[actor.name] = failed.get(actor.name, 0) + 1
                     continue
                 if not getattr(exc, "retryable", False):
                     raise
