@@ -268,8 +268,7 @@ def test_blocking_facade_serves_code_that_is_not_async() -> None:
         async with FaultyEndpoint("openai", name="sync", text="hello sync") as ep:
             urls.append(ep.base_url)
             ready.set()
-            while not stop.is_set():
-                await anyio.sleep(0.01)
+            await anyio.to_thread.run_sync(stop.wait)
 
     server = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
     server.start()
