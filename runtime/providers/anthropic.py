@@ -42,7 +42,6 @@ from ..errors import (
     InvalidRequest,
     NotFound,
     Overloaded,
-    ProtocolError,
     ProviderError,
     RateLimited,
     ServerError,
@@ -320,9 +319,6 @@ class AnthropicAdapter(Adapter):
             endpoint=self.name,
         )
 
-    def probe_request(self) -> HTTPRequest:
-        """``GET /v1/models``: authenticated, spends no tokens."""
-        return HTTPRequest("GET", self._probe_url, self._probe_headers)
 
     # --- answers ----------------------------------------------------------------------
 
@@ -437,9 +433,6 @@ class AnthropicAdapter(Adapter):
             remaining_tokens=remaining_tokens,
             reset_tokens=reset_tokens,
         )
-
-    def _protocol(self, message: str) -> ProtocolError:
-        return ProtocolError(self.redact(message), endpoint=self.name, provider=self.provider)
 
 
 class _MessageStreamDecoder(FramedDecoder[SSEEvent]):

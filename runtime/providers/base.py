@@ -131,9 +131,17 @@ class Adapter(abc.ABC):
     def parse_embed(self, body: bytes) -> EmbeddingResponse:
         """The vectors from a 2xx body."""
 
-    @abc.abstractmethod
+    #: set by each adapter's ``__init__``: the token-free probe's URL and headers
+    _probe_url: str
+    _probe_headers: Mapping[str, str]
+
     def probe_request(self) -> HTTPRequest:
-        """A token-free request that succeeds when the endpoint is reachable and the key works."""
+        """A token-free GET that succeeds when the endpoint is reachable and the key works."""
+        return HTTPRequest("GET", self._probe_url, self._probe_headers)
+
+    def _protocol(self, message: str) -> ProtocolError:
+        """A ProtocolError for this endpoint, with the key redacted from ``message``."""
+        return ProtocolError(self.redact(message), endpoint=self.name, provider=self.provider)
 
     @abc.abstractmethod
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -380,9 +388,6 @@ class ProviderClient:
             self.adapter.redact(f"{type(exc).__name__}: {exc}"), endpoint=self._name, provider=self._provider
         )
 
-    def _protocol(self, message: str) -> ProtocolError:
-        return ProtocolError(self.adapter.redact(message), endpoint=self._name, provider=self._provider)
-
     async def _fail(self, resp: aiohttp.ClientResponse) -> ProviderError:
         body = await resp.read()
         return self.adapter.parse_error(resp.status, resp.headers, body)
@@ -417,7 +422,7 @@ class ProviderClient:
                 body = await resp.read()
                 # The raw header, not aiohttp's parsed property: parsing costs more than the check.
                 if what == "reply" and not resp.headers.get("Content-Type", "").startswith("application/json"):
-                    raise self._protocol(f"expected application/json, got {resp.content_type!r}")
+                    raise self.adapter._protocol(f"expected application/json, got {resp.content_type!r}")
                 return body, resp.headers
         except LLMError:
             raise
@@ -470,7 +475,7 @@ class ChunkStream:
                     if resp.content_type == "application/json":
                         # an error body under a 2xx status still says what went wrong
                         raise client.adapter.parse_error(resp.status if resp.status >= 400 else 502, resp.headers, body)
-                    raise client._protocol(
+                    raise client.adapter._protocol(
                         f"expected {client.adapter.stream_content_types[0]}, got {resp.content_type!r}"
                     )
         except BaseException as exc:
@@ -531,7 +536,7 @@ class ChunkStream:
         if isinstance(exc, (aiohttp.ClientError, OSError)):
             return client._connection(exc)
         if isinstance(exc, msgspec.MsgspecError):
-            return client._protocol(f"undecodable stream: {exc}")
+            return client.adapter._protocol(f"undecodable stream: {exc}")
         return exc
 
     def _close(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import InvalidRequest, NotFound, ProtocolError, ProviderError, ServerError
+from ..errors import InvalidRequest, NotFound, ProviderError, ServerError
 from ..policy import Endpoint
 from ..types import (
     ChatRequest,
@@ -212,9 +212,6 @@ class OllamaAdapter(Adapter):
             body["dimensions"] = request.dimensions
         return HTTPRequest("POST", self._embed_url, self._headers, _encode(body))
 
-    def probe_request(self) -> HTTPRequest:
-        """``GET /api/tags``: lists local models, loads none."""
-        return HTTPRequest("GET", self._probe_url, self._probe_headers)
 
     # --- answers ----------------------------------------------------------------------
 
@@ -284,9 +281,6 @@ class OllamaAdapter(Adapter):
         lowered = message.lower()
         cls: type[ProviderError] = NotFound if "not found" in lowered and "model" in lowered else ServerError
         return cls(self.redact(message) or "error line in the reply", endpoint=self.name, provider=self.provider)
-
-    def _protocol(self, message: str) -> ProtocolError:
-        return ProtocolError(self.redact(message), endpoint=self.name, provider=self.provider)
 
 
 class _ChatStreamDecoder(FramedDecoder[bytes]):

@@ -48,7 +48,6 @@ from ..errors import (
     ContextWindowExceeded,
     InvalidRequest,
     Overloaded,
-    ProtocolError,
     ProviderError,
     RateLimited,
     ServerError,
@@ -374,9 +373,6 @@ class OpenAIAdapter(Adapter):
             body["dimensions"] = request.dimensions
         return HTTPRequest("POST", self._embed_url, self._json_headers, _encode(body))
 
-    def probe_request(self) -> HTTPRequest:
-        """``GET …/models``: authenticated, spends no tokens."""
-        return HTTPRequest("GET", self._probe_url, self._probe_headers)
 
     # --- answers ----------------------------------------------------------------------
 
@@ -512,9 +508,6 @@ class OpenAIAdapter(Adapter):
             remaining_tokens=remaining_tokens,
             reset_tokens=parse_go_duration(reset_tokens) if reset_tokens is not None else None,
         )
-
-    def _protocol(self, message: str) -> ProtocolError:
-        return ProtocolError(self.redact(message), endpoint=self.name, provider=self.provider)
 
 
 class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
