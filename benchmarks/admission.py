@@ -26,10 +26,11 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+from runtime.endpoint.actor import EndpointActor
 from runtime.endpoint.breaker import Breaker, Outcome
 from runtime.endpoint.limiter import Limiter
 from runtime.endpoint.stats import LatencyTracker
-from runtime.policy import BreakerPolicy
+from runtime.policy import BreakerPolicy, Endpoint, HealthPolicy
 
 TOKENS = 1200
 SUCCESS = Outcome.SUCCESS
@@ -102,7 +103,27 @@ async def run(iterations: int) -> None:
 
         return step
 
+    # The whole endpoint actor as the dispatcher calls it: try_admit (health, breaker,
+    # limiter) and finish (classification, breaker, limiter, latency, state refresh).
+    def actor_path(actor: EndpointActor) -> Callable[[], None]:
+        try_admit, finish = actor.try_admit, actor.finish
+
+        def step() -> None:
+            permit = try_admit(TOKENS, now)
+            if permit is not None:
+                finish(permit, None, now + 0.25, 800)
+
+        return step
+
+    quiet = HealthPolicy(enabled=False)
+    plain_actor = EndpointActor(Endpoint(name="a", provider="mock", health=quiet), None)
+    limited_actor = EndpointActor(
+        Endpoint(name="b", provider="mock", health=quiet, rpm=10**9, tpm=10**12, max_concurrency=10**6), None
+    )
+
     cases = [
+        ("EndpointActor try_admit + finish", actor_path(plain_actor)),
+        ("  same, rpm + tpm + concurrency", actor_path(limited_actor)),
         ("admission, no rpm/tpm limits", admission(plain)),
         ("admission, rpm + tpm + concurrency", admission(limited)),
         ("  breaker admit + record", breaker_only),
@@ -135,6 +156,24 @@ async def run(iterations: int) -> None:
     tracemalloc.stop()
     total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     print(f"\nmemory: {count:,} Breaker + Limiter + LatencyTracker triples (rpm, tpm, concurrency set)")
+    print(f"  {total / 1024:,.0f} KiB in all, {total / count / 1024:.2f} KiB per endpoint")
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    actors = []
+    for i in range(count):
+        endpoint = Endpoint(name=f"actor-{i}", provider="mock", health=quiet, rpm=500, tpm=200_000, max_concurrency=64)
+        actor = EndpointActor(endpoint, None)
+        permit = actor.try_admit(TOKENS, now)
+        assert permit is not None
+        actor.finish(permit, None, now + 0.25, 800)
+        actors.append(actor)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    print(f"memory: {count:,} whole EndpointActors (config, mailbox, breaker, limiter, latency, probe schedule)")
     print(f"  {total / 1024:,.0f} KiB in all, {total / count / 1024:.2f} KiB per endpoint")
 
 
