@@ -361,6 +361,7 @@ class Runtime:
             self.metrics.record_cache(hit is not None)
             if hit is not None:
                 self.ledger.record_cache_hit(hit.endpoint, hit.model)
+                self.metrics.record_request(hit.endpoint, hit.provider, hit.model, None, 0.0, 0.0, outcome="cached")
                 return msgspec.structs.replace(hit, cached=True, attempts=[])
         hedge_policy = self.hedge if hedge is None or hedge is True else (hedge or None)
         if hedge is True and hedge_policy is None:
@@ -377,6 +378,9 @@ class Runtime:
                     stale = cache_store.stale(key)
                     if stale is not None:
                         span.set_attribute("llm_runtime.stale", True)
+                        self.metrics.record_request(
+                            stale.endpoint, stale.provider, stale.model, None, 0.0, 0.0, outcome="stale"
+                        )
                         return msgspec.structs.replace(stale, cached=True, stale=True, attempts=exc.attempts)
                 raise
             _annotate(span, reply)

@@ -24,7 +24,7 @@ name                               kind                unit    attributes
 =================================  ==================  ======  ==============================================
 
 ``outcome`` is ``ok`` for a reply from an endpoint, ``cached`` / ``stale`` for one from
-the response cache, ``error`` for a failure. Durations are seconds, with bucket
+the response cache; failures are counted by ``llm_runtime.errors``. Durations are seconds, with bucket
 boundaries from 5 ms to 2 minutes.
 
 The instruments are created once per process and shared by every :class:`Metrics`

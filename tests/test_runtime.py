@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import runtime
 from runtime import (
@@ -21,6 +22,7 @@ from runtime import (
     NoEndpointAvailable,
     Runtime,
 )
+from runtime.providers.mock import MockClient
 from runtime.testing import FaultyEndpoint
 
 pytestmark = pytest.mark.anyio
@@ -285,3 +287,29 @@ def test_blocking_facade_serves_code_that_is_not_async() -> None:
     finally:
         stop.set()
         server.join(10)
+
+
+async def test_crashing_endpoint_actor_is_restarted_then_escalated(
+    local: FaultyEndpoint, monkeypatch: pytest.MonkeyPatch, span_exporter: InMemorySpanExporter
+) -> None:
+    """An actor whose probe loop crashes is restarted; past the intensity it is failed and routed around."""
+
+    async def broken_probe(self: MockClient, timeout: float) -> None:
+        raise RuntimeError("bug in a probe")
+
+    monkeypatch.setattr(MockClient, "probe", broken_probe)
+    endpoints = [
+        Endpoint(name="flaky", provider="mock", health=HealthPolicy(interval=1.0), priority=1),
+        local.endpoint(health=QUIET, priority=2),
+    ]
+    async with Runtime(endpoints, max_restarts=2, restart_within=60) as rt:
+        assert (await rt.chat("hi")).endpoint == "flaky"
+        await anyio.sleep(30)
+        assert rt.status()[0].state == "failed"
+        assert "bug in a probe" in (rt.status()[0].last_error or "")
+        for _ in range(3):
+            assert (await rt.chat("hi")).endpoint == "local"
+    names = [s.name for s in span_exporter.get_finished_spans()]
+    assert names.count("actor crashed") == 3
+    assert names.count("supervisor failed") == 1
+    assert names.count("endpoint failed") == 1
