@@ -27,7 +27,7 @@ from runtime.errors import (
 )
 from runtime.providers import make_client
 from runtime.providers.base import ProviderClient
-from runtime.testing import FaultyEndpoint, Faults
+from runtime.testing import Faults, FaultyEndpoint
 from runtime.types import ChatRequest, EmbeddingRequest, Message, StreamChunk
 
 pytestmark = pytest.mark.anyio
