@@ -553,7 +553,8 @@ class Runtime:
         if not self._actors:
             return [
                 EndpointStatus(
-                    name=ep.name, provider=ep.provider, model=ep.model, state="stopped", breaker="closed",
+                    name=ep.name, provider=ep.provider, model=ep.model,
+                    state="misconfigured" if ep.key_problem() else "healthy", breaker="closed",
                     in_flight=0, latency_ms=None, last_error=ep.key_problem(), priority=ep.priority,
                 )
                 for ep in self.endpoints

@@ -226,7 +226,7 @@ class Endpoint(_Config, frozen=True):
     def masked(self) -> dict[str, Any]:
         """The endpoint as plain data with the key masked, for display."""
         data: dict[str, Any] = msgspec.to_builtins(self)
-        if "api_key" in data:
+        if self.api_key is not None:
             data["api_key"] = "***"
         data["headers"] = {k: ("***" if _secret_header(k) else v) for k, v in self.headers.items()}
         return data

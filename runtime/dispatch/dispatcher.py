@@ -364,7 +364,9 @@ class Dispatcher:
 
     def _why_none(self, tiers: list[Tier], min_window: int, now: float, deadline: float) -> str:
         states = ", ".join(
-            f"{a.name}: {a.health.value}" for tier in tiers for a in tier.actors
+            f"{a.name}: {a.health.value}" + (f" ({a.status().last_error})" if a.health.value == "misconfigured" else "")
+            for tier in tiers
+            for a in tier.actors
         )
         if min_window and all((a.endpoint.context_window or math.inf) < min_window for t in tiers for a in t.actors):
             return f"no endpoint has a context window of {min_window} tokens"
