@@ -342,6 +342,10 @@ class Dispatcher:
         reason = "deadline reached" if deadline_hit else (
             "retry budget spent" if len(attempts) < retry.max_attempts else f"{len(attempts)} attempts failed"
         )
+        tried = {a.endpoint for a in attempts}
+        untried = [_describe(a) for tier in tiers for a in tier.actors if a.name not in tried]
+        if untried:
+            reason += f"; not tried: {', '.join(untried)}"
         raise AllEndpointsFailed(f"every attempt failed: {reason}", attempts=attempts)
 
     def _available_at(
@@ -363,11 +367,7 @@ class Dispatcher:
         return soonest
 
     def _why_none(self, tiers: list[Tier], min_window: int, now: float, deadline: float) -> str:
-        states = ", ".join(
-            f"{a.name}: {a.health.value}" + (f" ({a.status().last_error})" if a.health.value == "misconfigured" else "")
-            for tier in tiers
-            for a in tier.actors
-        )
+        states = ", ".join(_describe(a) for tier in tiers for a in tier.actors)
         if min_window and all((a.endpoint.context_window or math.inf) < min_window for t in tiers for a in t.actors):
             return f"no endpoint has a context window of {min_window} tokens"
         return f"no endpoint can take the request within {deadline - now:.3g}s ({states})"
@@ -452,3 +452,11 @@ class Dispatcher:
             raise errors[0]
         racer, racer_permit, _ = racers[won]
         return winner[0][1], racer, racer_permit, extra
+
+
+def _describe(actor: EndpointActor) -> str:
+    """An endpoint's name and state for an error message, with the reason when it is misconfigured."""
+    state = actor.health.value
+    if state == "misconfigured":
+        return f"{actor.name}: {state} ({actor.status().last_error})"
+    return f"{actor.name}: {state}"
