@@ -52,7 +52,7 @@ from .errors import (
 from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
 from .providers import make_client
 from .providers.base import ChunkStream
-from .telemetry import request_span, resolve_providers
+from .telemetry import NO_SPAN, request_span, resolve_providers, tracing_enabled
 from .types import (
     Attempt,
     ChatRequest,
@@ -366,9 +366,12 @@ class Runtime:
         hedge_policy = self.hedge if hedge is None or hedge is True else (hedge or None)
         if hedge is True and hedge_policy is None:
             hedge_policy = HedgePolicy()
-        with request_span(
-            f"chat {model or 'default'}", {"gen_ai.operation.name": "chat", "gen_ai.request.model": model or ""}
-        ) as span:
+        span_scope = (
+            request_span(f"chat {model or 'default'}", {"gen_ai.operation.name": "chat", "gen_ai.request.model": model or ""})
+            if tracing_enabled()
+            else NO_SPAN
+        )
+        with span_scope as span:
             try:
                 reply = await self._send(
                     tiers, request, deadline, route, hedge_policy if hedge_policy and dispatcher.hedge_budget else None, trim

@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.util.types import AttributeValue
 
-__all__ = ["INSTRUMENTATION_NAME", "emit_transition", "request_span", "resolve_providers", "tracer", "tracing_enabled"]
+__all__ = ["INSTRUMENTATION_NAME", "NO_SPAN", "emit_transition", "request_span", "resolve_providers", "tracer", "tracing_enabled"]
 
 INSTRUMENTATION_NAME = "llm-runtime"
 
@@ -84,13 +84,13 @@ class _NoSpan:
         return False
 
 
-_NO_SPAN = _NoSpan()
+NO_SPAN = _NoSpan()
 
 
 def request_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
     """A current span for a request or an attempt, or a shared no-op when tracing is off."""
     if not tracing_enabled():
-        return _NO_SPAN
+        return NO_SPAN
     return trace.get_tracer(INSTRUMENTATION_NAME).start_as_current_span(name, attributes=attributes)
 
 

@@ -61,6 +61,14 @@ class _Tally:
         self.errors += error
         self.cache_hits += cached
 
+    def merge(self, other: _Tally) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_usd += other.cost_usd
+        self.errors += other.errors
+        self.cache_hits += other.cache_hits
+
     def freeze(self) -> UsageTotals:
         return UsageTotals(
             requests=self.requests,
@@ -85,15 +93,12 @@ class UsageLedger:
 
     def __init__(self, *, now: Callable[[], datetime.datetime] = _utc_now) -> None:
         self._now = now
-        self._total = _Tally()
-        self._by_endpoint: dict[str, _Tally] = {}
-        self._by_model: dict[str, _Tally] = {}
-        self._by_day: dict[str, _Tally] = {}
+        self._tallies: dict[tuple[str, str | None, str | None], _Tally] = {}
         self._day_key = ""
         self._day_end = -math.inf
 
     def __repr__(self) -> str:
-        t = self._total
+        t = self.report().total
         return (
             f"<UsageLedger [{t.requests} requests, {t.errors} errors, {t.cache_hits} cache hits | "
             f"{t.input_tokens} in, {t.output_tokens} out | ${t.cost_usd:.4f}]>"
@@ -130,25 +135,19 @@ class UsageLedger:
         from the response cache. An outcome without an endpoint or model (refused before
         any endpoint was chosen) counts in the total and its day only.
         """
-        input_tokens = usage.input_tokens if usage is not None else 0
-        output_tokens = usage.output_tokens if usage is not None else 0
-        failed = error is not None
-        self._total.add(input_tokens, output_tokens, cost_usd, failed, cached)
-        day = self._day()
-        tally = self._by_day.get(day)
+        # One tally per (day, endpoint, model): one lookup and one add per request; the
+        # totals by day, endpoint and model are summed when a report is asked for.
+        key = (self._day(), endpoint, model or None)
+        tally = self._tallies.get(key)
         if tally is None:
-            tally = self._by_day[day] = _Tally()
-        tally.add(input_tokens, output_tokens, cost_usd, failed, cached)
-        if endpoint is not None:
-            tally = self._by_endpoint.get(endpoint)
-            if tally is None:
-                tally = self._by_endpoint[endpoint] = _Tally()
-            tally.add(input_tokens, output_tokens, cost_usd, failed, cached)
-        if model:
-            tally = self._by_model.get(model)
-            if tally is None:
-                tally = self._by_model[model] = _Tally()
-            tally.add(input_tokens, output_tokens, cost_usd, failed, cached)
+            tally = self._tallies[key] = _Tally()
+        tally.add(
+            usage.input_tokens if usage is not None else 0,
+            usage.output_tokens if usage is not None else 0,
+            cost_usd,
+            error is not None,
+            cached,
+        )
 
     def record_cache_hit(self, endpoint: str | None, model: str | None) -> None:
         """Record a request answered from the response cache (it used and cost nothing)."""
@@ -160,11 +159,22 @@ class UsageLedger:
 
     def report(self) -> UsageReport:
         """A frozen snapshot of the totals."""
+        total = _Tally()
+        by_day: dict[str, _Tally] = {}
+        by_endpoint: dict[str, _Tally] = {}
+        by_model: dict[str, _Tally] = {}
+        for (day, endpoint, model), tally in self._tallies.items():
+            total.merge(tally)
+            by_day.setdefault(day, _Tally()).merge(tally)
+            if endpoint is not None:
+                by_endpoint.setdefault(endpoint, _Tally()).merge(tally)
+            if model is not None:
+                by_model.setdefault(model, _Tally()).merge(tally)
         return UsageReport(
-            total=self._total.freeze(),
-            by_endpoint={k: v.freeze() for k, v in self._by_endpoint.items()},
-            by_model={k: v.freeze() for k, v in self._by_model.items()},
-            by_day={k: v.freeze() for k, v in self._by_day.items()},
+            total=total.freeze(),
+            by_endpoint={k: v.freeze() for k, v in by_endpoint.items()},
+            by_model={k: v.freeze() for k, v in by_model.items()},
+            by_day={k: v.freeze() for k, v in by_day.items()},
         )
 
     usage = report

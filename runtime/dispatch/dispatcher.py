@@ -40,7 +40,7 @@ from ..errors import (
     NoEndpointAvailable,
 )
 from ..policy import HedgePolicy, RetryPolicy
-from ..telemetry import request_span
+from ..telemetry import request_span, tracing_enabled
 from ..types import Attempt
 from .retry import RetryBudget, backoff_delay
 
@@ -299,7 +299,7 @@ class Dispatcher:
                         tiers, attempt, actor, permit, timeout, tokens, deadline, failed, min_window, accept, hedge
                     )
                     attempts.extend(extra)
-                else:
+                elif tracing_enabled():
                     with request_span(
                         f"attempt {actor.name}",
                         {"endpoint": actor.name, "attempt": len(attempts) + 1, "gen_ai.provider.name": actor.provider},
@@ -310,6 +310,8 @@ class Dispatcher:
                             span.set_attribute("outcome", type(exc).__name__)
                             raise
                         span.set_attribute("outcome", "ok")
+                else:
+                    value = await attempt(actor, timeout)
             except LLMError as exc:
                 end = clock()
                 actor.finish(permit, exc, end)
