@@ -146,10 +146,12 @@ class EndpointActor(Actor):
     def finish(self, permit: Permit, error: BaseException | None, now: float, tokens: int | None = None) -> None:
         """Settle an attempt: classify the outcome, feed breaker, limiter and latency."""
         elapsed = now - permit.started
-        outcome = classify(error, elapsed, self._slow_call)
-        # A 503/529 that says when to come back sets the open period, should it open.
-        retry_after = error.retry_after if isinstance(error, ProviderError) else None
-        self.breaker.record(outcome, now, retry_after=retry_after)
+        if error is None and self._slow_call is None:
+            self.breaker.record(Outcome.SUCCESS, now)  # the common case needs no classifying
+        else:
+            # A 503/529 that says when to come back sets the open period, should it open.
+            retry_after = error.retry_after if isinstance(error, ProviderError) else None
+            self.breaker.record(classify(error, elapsed, self._slow_call), now, retry_after=retry_after)
         self.limiter.release(permit.reservation, tokens, now)
         if self._draining and self.limiter.in_flight == 0:
             self.drained.set()
