@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from chunks import text_of, tool_calls_of
 
 from runtime.errors import (
     AuthenticationFailed,
@@ -59,21 +60,6 @@ def decode(data: bytes) -> list[StreamChunk]:
     chunks += decoder.finish()
     assert decoder.done
     return chunks
-
-
-def text_of(chunks: list[StreamChunk]) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def tool_calls_of(chunks: list[StreamChunk]) -> dict[int, tuple[str, str, str]]:
-    calls: dict[int, list[str]] = {}
-    for chunk in chunks:
-        for delta in chunk.tool_calls or ():
-            call = calls.setdefault(delta.index, ["", "", ""])
-            call[0] = delta.id or call[0]
-            call[1] = delta.name or call[1]
-            call[2] += delta.arguments
-    return {i: (c[0], c[1], c[2]) for i, c in calls.items()}
 
 
 def event(kind: str, payload: dict[str, Any]) -> bytes:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
+from chunks import body_of
 
 from runtime.errors import (
     BadRequest,
@@ -52,10 +52,6 @@ def decode(data: bytes) -> list[StreamChunk]:
     chunks += decoder.finish()
     assert decoder.done
     return chunks
-
-
-def body_of(request: Any) -> Any:
-    return msgspec.json.decode(request.body)
 
 
 # --- streams ---------------------------------------------------------------------------------

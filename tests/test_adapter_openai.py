@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from chunks import body_of, text_of, tool_calls_of
 
 from runtime.errors import (
     AuthenticationFailed,
@@ -78,25 +79,6 @@ def decode(adapter: Adapter, data: bytes) -> list[StreamChunk]:
     chunks += decoder.finish()
     assert decoder.done
     return chunks
-
-
-def text_of(chunks: list[StreamChunk]) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def tool_calls_of(chunks: list[StreamChunk]) -> dict[int, tuple[str, str, str]]:
-    calls: dict[int, list[str]] = {}
-    for chunk in chunks:
-        for delta in chunk.tool_calls or ():
-            call = calls.setdefault(delta.index, ["", "", ""])
-            call[0] = delta.id or call[0]
-            call[1] = delta.name or call[1]
-            call[2] += delta.arguments
-    return {i: (c[0], c[1], c[2]) for i, c in calls.items()}
-
-
-def body_of(request: Any) -> Any:
-    return msgspec.json.decode(request.body)
 
 
 def compact_sse(*objects: bytes) -> bytes:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import aiohttp
 import pytest
+from chunks import text_of, tool_calls_of
 
 from runtime.errors import (
     AuthenticationFailed,
@@ -148,7 +148,7 @@ async def test_chat_and_stream_round_trip_with_usage(dialect: str, session: aioh
         assert reply.text == "the quick brown fox" and reply.finish_reason == "stop"
         assert reply.usage.input_tokens > 0 and reply.usage.output_tokens > 0
         chunks = await read_stream(client)
-        assert "".join(c.text for c in chunks) == reply.text
+        assert text_of(chunks) == reply.text
         assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
         usage = [c.usage for c in chunks if c.usage is not None][-1]
         assert usage.output_tokens == reply.usage.output_tokens
@@ -164,15 +164,9 @@ async def test_tool_calls_round_trip(dialect: str, session: aiohttp.ClientSessio
         assert reply.finish_reason == "tool_calls" and len(reply.tool_calls) == 1
         call = reply.tool_calls[0]
         assert call.name == "add" and isinstance(json.loads(call.arguments), dict)
-        chunks = await read_stream(client, request)
-        parts: dict[int, dict[str, Any]] = {}
-        for chunk in chunks:
-            for delta in chunk.tool_calls or []:
-                entry = parts.setdefault(delta.index, {"name": None, "arguments": ""})
-                entry["name"] = entry["name"] or delta.name
-                entry["arguments"] += delta.arguments
-        assert [p["name"] for p in parts.values()] == ["add"]
-        assert json.loads(parts[0]["arguments"]) == json.loads(call.arguments)
+        calls = tool_calls_of(await read_stream(client, request))
+        assert [name for _, name, _ in calls.values()] == ["add"]
+        assert json.loads(calls[0][2]) == json.loads(call.arguments)
 
 
 @pytest.mark.parametrize("dialect", ["openai", "azure", "ollama"])

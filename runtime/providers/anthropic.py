@@ -319,7 +319,6 @@ class AnthropicAdapter(Adapter):
             endpoint=self.name,
         )
 
-
     # --- answers ----------------------------------------------------------------------
 
     def parse_chat(self, body: bytes) -> ChatResponse:

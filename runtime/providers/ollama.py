@@ -212,7 +212,6 @@ class OllamaAdapter(Adapter):
             body["dimensions"] = request.dimensions
         return HTTPRequest("POST", self._embed_url, self._headers, _encode(body))
 
-
     # --- answers ----------------------------------------------------------------------
 
     def parse_chat(self, body: bytes) -> ChatResponse:

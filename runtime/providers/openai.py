@@ -373,7 +373,6 @@ class OpenAIAdapter(Adapter):
             body["dimensions"] = request.dimensions
         return HTTPRequest("POST", self._embed_url, self._json_headers, _encode(body))
 
-
     # --- answers ----------------------------------------------------------------------
 
     def parse_chat(self, body: bytes) -> ChatResponse:
