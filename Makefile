@@ -26,3 +26,5 @@ bench: install
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/admission.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/dispatch.py
+	$(BIN)/python benchmarks/tokens.py
