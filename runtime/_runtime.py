@@ -130,7 +130,11 @@ class Runtime:
         self.metrics = Metrics()
         self.cache = ResponseCache(cache) if cache is not None else None
         self.budget_guard = BudgetGuard(budget) if budget is not None else None
-        self._endpoint_budgets = {ep.name: BudgetGuard(ep.budget) for ep in endpoints if ep.budget is not None}
+        self._endpoint_budgets = {
+            ep.name: BudgetGuard(ep.budget, scope=ep.name) for ep in endpoints if ep.budget is not None
+        }
+        for name, guard in self._endpoint_budgets.items():
+            self.metrics.observe_budget(guard.remaining, scope=name)
         # Counting prompt tokens costs microseconds per request; do it only when a TPM
         # limit, a context window or a budget will read the count.
         self._count_prompt = budget is not None or any(

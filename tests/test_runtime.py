@@ -313,3 +313,30 @@ async def test_crashing_endpoint_actor_is_restarted_then_escalated(
     assert names.count("actor crashed") == 3
     assert names.count("supervisor failed") == 1
     assert names.count("endpoint failed") == 1
+
+
+async def test_rpm_limit_waits_for_capacity_within_the_deadline(local: FaultyEndpoint) -> None:
+    """At its rpm limit the only endpoint is waited on when the deadline allows, else refused at once."""
+    async with Runtime([local.endpoint(health=QUIET, rpm=60)]) as rt:
+        for _ in range(60):
+            await rt.chat("hi")
+        start = anyio.current_time()
+        with pytest.raises(NoEndpointAvailable):
+            await rt.chat("hi", timeout=0.2)
+        assert anyio.current_time() - start < 0.2
+        reply = await rt.chat("hi", timeout=10)
+        assert reply.endpoint == "local" and anyio.current_time() - start <= 2.0
+    assert local.stats.requests == 61
+
+
+async def test_endpoint_budget_spent_routes_to_the_next(local: FaultyEndpoint) -> None:
+    """An endpoint whose own daily token budget is spent is routed around; the others keep serving."""
+    async with FaultyEndpoint("openai", name="spare", text="from spare") as spare:
+        endpoints = [
+            local.endpoint(health=QUIET, priority=1, budget=runtime.Budget(daily_tokens=10)),
+            spare.endpoint(health=QUIET, priority=2),
+        ]
+        async with Runtime(endpoints) as rt:
+            served = [(await rt.chat("hi")).endpoint for _ in range(6)]
+    assert served[0] == "local" and served[-1] == "spare"
+    assert spare.stats.requests >= 1 and local.stats.requests < 6
