@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -135,6 +135,7 @@ class Runtime:
         }
         for name, guard in self._endpoint_budgets.items():
             self.metrics.observe_budget(guard.remaining, scope=name)
+        self._accept = self._budget_filter()
         # Counting prompt tokens costs microseconds per request; do it only when a TPM
         # limit, a context window or a budget will read the count.
         self._count_prompt = budget is not None or any(
@@ -312,11 +313,34 @@ class Runtime:
             raise InvalidRequest(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
         return asyncio.get_running_loop().time() + (timeout if timeout is not None else self.timeout)
 
-    def _accept(self) -> Any:
+    def _budget_filter(self) -> Callable[[EndpointActor], bool] | None:
+        """Admits endpoints whose own budget is not spent; None when no endpoint has one."""
         budgets = self._endpoint_budgets
         if not budgets:
             return None
         return lambda actor: (guard := budgets.get(actor.name)) is None or not guard.exhausted()
+
+    def _cached(self, route: str | None, request: ChatRequest, opt_in: bool | None) -> tuple[str | None, ChatResponse | None]:
+        """The cache key for a cacheable request (None if not cacheable) and the hit, counted."""
+        cache = self.cache
+        if cache is None or not cacheable(request, opt_in):
+            return None, None
+        key = cache.key(route, request)
+        hit = cache.get(key)
+        self.metrics.record_cache(hit is not None)
+        if hit is None:
+            return key, None
+        self.ledger.record_cache_hit(hit.endpoint, hit.model)
+        self.metrics.record_request(hit.endpoint, hit.provider, hit.model, None, 0.0, 0.0, outcome="cached")
+        return key, msgspec.structs.replace(hit, cached=True, attempts=[])
+
+    def _reserve(self, request: ChatRequest, trim: bool) -> tuple[int, int, Any]:
+        """Tokens to reserve against TPM, the context window the request needs (0: any, as
+        with ``trim``), and the runtime budget's reservation."""
+        prompt = estimate_request_tokens(request) if self._count_prompt else 0
+        reserve = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
+        window = 0 if trim else prompt + (request.max_tokens or 0)
+        return reserve, window, self._reserve_budget(reserve)
 
     async def chat(
         self,
@@ -357,16 +381,10 @@ class Runtime:
         deadline = self._deadline(timeout)
         tiers = routes.tiers(model, endpoint)
         route = endpoint or model
-        key = None
+        key, hit = self._cached(route, request, cache)
+        if hit is not None:
+            return hit
         cache_store = self.cache
-        if cache_store is not None and cacheable(request, cache):
-            key = cache_store.key(route, request)
-            hit = cache_store.get(key)
-            self.metrics.record_cache(hit is not None)
-            if hit is not None:
-                self.ledger.record_cache_hit(hit.endpoint, hit.model)
-                self.metrics.record_request(hit.endpoint, hit.provider, hit.model, None, 0.0, 0.0, outcome="cached")
-                return msgspec.structs.replace(hit, cached=True, attempts=[])
         hedge_policy = self.hedge if hedge is None or hedge is True else (hedge or None)
         if hedge is True and hedge_policy is None:
             hedge_policy = HedgePolicy()
@@ -405,9 +423,7 @@ class Runtime:
         trim: bool,
     ) -> ChatResponse:
         _, dispatcher = self._require_running()
-        prompt = estimate_request_tokens(request) if self._count_prompt else 0
-        reserve = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
-        reservation = self._reserve_budget(reserve)
+        reserve, window, reservation = self._reserve(request, trim)
         loop_time = asyncio.get_running_loop().time
 
         async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
@@ -418,9 +434,8 @@ class Runtime:
 
         try:
             outcome = await dispatcher.run(
-                tiers, attempt, tokens=reserve, deadline=deadline,
-                prompt_tokens=0 if trim else prompt + (request.max_tokens or 0),
-                route=route, usage_tokens=_total_tokens, accept=self._accept(), hedge=hedge,
+                tiers, attempt, tokens=reserve, deadline=deadline, prompt_tokens=window,
+                route=route, usage_tokens=_total_tokens, accept=self._accept, hedge=hedge,
             )
         except BaseException as exc:
             self._release_budget(reservation)
@@ -643,21 +658,14 @@ class ReplyStream:
         rt = self._rt
         _, dispatcher = rt._require_running()
         self._started = anyio.current_time()
-        cache = rt.cache
         request = self._request
-        if cache is not None and cacheable(request, self._cache_opt):
-            self._cache_key = cache.key(self._route, request)
-            hit = cache.get(self._cache_key)
-            rt.metrics.record_cache(hit is not None)
-            if hit is not None:
-                rt.ledger.record_cache_hit(hit.endpoint, hit.model)
-                self._response = msgspec.structs.replace(hit, cached=True, attempts=[])
-                self._buffer = replay_as_stream(hit)
-                self._ended = True
-                return self
-        prompt = estimate_request_tokens(request) if rt._count_prompt else 0
-        reserve = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
-        self._reservation = rt._reserve_budget(reserve)
+        self._cache_key, hit = rt._cached(self._route, request, self._cache_opt)
+        if hit is not None:
+            self._response = hit
+            self._buffer = replay_as_stream(hit)
+            self._ended = True
+            return self
+        reserve, window, self._reservation = rt._reserve(request, self._trim)
 
         async def attempt(actor: EndpointActor, timeout: float) -> tuple[ChunkStream, list[StreamChunk]]:
             endpoint = actor.endpoint
@@ -682,8 +690,7 @@ class ReplyStream:
         try:
             outcome = await dispatcher.run(
                 self._tiers, attempt, tokens=reserve, deadline=self._deadline,
-                prompt_tokens=0 if self._trim else prompt + (request.max_tokens or 0), route=self._route, settle=False,
-                accept=rt._accept(),
+                prompt_tokens=window, route=self._route, settle=False, accept=rt._accept,
             )
         except BaseException:
             rt._release_budget(self._reservation)
