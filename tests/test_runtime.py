@@ -135,8 +135,11 @@ async def test_context_window_error_tries_a_larger_window(local: FaultyEndpoint)
             reply = await rt.chat("hi")
             assert reply.endpoint == "big" and isinstance(reply.attempts[0].error, ContextWindowExceeded)
         async with Runtime([local.endpoint(health=QUIET)]) as rt:
+            start = anyio.current_time()
             with pytest.raises(ContextWindowExceeded):
                 await rt.chat("hi")
+            assert anyio.current_time() - start < 0.05  # raised at once, not after waiting on the same endpoint
+        assert local.stats.requests == 2
 
 
 async def test_trim_fits_a_long_conversation_to_the_window(local: FaultyEndpoint) -> None:
@@ -340,3 +343,12 @@ async def test_endpoint_budget_spent_routes_to_the_next(local: FaultyEndpoint) -
             served = [(await rt.chat("hi")).endpoint for _ in range(6)]
     assert served[0] == "local" and served[-1] == "spare"
     assert spare.stats.requests >= 1 and local.stats.requests < 6
+
+
+async def test_waiting_for_capacity_spends_no_retry_budget(local: FaultyEndpoint) -> None:
+    """With room for one retry, a 429 + Retry-After wait still leaves that retry to be made."""
+    local.faults.fail_next(1, status=429, retry_after=3)
+    retry = runtime.RetryPolicy(budget_ratio=0.0, budget_floor=0.1)  # one retry per 10 s window
+    async with Runtime([local.endpoint(health=QUIET)], retry=retry) as rt:
+        reply = await rt.chat("hi", timeout=10)
+    assert reply.endpoint == "local" and len(reply.attempts) == 2

@@ -213,13 +213,7 @@ class Dispatcher:
         min_window: int,
         accept: Callable[[EndpointActor], bool] | None,
     ) -> Permit | None:
-        if exclude and actor.name in exclude:
-            return None
-        if min_window:
-            window = actor.endpoint.context_window
-            if window is not None and window < min_window:
-                return None
-        if accept is not None and not accept(actor):
+        if not _eligible(actor, exclude, min_window, accept):
             return None
         return actor.try_admit(tokens, now)
 
@@ -262,7 +256,7 @@ class Dispatcher:
             now = clock()
             if now >= deadline:
                 break
-            if attempts and (len(attempts) >= retry.max_attempts or not self.retry_budget.try_spend(now)):
+            if len(attempts) >= retry.max_attempts:
                 break
             picked = self.choose(
                 tiers, tokens, now, too_small if retry_same else failed.keys() | too_small, min_window, accept
@@ -277,7 +271,7 @@ class Dispatcher:
                 continue
             retry_same = False
             if picked is None:
-                wait_until = self._available_at(tiers, tokens, now, min_window, accept)
+                wait_until = self._available_at(tiers, tokens, now, too_small, min_window, accept)
                 if wait_until >= deadline:
                     if raise_if_none is not None:
                         raise raise_if_none
@@ -291,6 +285,11 @@ class Dispatcher:
                 await anyio.sleep(max(MIN_CAPACITY_WAIT, wait_until - now))
                 continue
             actor, permit = picked
+            # Only an attempt that is about to go out spends the retry budget; waiting for
+            # capacity or backing off spends nothing.
+            if attempts and not self.retry_budget.try_spend(now):
+                actor.finish(permit, anyio.get_cancelled_exc_class()(), now)  # sent nothing: counts as nothing
+                break
             timeout = min(actor.endpoint.timeout, deadline - now)
             started = now
             try:
@@ -355,18 +354,20 @@ class Dispatcher:
         tiers: list[Tier],
         tokens: int,
         now: float,
+        exclude: AbstractSet[str],
         min_window: int,
         accept: Callable[[EndpointActor], bool] | None,
     ) -> float:
-        soonest = math.inf
-        for tier in tiers:
-            for actor in tier.actors:
-                if min_window and (actor.endpoint.context_window or math.inf) < min_window:
-                    continue
-                if accept is not None and not accept(actor):
-                    continue
-                soonest = min(soonest, actor.available_at(tokens, now))
-        return soonest
+        """The soonest loop time any eligible endpoint expects to take the request (``inf``: none will)."""
+        return min(
+            (
+                actor.available_at(tokens, now)
+                for tier in tiers
+                for actor in tier.actors
+                if _eligible(actor, exclude, min_window, accept)
+            ),
+            default=math.inf,
+        )
 
     def _why_none(self, tiers: list[Tier], min_window: int, now: float, deadline: float) -> str:
         states = ", ".join(_describe(a) for tier in tiers for a in tier.actors)
@@ -462,3 +463,20 @@ def _describe(actor: EndpointActor) -> str:
     if state == "misconfigured":
         return f"{actor.name}: {state} ({actor.status().last_error})"
     return f"{actor.name}: {state}"
+
+
+def _eligible(
+    actor: EndpointActor,
+    exclude: AbstractSet[str],
+    min_window: int,
+    accept: Callable[[EndpointActor], bool] | None,
+) -> bool:
+    """Whether the request may go to ``actor`` at all: not excluded, its context window
+    (when known) big enough, and accepted by the caller's filter (budgets)."""
+    if exclude and actor.name in exclude:
+        return False
+    if min_window:
+        window = actor.endpoint.context_window
+        if window is not None and window < min_window:
+            return False
+    return accept is None or accept(actor)
