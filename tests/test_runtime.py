@@ -352,3 +352,18 @@ async def test_waiting_for_capacity_spends_no_retry_budget(local: FaultyEndpoint
     async with Runtime([local.endpoint(health=QUIET)], retry=retry) as rt:
         reply = await rt.chat("hi", timeout=10)
     assert reply.endpoint == "local" and len(reply.attempts) == 2
+
+
+async def test_actor_statistics_are_frozen_and_count_errors_by_class(local: FaultyEndpoint) -> None:
+    """statistics() is a frozen struct: outcomes by error class, the last error and when the state changed."""
+    local.faults.fail_next(1, status=500)
+    async with Runtime([local.endpoint(health=QUIET)], retry=runtime.RetryPolicy(max_attempts=1)) as rt:
+        with pytest.raises(AllEndpointsFailed):
+            await rt.chat("hi")
+        stats = rt.actor("local").statistics()
+    assert stats.state == "degraded"
+    assert stats.latency.counts.get("ServerError") == 1
+    assert stats.latency.last_error is not None and "ServerError" in stats.latency.last_error
+    assert stats.latency.state_since is not None and stats.breaker.consecutive_failures == 1
+    with pytest.raises(AttributeError):
+        stats.state = "healthy"  # type: ignore[misc]

@@ -31,12 +31,12 @@ from ..policy import Endpoint
 from ..providers.base import ProviderClient
 from ..telemetry import emit_transition
 from ..types import FrozenStruct
-from .breaker import Breaker, BreakerState, Outcome, classify
-from .health import ProbeSchedule
-from .limiter import Limiter, Reservation
-from .stats import LatencyTracker, short_error
+from .breaker import Breaker, BreakerState, BreakerStats, Outcome, classify
+from .health import ProbeSchedule, ProbeScheduleStats
+from .limiter import Limiter, LimiterStats, Reservation
+from .stats import LatencyStats, LatencyTracker
 
-__all__ = ["EndpointActor", "EndpointState", "EndpointStatus", "Permit"]
+__all__ = ["EndpointActor", "EndpointState", "EndpointStatistics", "EndpointStatus", "Permit"]
 
 # A 429 without Retry-After throttles for this long: long enough to shed the burst,
 # short enough that a lone 429 does not take an endpoint out of rotation for long.
@@ -68,6 +68,16 @@ class EndpointStatus(FrozenStruct, frozen=True):
     last_error: str | None = None
     priority: int = 1
     retry_at: float | None = None
+
+
+class EndpointStatistics(FrozenStruct, frozen=True):
+    """Everything one endpoint actor knows about itself (``EndpointActor.statistics()``)."""
+
+    state: str
+    breaker: BreakerStats
+    limiter: LimiterStats
+    latency: LatencyStats
+    probes: ProbeScheduleStats
 
 
 class Permit:
@@ -112,7 +122,6 @@ class EndpointActor(Actor):
         self._schedule = ProbeSchedule(endpoint.health, self._rng)
         self._slow_call = endpoint.breaker.slow_call
         self.health = EndpointState.HEALTHY
-        self.last_error: str | None = None
         self._misconfigured: str | None = endpoint.key_problem()
         self._failed = False
         self._draining = False
@@ -162,8 +171,7 @@ class EndpointActor(Actor):
                 self._refresh(now, "request succeeded")
             return
         if isinstance(error, ProviderError):
-            self.last_error = short_error(f"{type(error).__name__}: {error}")
-            self.latency.count(type(error).__name__)
+            self.latency.error(f"{type(error).__name__}: {error}", now, kind=type(error).__name__)
             if error.rate_limit is not None:
                 self.limiter.observe(error.rate_limit, now)
             if isinstance(error, RateLimited):
@@ -230,7 +238,7 @@ class EndpointActor(Actor):
         if new is old:
             return
         self.health = new
-        self.state_since = now
+        self.latency.state_changed(now)
         emit_transition(
             "endpoint",
             endpoint=self.name,
@@ -245,8 +253,9 @@ class EndpointActor(Actor):
     def mark_failed(self, reason: str) -> None:
         """The supervisor gave up on this endpoint's actor: route around it from now on."""
         self._failed = True
-        self.last_error = short_error(reason)
-        self._refresh(anyio.current_time(), reason)
+        now = anyio.current_time()
+        self.latency.error(reason, now, kind=None)
+        self._refresh(now, reason)
 
     def drain(self) -> None:
         """Take no new requests; those in flight finish (``drained`` is set when none is left)."""
@@ -281,19 +290,20 @@ class EndpointActor(Actor):
             breaker=self.breaker.state.value,
             in_flight=self.limiter.in_flight,
             latency_ms=round(ewma * 1000.0, 3) if ewma > 0 else None,
-            last_error=self._misconfigured or self.last_error,
+            last_error=self._misconfigured or self.latency.last_error,
             priority=self.priority,
             retry_at=self.breaker.retry_at if self.breaker.state is BreakerState.OPEN else None,
         )
 
-    def statistics(self) -> dict[str, Any]:
-        """Breaker, limiter and latency statistics together."""
-        return {
-            "breaker": self.breaker.statistics(),
-            "limiter": self.limiter.statistics(),
-            "latency": self.latency.statistics(),
-            "state": self.health.value,
-        }
+    def statistics(self) -> EndpointStatistics:
+        """Breaker, limiter, latency and probe statistics together, frozen."""
+        return EndpointStatistics(
+            state=self.health.value,
+            breaker=self.breaker.statistics(),
+            limiter=self.limiter.statistics(),
+            latency=self.latency.statistics(),
+            probes=self._schedule.statistics(),
+        )
 
     # --- the actor's own tasks -----------------------------------------------------------
 
@@ -336,7 +346,7 @@ class EndpointActor(Actor):
         except LLMError as exc:
             now = anyio.current_time()
             self._probe_failing = True
-            self.last_error = short_error(f"probe: {type(exc).__name__}: {exc}")
+            self.latency.error(f"probe: {type(exc).__name__}: {exc}", now, kind="probe_failure")
             if isinstance(exc, AuthenticationFailed):
                 self._misconfigured = f"authentication failed (HTTP {exc.status})"
             self._refresh(now, f"probe failed: {type(exc).__name__}")
