@@ -757,12 +757,9 @@ class ReplyStream:
 
     def _interrupted(self, cause: LLMError) -> StreamInterrupted:
         self._ended = True
-        actor, permit = self._actor, self._permit
-        if actor is not None and permit is not None:
-            actor.finish(permit, cause, anyio.current_time())
-            self._permit = None
+        actor = self._release(cause)
+        if actor is not None:
             self._attempts.append(Attempt(endpoint=actor.name, error=cause, elapsed=anyio.current_time() - self._started))
-        self._rt._release_budget(self._reservation)
         self._rt.metrics.record_error(type(cause).__name__)
         partial = "".join(self._text)
         return StreamInterrupted(
@@ -810,16 +807,23 @@ class ReplyStream:
 
     async def aclose(self) -> None:
         """Leave the stream: close the connection and release the endpoint's slot and reservation."""
-        chunks, actor, permit = self._chunks, self._actor, self._permit
         self._ended = True
         self._buffer.clear()
-        if chunks is not None:
-            await chunks.aclose()
-        if actor is not None and permit is not None:
-            self._permit = None
-            # Leaving early is the caller's choice: it counts as nothing against the endpoint.
-            actor.finish(permit, anyio.get_cancelled_exc_class()(), anyio.current_time())
-            self._rt._release_budget(self._reservation)
+        if self._chunks is not None:
+            await self._chunks.aclose()
+        # Leaving early is the caller's choice: it counts as nothing against the endpoint.
+        self._release(anyio.get_cancelled_exc_class()())
+
+    def _release(self, outcome: BaseException) -> EndpointActor | None:
+        """Settle a still-open permit with ``outcome`` and free the budget reservation, once;
+        the actor it was settled with, or None when there was nothing to settle."""
+        actor, permit = self._actor, self._permit
+        if actor is None or permit is None:
+            return None
+        self._permit = None
+        actor.finish(permit, outcome, anyio.current_time())
+        self._rt._release_budget(self._reservation)
+        return actor
 
 
 class BlockingRuntime:
