@@ -907,7 +907,7 @@ def _total_tokens(reply: ChatResponse) -> int | None:
 
 
 def _has_embeddings(actor: EndpointActor) -> bool:
-    return actor.provider != "anthropic"
+    return bool(actor.client.embeddings)
 
 
 def _annotate(span: Any, reply: ChatResponse) -> None:

@@ -162,13 +162,17 @@ async def test_trim_fits_a_long_conversation_to_the_window(local: FaultyEndpoint
 
 
 async def test_embeddings_skip_endpoints_without_an_embeddings_api(local: FaultyEndpoint) -> None:
-    """embed() goes past an Anthropic endpoint to one that has embeddings, vectors in input order."""
-    async with FaultyEndpoint("anthropic", name="claude") as claude:
-        endpoints = [claude.endpoint(health=QUIET, priority=1), local.endpoint(health=QUIET, priority=2)]
+    """embed() goes past Anthropic and DeepSeek endpoints to one that has embeddings, vectors in input order."""
+    async with FaultyEndpoint("anthropic", name="claude") as claude, FaultyEndpoint("deepseek", name="ds") as ds:
+        endpoints = [
+            claude.endpoint(health=QUIET, priority=1),
+            ds.endpoint(health=QUIET, priority=1),
+            local.endpoint(health=QUIET, priority=2),
+        ]
         async with Runtime(endpoints) as rt:
             reply = await rt.embed(["a", "b", "c"])
     assert reply.endpoint == "local" and len(reply.vectors) == 3
-    assert claude.stats.requests == 0
+    assert claude.stats.requests == 0 and ds.stats.requests == 0
 
 
 async def test_status_never_shows_the_key(local: FaultyEndpoint) -> None:

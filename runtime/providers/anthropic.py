@@ -216,6 +216,8 @@ def _tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
 class AnthropicAdapter(Adapter):
     """Anthropic's Messages API for one endpoint (see the module docstring for the translation)."""
 
+    embeddings = False
+
     provider = "anthropic"
     #: where requests go when the endpoint names no ``base_url``
     default_base_url = "https://api.anthropic.com"
@@ -314,10 +316,7 @@ class AnthropicAdapter(Adapter):
 
     def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
         """Always refused: Anthropic has no embeddings API."""
-        raise InvalidRequest(
-            "anthropic has no embeddings API; route embeddings to an openai, azure, ollama or openai-compatible endpoint",
-            endpoint=self.name,
-        )
+        raise self.no_embeddings()
 
     # --- answers ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import aiohttp
 import msgspec
@@ -30,6 +30,7 @@ from ..errors import (
     BadRequest,
     ConnectionFailed,
     ContextWindowExceeded,
+    InvalidRequest,
     LLMError,
     NotFound,
     Overloaded,
@@ -130,6 +131,17 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def parse_embed(self, body: bytes) -> EmbeddingResponse:
         """The vectors from a 2xx body."""
+
+    #: whether the provider has an embeddings API; the runtime routes embeddings by it
+    embeddings: ClassVar[bool] = True
+
+    def no_embeddings(self) -> InvalidRequest:
+        """The refusal of an embeddings request by a provider that has no embeddings API."""
+        return InvalidRequest(
+            f"{self.provider} has no embeddings API; route embeddings to an openai, azure, ollama "
+            "or openai-compatible endpoint",
+            endpoint=self.name,
+        )
 
     #: set by each adapter's ``__init__``: the token-free probe's URL and headers
     _probe_url: str
@@ -379,6 +391,11 @@ class ProviderClient:
 
     def __repr__(self) -> str:
         return f"<ProviderClient {self.adapter!r}>"
+
+    @property
+    def embeddings(self) -> bool:
+        """Whether this endpoint's provider has an embeddings API."""
+        return self.adapter.embeddings
 
     def _timeout(self, seconds: float, what: str) -> Timeout:
         return Timeout(f"no {what} within {seconds:g}s", endpoint=self._name, provider=self._provider)

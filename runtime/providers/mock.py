@@ -52,6 +52,9 @@ class MockClient:
         self._name = endpoint.name
         self._model = endpoint.model or "mock"
 
+    #: the mock answers embeddings requests too
+    embeddings = True
+
     def __repr__(self) -> str:
         return f"<MockClient endpoint={self._name!r} model={self._model!r}>"
 

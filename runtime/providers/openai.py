@@ -46,7 +46,6 @@ from ..errors import (
     ConfigError,
     ContentFiltered,
     ContextWindowExceeded,
-    InvalidRequest,
     Overloaded,
     ProviderError,
     RateLimited,
@@ -302,8 +301,6 @@ class OpenAIAdapter(Adapter):
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     #: the body key of the reply-length limit
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
-    #: whether the provider serves ``/embeddings``
-    embeddings: ClassVar[bool] = True
 
     def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
         super().__init__(endpoint, api_key)
@@ -363,11 +360,7 @@ class OpenAIAdapter(Adapter):
     def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
         """``POST …/embeddings`` asking for float vectors (the SDKs default to base64)."""
         if not self.embeddings:
-            raise InvalidRequest(
-                f"{self.provider} has no embeddings API; route embeddings to an openai, azure, ollama "
-                "or openai-compatible endpoint",
-                endpoint=self.name,
-            )
+            raise self.no_embeddings()
         body: dict[str, Any] = {"model": self._model, "input": request.inputs, "encoding_format": "float"}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
