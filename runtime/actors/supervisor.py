@@ -89,10 +89,12 @@ class Supervisor:
         assert isinstance(started, Actor)
         return started
 
-    def _lifecycle(self, spec: ChildSpec, from_state: str, to_state: str, reason: str, **figures: float | int) -> None:
+    def _lifecycle(
+        self, spec: ChildSpec, from_state: str, to_state: str, reason: str, *, kind: str = "actor", **figures: float | int
+    ) -> None:
         labels = spec.labels
         emit_transition(
-            "actor",
+            kind,
             endpoint=labels.get("endpoint", spec.name),
             provider=labels.get("provider", ""),
             model=labels.get("model", ""),
@@ -139,14 +141,12 @@ class Supervisor:
                     return
                 if len(crashes) > self.max_restarts:
                     self.escalated[spec.name] = exc
-                    emit_transition(
-                        "supervisor",
-                        endpoint=spec.labels.get("endpoint", spec.name),
-                        provider=spec.labels.get("provider", ""),
-                        model=spec.labels.get("model", ""),
-                        from_state="crashed",
-                        to_state="failed",
-                        reason=f"more than {self.max_restarts} restarts within {self.within:g}s",
+                    self._lifecycle(
+                        spec,
+                        "crashed",
+                        "failed",
+                        f"more than {self.max_restarts} restarts within {self.within:g}s",
+                        kind="supervisor",
                         restarts=len(crashes),
                     )
                     if spec.on_escalate is not None:
