@@ -32,6 +32,7 @@ from runtime.errors import (
     StreamInterrupted,
     Timeout,
 )
+from runtime.endpoint.breaker import BreakerRecord, BreakerStorage
 from runtime.policy import BreakerPolicy
 
 S, F, IGN = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
@@ -437,28 +438,61 @@ def test_closed_run_survives_a_restart() -> None:
     assert second.state is BreakerState.OPEN
 
 
-def test_open_state_from_a_foreign_storage_keeps_its_wall_clock_period() -> None:
-    """A storage opened elsewhere (no loop-time deadline) stays open for the rest of open_for."""
-    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_OPEN)
-    storage.opened_at = datetime.now(UTC) - timedelta(seconds=4)
+def test_open_state_set_through_pybreaker_keeps_its_wall_clock_period() -> None:
+    """Opened through pybreaker's own API (no deadline on our clock), it stays open for the rest of open_for."""
+    storage = BreakerStorage()
     breaker = make(storage=storage)
+    breaker.circuit.open()
+    storage.opened_at = datetime.now(UTC) - timedelta(seconds=4)
     assert breaker.state is BreakerState.OPEN
     assert breaker.tick(500.0) is BreakerState.OPEN
     assert breaker.retry_at == pytest.approx(506.0, abs=0.5)
     assert breaker.tick(506.6) is BreakerState.HALF_OPEN
 
 
-def test_half_open_state_survives_with_fresh_permits() -> None:
-    """Restarted in half-open, the breaker admits fresh trials (the old ones died with the actor)."""
+def test_half_open_trials_carry_over_a_restart() -> None:
+    """Trial permits are in the record: a trial admitted before a restart still decides after it."""
     first = make()
     trip(first, 0.0)
     now = (first.retry_at or 0.0) + 1.0
-    first.admit(now)
-    first.admit(now)
+    assert first.admit(now) and first.admit(now)
     second = make(storage=first.storage)
     assert second.state is BreakerState.HALF_OPEN
-    assert second.admit(now) and second.admit(now)
-    assert not second.admit(now)
+    assert not second.admit(now)  # both permits are out
+    first.record(S, now)
+    second.record(S, now)
+    assert second.state is BreakerState.CLOSED
+
+
+def test_trial_permits_of_a_vanished_holder_expire() -> None:
+    """Permits never settled (their process died) are forgotten after max_open_for."""
+    breaker = make()
+    trip(breaker, 0.0)
+    now = (breaker.retry_at or 0.0) + 1.0
+    assert breaker.admit(now) and breaker.admit(now)
+    assert not breaker.admit(now + POLICY.max_open_for - 1.0)
+    assert breaker.admit(now + POLICY.max_open_for)
+
+
+def test_the_whole_state_round_trips_through_the_record() -> None:
+    """Encoding the storage's record and decoding it into a new storage gives the same breaker."""
+    first = make()
+    for k in range(2):
+        first.admit(float(k))
+        first.record(F, float(k))
+    first.admit(2.0)
+    first.record(S, 2.0)
+    trip(first, 3.0)
+    wire = msgspec.json.encode(first.storage.record)
+    second = make(storage=BreakerStorage(msgspec.json.decode(wire, type=BreakerRecord)))
+    assert second.statistics() == first.statistics()
+    assert repr(second) == repr(first)
+    assert second.retry_at == first.retry_at
+    now = (second.retry_at or 0.0) + 1.0
+    assert second.admit(now)
+    second.record(F, now)
+    assert second.statistics().trips == 2
+    assert 18.0 <= (second.statistics().open_for or 0.0) <= 22.0  # the streak carried over
 
 
 # --- telemetry, statistics, repr ---------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The limiter: concurrency, RPM and TPM on aiolimiter, reconciliation with real usage,
+"""The limiter: concurrency, RPM and TPM buckets, reconciliation with real usage,
 fairness for large requests, throttling and provider rate-limit headers.
 
-aiolimiter reads the running loop's clock, so these tests run on the conftest's
-fast-forwarding loop: ``await asyncio.sleep(7)`` moves loop time 7 s at once.
+These tests run on the conftest's fast-forwarding loop: ``await asyncio.sleep(7)`` moves
+loop time 7 s at once.
 """
 
 from __future__ import annotations
@@ -121,17 +121,29 @@ async def test_reconciliation_converges_when_estimates_are_low() -> None:
     assert 0.9 * tpm * minutes <= used <= tpm * (minutes + 1) + 400
 
 
-async def test_credit_does_not_outlive_the_tokens_it_stands_for() -> None:
-    """After an idle spell the ledger is back to zero: no banked burst beyond one bucket."""
+async def test_a_refund_frees_the_unused_estimate_at_once() -> None:
+    """Releasing with real usage below the estimate gives the difference back to the bucket now."""
     limiter = Limiter(tpm=1000)
     r = limiter.try_acquire(1000, now())
     assert r is not None
-    limiter.release(r, 100, now())
-    assert limiter.statistics().token_ledger == pytest.approx(900)
-    await asyncio.sleep(120)
-    assert limiter.try_acquire(1000, now()) is not None
     assert limiter.try_acquire(1, now()) is None
-    assert limiter.statistics().token_ledger == pytest.approx(0)
+    limiter.release(r, 100, now())
+    assert limiter.statistics().tokens_in_bucket == pytest.approx(100, abs=0.1)
+    assert limiter.try_acquire(900, now()) is not None
+    assert limiter.try_acquire(1, now()) is None
+
+
+async def test_usage_above_the_bucket_is_a_debt_waited_out() -> None:
+    """A request that used more than the whole bucket holds later ones off until it leaked out."""
+    limiter = Limiter(tpm=1000)
+    r = limiter.try_acquire(100, now())
+    assert r is not None
+    limiter.release(r, 1500, now())
+    assert limiter.available_at(100, now()) == pytest.approx(now() + 36.0, abs=0.01)
+    await asyncio.sleep(35.9)
+    assert limiter.try_acquire(100, now()) is None
+    await asyncio.sleep(0.2)
+    assert limiter.try_acquire(100, now()) is not None
 
 
 async def test_large_request_is_not_starved_by_small_ones() -> None:
@@ -255,7 +267,7 @@ async def test_statistics_and_repr() -> None:
     assert stats.tokens_reserved == 300
     with pytest.raises(AttributeError):
         stats.in_flight = 0  # type: ignore[misc]
-    assert repr(limiter) == "<Limiter [in-flight 1/4 | rpm 1 | tpm 1000 (ledger +0)]>"
+    assert repr(limiter) == "<Limiter [in-flight 1/4 | rpm 1 | tpm 1000 (300 in bucket)]>"
     limiter.release(r, 100, now())
-    assert limiter.statistics().token_ledger == pytest.approx(200)
+    assert limiter.statistics().tokens_in_bucket == pytest.approx(100, abs=0.1)
     assert repr(Limiter()) == "<Limiter [in-flight 0/∞]>"

@@ -23,7 +23,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
-import pybreaker
 
 from ..actors.actor import Actor
 from ..errors import AuthenticationFailed, LLMError, ProviderError, RateLimited
@@ -31,7 +30,7 @@ from ..policy import Endpoint
 from ..providers.base import ProviderClient
 from ..telemetry import emit_transition
 from ..types import FrozenStruct
-from .breaker import Breaker, BreakerState, BreakerStats, Outcome, classify
+from .breaker import Breaker, BreakerState, BreakerStats, BreakerStorage, Outcome, classify
 from .health import ProbeSchedule, ProbeScheduleStats
 from .limiter import Limiter, LimiterStats, Reservation
 from .stats import LatencyStats, LatencyTracker
@@ -98,7 +97,7 @@ class EndpointActor(Actor):
         endpoint: Endpoint,
         client: ProviderClient | Any,
         *,
-        breaker_storage: pybreaker.CircuitBreakerStorage | None = None,
+        breaker_storage: BreakerStorage | None = None,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(endpoint.name)

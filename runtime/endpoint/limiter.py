@@ -1,42 +1,28 @@
 """Client-side admission by rate and concurrency for one endpoint.
 
-Request-rate (RPM) and token-rate (TPM) buckets are aiolimiter ``AsyncLimiter`` objects over a
+Request-rate (RPM) and token-rate (TPM) limits are :class:`TokenBucket` objects over a
 60-second period; a concurrency cap, a 429 throttle and the provider's own rate-limit
 headers sit beside them. :meth:`Limiter.try_acquire` answers "can you take this request
 now?" without waiting, and reserves when the answer is yes.
 
-Two known limits of aiolimiter are designed around here (DESIGN.md, "Known limits"):
+The buckets are ours, a few lines of arithmetic, rather than aiolimiter's
+``AsyncLimiter``: admission here must reserve *without waiting* (aiolimiter only offers
+``has_capacity`` and an ``acquire`` that waits), give tokens back when a request used
+less than its estimate (aiolimiter cannot refund), and say when capacity returns so the
+dispatcher can wait for the soonest endpoint (aiolimiter cannot tell). Driving its
+``acquire`` coroutine by hand or mirroring its internal level would depend on internals
+it is free to change. A request reserves its estimate (prompt + ``max_tokens``) and is
+reconciled with the real usage at release: the difference is refunded (or, when it used
+more, charged), so the bucket's level is real usage and no shadow ledger is needed.
 
-- **No non-blocking reserve.** aiolimiter offers ``has_capacity(amount)`` (a check) and
-  ``await acquire(amount)`` (which waits). A reservation is a ``has_capacity`` check
-  followed by driving ``acquire`` by hand (``coro.send(None)``): with the capacity known
-  to be there and nothing in between (one thread, no ``await``), ``acquire`` completes
-  without suspending, so the bucket is charged through its documented API and no private
-  attribute is touched. Should it ever want to suspend, the coroutine is closed and the
-  request refused.
-- **No refund or adjustment after the fact.** A request reserves its estimate (prompt +
-  ``max_tokens``) and usually uses less. Instead of editing the bucket, the limiter keeps
-  two shadows of the TPM bucket, leaked at the same rate: the *charged* level (a mirror
-  of what aiolimiter holds) and the *true* level (the same bucket fed with real usage:
-  the estimate at reservation, corrected by ``actual - estimate`` at release). Their
-  difference is a ledger: positive, aiolimiter holds more than was really used (a credit);
-  negative, less (a debt). Each new reservation is charged ``estimate - ledger`` (at
-  least 0, at most the bucket), which puts aiolimiter's level back on the true level at
-  every admission. Because both shadows leak, a credit cannot outlive the tokens it
-  stands for (once the bucket has drained, the overcharge would have leaked anyway), so
-  an idle spell does not bank a burst. The shadows are also what :meth:`available_at`
-  reads. A debt beyond a whole bucket is carried over to the reservations that follow.
-
-And aiolimiter is not fair for mixed amounts: small requests keep fitting into capacity a
+And a bucket is not fair for mixed amounts: small requests keep fitting into capacity a
 large one waits for. When a request is refused for tokens, its size is remembered as the
 head-of-line demand; smaller requests are then admitted only if they leave room for it,
 until a request at least that large is admitted or, at the latest, shortly after the time
 it should have fitted (:data:`HEAD_OF_LINE_GRACE`), so a large request the dispatcher sent
 elsewhere cannot hold the bucket for long.
 
-Nothing here reads a clock: ``now`` is the event loop's time, passed in. aiolimiter reads
-the loop's clock itself, so calls must be made on the loop, with ``now`` equal to
-``loop.time()`` (``anyio.current_time()``) for the shadows to track it exactly.
+Nothing here reads a clock: ``now`` is the event loop's time, passed in.
 """
 
 from __future__ import annotations
@@ -44,11 +30,9 @@ from __future__ import annotations
 import math
 import sys
 
-from aiolimiter import AsyncLimiter
-
 from ..types import FrozenStruct, RateLimitSnapshot
 
-__all__ = ["HEAD_OF_LINE_GRACE", "Limiter", "LimiterStats", "Reservation"]
+__all__ = ["HEAD_OF_LINE_GRACE", "Limiter", "LimiterStats", "Reservation", "TokenBucket"]
 
 MINUTE = 60.0
 # How long past its expected fit a head-of-line demand is kept: time for the dispatcher
@@ -75,8 +59,8 @@ class Reservation:
 class LimiterStats(FrozenStruct, frozen=True):
     """A limiter's figures at one moment.
 
-    ``token_ledger`` is how many tokens the TPM bucket holds beyond true usage (positive:
-    a credit the next reservations get back; negative: a debt they pay).
+    ``tokens_in_bucket`` is the TPM bucket's level as of the last call that passed ``now``:
+    what reservations and real usage put in and has not leaked out (above ``tpm``: a debt).
     ``head_of_line`` is the token demand small requests currently leave room for (0: none).
     ``provider_*_left`` is the provider's own count while its headers run low (None: not
     binding). ``refused`` counts refusals by reason: throttled, concurrency, rpm, tpm,
@@ -92,7 +76,7 @@ class LimiterStats(FrozenStruct, frozen=True):
     throttled_until: float | None
     tokens_reserved: float
     tokens_used: int
-    token_ledger: float
+    tokens_in_bucket: float
     head_of_line: float
     provider_requests_left: float | None = None
     provider_tokens_left: float | None = None
@@ -132,15 +116,53 @@ class _ProviderWindow:
         return max(now, end)
 
 
-def _take(bucket: AsyncLimiter, amount: float) -> bool:
-    """Charge ``amount`` to ``bucket`` through ``acquire`` without waiting (see module doc)."""
-    coro = bucket.acquire(amount)
-    try:
-        coro.send(None)
-    except StopIteration:
+class TokenBucket:
+    """A leaky bucket of ``capacity`` that drains at ``rate`` per second; pure arithmetic on ``now``.
+
+    The level is what was taken and has not leaked out yet. An amount larger than the
+    whole bucket counts as a full bucket (it fits once the bucket is empty). A level above
+    the capacity (a request used more than it reserved) is a debt the next ones wait out.
+    """
+
+    __slots__ = ("at", "capacity", "level", "rate")
+
+    def __init__(self, capacity: float, period: float = MINUTE) -> None:
+        self.capacity = float(capacity)
+        self.rate = self.capacity / period
+        self.level = 0.0
+        self.at = -math.inf
+
+    def __repr__(self) -> str:
+        return f"<TokenBucket {self.level:.1f}/{self.capacity:g} at {self.at:.3f}>"
+
+    def _leak(self, now: float) -> float:
+        elapsed = now - self.at
+        if elapsed > 0.0:
+            level = self.level - elapsed * self.rate
+            self.level = level if level > 0.0 else 0.0
+            self.at = now
+        return self.level
+
+    def fits(self, amount: float, now: float) -> bool:
+        """Would ``amount`` fit now?"""
+        return self._leak(now) + min(amount, self.capacity) <= self.capacity
+
+    def reserve(self, amount: float, now: float) -> bool:
+        """Take ``amount`` if it fits now; False (and nothing taken) if not."""
+        if not self.fits(amount, now):
+            return False
+        self.level += min(amount, self.capacity)
         return True
-    coro.close()  # it wanted to wait: not a reservation we can make now
-    return False
+
+    def reconcile(self, reserved: float, actual: float, now: float) -> None:
+        """Correct a reservation of ``reserved`` to what was really used: refund or charge the difference."""
+        level = self._leak(now) + actual - reserved
+        self.level = level if level > 0.0 else 0.0
+
+    def available_at(self, amount: float, now: float) -> float:
+        """Loop time at which ``amount`` fits, if nothing else is taken meanwhile."""
+        over = self._leak(now) + min(amount, self.capacity) - self.capacity
+        return now + over / self.rate if over > 0.0 else now
 
 
 class Limiter:
@@ -154,7 +176,6 @@ class Limiter:
 
     __slots__ = (
         "_admitted",
-        "_charged",
         "_gate_requests",
         "_gate_tokens",
         "_hol_tokens",
@@ -164,16 +185,10 @@ class Limiter:
         "_max_in_flight",
         "_plain",
         "_refused",
-        "_req_at",
-        "_req_level",
-        "_req_rate",
         "_requests",
         "_reserved",
         "_throttled_until",
-        "_tok_at",
-        "_tok_rate",
         "_tokens",
-        "_true",
         "_used",
         "max_concurrency",
         "rpm",
@@ -184,19 +199,11 @@ class Limiter:
         self.rpm = rpm
         self.tpm = tpm
         self.max_concurrency = max_concurrency
-        self._requests = AsyncLimiter(rpm, MINUTE) if rpm else None
-        self._tokens = AsyncLimiter(tpm, MINUTE) if tpm else None
-        self._req_rate = rpm / MINUTE if rpm else 0.0
-        self._tok_rate = tpm / MINUTE if tpm else 0.0
+        self._requests = TokenBucket(rpm) if rpm else None
+        self._tokens = TokenBucket(tpm) if tpm else None
         self._max_in_flight = max_concurrency if max_concurrency else sys.maxsize
         self._in_flight = 0
         self._throttled_until = -math.inf
-        # Shadows of the buckets as of ``_req_at`` / ``_tok_at`` (see the module doc).
-        self._req_level = 0.0
-        self._req_at = -math.inf
-        self._charged = 0.0
-        self._true = 0.0
-        self._tok_at = -math.inf
         self._hol_tokens = 0.0
         self._hol_until = -math.inf
         self._gate_requests: _ProviderWindow | None = None
@@ -238,7 +245,7 @@ class Limiter:
             throttled_until=None if self._throttled_until == -math.inf else self._throttled_until,
             tokens_reserved=self._reserved,
             tokens_used=self._used,
-            token_ledger=round(self._charged - self._true, 6),
+            tokens_in_bucket=0.0 if self._tokens is None else round(self._tokens.level, 6),
             head_of_line=self._hol_tokens,
             provider_requests_left=None if gate_r is None else gate_r.remaining - gate_r.taken,
             provider_tokens_left=None if gate_t is None else gate_t.remaining - gate_t.taken,
@@ -250,7 +257,7 @@ class Limiter:
         if self.rpm:
             parts.append(f"rpm {self.rpm}")
         if self.tpm:
-            parts.append(f"tpm {self.tpm} (ledger {self._charged - self._true:+.0f})")
+            parts.append(f"tpm {self.tpm} ({self._tokens.level if self._tokens else 0.0:.0f} in bucket)")
         if self._hol_tokens:
             parts.append(f"head-of-line {self._hol_tokens:.0f} until {self._hol_until:.3f}")
         if self._throttled_until != -math.inf:
@@ -286,15 +293,12 @@ class Limiter:
         self._in_flight -= 1
         if actual_tokens is not None:
             self._used += actual_tokens
-        tpm = self.tpm
-        if self._tokens is not None and tpm is not None:
-            estimate = reservation.tokens
-            need = float(estimate if estimate < tpm else tpm)
+        bucket = self._tokens
+        if bucket is not None:
+            need = self._need(reservation.tokens)
             self._reserved -= need
             if actual_tokens is not None:
-                self._leak_tokens(now)
-                level = self._true + (actual_tokens - need)
-                self._true = level if level > 0.0 else 0.0
+                bucket.reconcile(need, actual_tokens, now)
 
     # --- commands ----------------------------------------------------------------------
 
@@ -334,12 +338,10 @@ class Limiter:
             if gate is not None and gate.room(now) < amount:
                 when = max(when, gate.ready_at(amount, now))
         if self._requests is not None:
-            self._leak_requests(now)
-            over = self._req_level + 1.0 - self._req_rate * MINUTE
-            if over > 0:
-                when = max(when, now + over / self._req_rate)
+            when = max(when, self._requests.available_at(1.0, now))
         if self._tokens is not None:
-            when = max(when, now + self._token_wait(self._need(tokens), now, self._hol_for(self._need(tokens), now)))
+            need = self._need(tokens)
+            when = max(when, self._tokens.available_at(need + self._hol_for(need, now), now))
         return when
 
     # --- internals -----------------------------------------------------------------------
@@ -368,41 +370,25 @@ class Limiter:
             if refusal is not None:
                 return self._refuse(refusal)
         requests = self._requests
-        if requests is not None and not requests.has_capacity(1):
+        if requests is not None and not requests.fits(1.0, now):
             return self._refuse("rpm")
         bucket = self._tokens
-        need = charge = 0.0
         if bucket is not None:
-            tpm = float(self.tpm or 0)
             need = self._need(tokens)
-            self._leak_tokens(now)
-            charge = need - (self._charged - self._true)
-            charge = 0.0 if charge < 0.0 else (tpm if charge > tpm else charge)
             hol = self._hol_for(need, now)
-            if hol:
-                room = charge + hol
-                if room > tpm or not bucket.has_capacity(room):
-                    return self._refuse("head_of_line")
-            if not bucket.has_capacity(charge):
+            if hol and (need + hol > bucket.capacity or not bucket.fits(need + hol, now)):
+                return self._refuse("head_of_line")
+            if not bucket.reserve(need, now):
                 if need >= self._hol_tokens:
                     # Remember the largest waiting demand, until shortly after it should fit.
                     self._hol_tokens = need
-                    self._hol_until = now + min(self._token_wait(need, now, 0.0), MINUTE) + HEAD_OF_LINE_GRACE
+                    self._hol_until = min(bucket.available_at(need, now), now + MINUTE) + HEAD_OF_LINE_GRACE
                 return self._refuse("tpm")
-        # Everything said yes; charge the buckets (nothing can change in between).
-        if requests is not None:
-            if not _take(requests, 1.0):
-                return self._refuse("rpm")
-            self._leak_requests(now)
-            self._req_level += 1.0
-        if bucket is not None:
-            if charge > 0.0 and not _take(bucket, charge):
-                return self._refuse("tpm")
-            self._charged += charge
-            self._true += need
             self._reserved += need
             if self._hol_tokens and need >= self._hol_tokens:
                 self._hol_tokens = 0.0  # the demand it was waiting for is served
+        if requests is not None:
+            requests.reserve(1.0, now)
         if gate_r is not None:
             gate_r.taken += 1.0
         if gate_t is not None:
@@ -448,31 +434,3 @@ class Limiter:
             and self._gate_requests is None
             and self._gate_tokens is None
         )
-
-    def _token_wait(self, need: float, now: float, hol: float) -> float:
-        """Seconds until ``need`` tokens (plus a head-of-line demand) fit, by the shadows."""
-        self._leak_tokens(now)
-        tpm = float(self.tpm or 0)
-        over = self._true + need + hol - tpm
-        if need - (self._charged - self._true) > tpm:
-            # A debt larger than the bucket: the charge is capped at a whole bucket, which
-            # fits only once aiolimiter's level has drained to zero.
-            over = max(over, self._charged + hol)
-        return over / self._tok_rate if over > 0 else 0.0
-
-    def _leak_tokens(self, now: float) -> None:
-        elapsed = now - self._tok_at
-        if elapsed > 0.0:
-            drip = elapsed * self._tok_rate
-            charged = self._charged - drip
-            true = self._true - drip
-            self._charged = charged if charged > 0.0 else 0.0
-            self._true = true if true > 0.0 else 0.0
-            self._tok_at = now
-
-    def _leak_requests(self, now: float) -> None:
-        elapsed = now - self._req_at
-        if elapsed > 0.0:
-            level = self._req_level - elapsed * self._req_rate
-            self._req_level = level if level > 0.0 else 0.0
-            self._req_at = now
