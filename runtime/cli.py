@@ -2,43 +2,56 @@
 
 ::
 
-    llm-runtime demo [--duration S] [--rate N] [--seed N] [--trace FILE]
-    llm-runtime chat PROMPT [--model M] [--system S] [--stream] [--max-tokens N] [--json]
-    llm-runtime status
+    llm-runtime demo [--duration S] [--rate N] [--seed N]
+    llm-runtime chat PROMPT [--config F] [--model M] [--endpoint NAME] [--system S] [--max-tokens N]
+                            [--temperature T] [--timeout S] [--stream]
+    llm-runtime status [--config F] [--watch [--interval S] [--count N]]
     llm-runtime config check [FILE]
 
-Every command but ``demo`` finds its configuration the same way: ``--config FILE``,
-else the file named by ``LLM_RUNTIME_CONFIG``, else ``./runtime.toml``, else the
-environment (``LLM_BACKEND``, ``OPENAI_API_KEY``, … as :meth:`Runtime.from_env` reads it).
+Every command takes ``-v``/``-vv`` (INFO / DEBUG log lines on stderr), ``--trace
+console|FILE`` (every span to stderr, or to FILE as JSON lines) and ``--json`` (the
+result, or the error, as one JSON document on stdout). Every command but ``demo`` finds
+its configuration the same way: ``--config FILE``, else the file named by
+``LLM_RUNTIME_CONFIG``, else ``./runtime.toml``, else the environment (``LLM_BACKEND``,
+``OPENAI_API_KEY``, … as :meth:`Runtime.from_env` reads it).
 
-Exit codes: 0 success; 1 the request or check failed (an :class:`LLMError`, no healthy
-endpoint, a demo request that failed); 2 bad usage or configuration (argparse errors,
-:class:`ConfigError`); 130 interrupted. Errors are one line on stderr, never a
-traceback, and no key is ever printed.
+Exit codes (:data:`EXIT_CODES`): 0 success; 1 the request or check failed (an
+:class:`LLMError`, no endpoint up, a demo request that failed); 2 bad usage or
+configuration; 3 ``status``: some endpoints are down, at least one is up; 130
+interrupted; 141 stdout was closed early (``| head``). Errors are one line on stderr,
+never a traceback, and no key is ever printed; with ``--json`` the error is also
+``{"error": {"type", "message", "exit_code", ...}}`` on stdout.
+
+A new command is one :func:`_command` call naming its handler, a function from the
+parsed arguments to an exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn
 
 import anyio
 import msgspec
 
+from . import _logging
+from ._observability import telemetry_for_cli
 from ._runtime import Runtime
 from .config import RuntimeConfig, load_config
 from .endpoint.actor import EndpointStatus
-from .errors import AllEndpointsFailed, ConfigError, LLMError
-from .providers import adapter_for
+from .errors import AllEndpointsFailed, ConfigError, LLMError, ProviderError
+from .policy import Endpoint
+from .providers import ADAPTERS, adapter_for
 from .types import Attempt, ChatResponse
 
-__all__ = ["CONFIG_ENV", "find_config", "load_runtime", "main"]
+__all__ = ["CONFIG_ENV", "EXIT_CODES", "find_config", "load_runtime", "main"]
 
 PROG = "llm-runtime"
 #: The variable naming a config file when ``--config`` is not given.
@@ -49,7 +62,31 @@ DEFAULT_CONFIG = "runtime.toml"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
+
+#: Every exit status the command uses, and what it means.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success (status: every endpoint is up)",
+    EXIT_FAILED: "the request or check failed (status: no endpoint is up)",
+    EXIT_USAGE: "bad usage or configuration",
+    EXIT_PARTIAL: "status: some endpoints are down, at least one is up",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_PIPE: "stdout was closed before the output ended (e.g. piped into head)",
+}
+
+#: Variables Runtime.from_env reads that a config file makes irrelevant (key
+#: variables are not among them: a file names them with api_key_env).
+_ENV_ONLY = (
+    "LLM_BACKEND", "OPENAI_BASE_URL", "OPENAI_MODEL", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT",
+    "OPENAI_API_VERSION", "ANTHROPIC_MODEL", "DEEPSEEK_MODEL", "DEEPSEEK_BASE_URL", "OLLAMA_BASE_URL",
+    "OLLAMA_HOST", "OLLAMA_MODEL", "CUSTOM_LLM_URL", "CUSTOM_LLM_MODEL", "CUSTOM_LLM_HEADERS",
+)
+
+
+class UsageError(Exception):
+    """The command line itself is wrong (argparse's complaint, or an empty prompt)."""
 
 
 # --- configuration discovery ---------------------------------------------------------------
@@ -75,11 +112,24 @@ def find_config(
 
 
 def load_runtime(explicit: str | None, **overrides: Any) -> Runtime:
-    """A runtime from the discovered config file, or from the environment when there is none."""
+    """A runtime from the discovered config file, or from the environment when there is none.
+
+    A file found without ``--config`` while provider variables are set says once, on
+    stderr, that those variables are ignored: otherwise a user who exported
+    ``LLM_BACKEND`` would wonder why it has no effect.
+    """
     path = find_config(explicit)
-    if path is not None:
-        return Runtime.from_config(path, **overrides)
-    return Runtime.from_env(**overrides)
+    if path is None:
+        return Runtime.from_env(**overrides)
+    if not explicit:
+        ignored = [name for name in _ENV_ONLY if os.environ.get(name)]
+        if ignored:
+            how = f"${CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "found in the working directory"
+            print(
+                f"{PROG}: using {path} ({how}); ignoring {', '.join(ignored)} from the environment",
+                file=sys.stderr,
+            )
+    return Runtime.from_config(path, **overrides)
 
 
 # --- arguments ----------------------------------------------------------------------------------
@@ -105,27 +155,69 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of printing and exiting, so ``--json`` can report it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _common(*, top: bool) -> argparse.ArgumentParser:
+    # On the subcommands the defaults are suppressed, so `llm-runtime -v chat hi` keeps
+    # the -v given before the command.
+    default: Any = None if top else argparse.SUPPRESS
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+        help="log state transitions and failovers to stderr; -vv also every attempt",
+    )
+    common.add_argument(
+        "--trace", metavar="console|FILE", default=default,
+        help="write every OpenTelemetry span to stderr (console) or to FILE as JSON lines",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=False if top else argparse.SUPPRESS,
+        help="print the result, or the error, as JSON on stdout",
+    )
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
-    config = argparse.ArgumentParser(add_help=False)
+    config = _Parser(add_help=False)
     config.add_argument(
         "--config",
         metavar="FILE",
         help=f"config file (default: ${CONFIG_ENV}, then ./{DEFAULT_CONFIG}, then the environment)",
     )
-
-    parser = argparse.ArgumentParser(
+    codes = "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+    parser = _Parser(
         prog=PROG,
+        parents=[_common(top=True)],
         description="A resilience runtime for LLM endpoints: failover, breakers, retries, health probes.",
-        epilog="Start with `llm-runtime demo`: no network and no API key needed.",
+        epilog=f"Start with `llm-runtime demo`: no network and no API key needed. Exit codes: {codes}.",
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+    common = _common(top=False)
 
-    demo = commands.add_parser(
-        "demo",
+    def _command(
+        subparsers: Any, name: str, handler: Handler, *, help: str, description: str, configured: bool = True
+    ) -> argparse.ArgumentParser:
+        parents = [common, config] if configured else [common]
+        command: argparse.ArgumentParser = subparsers.add_parser(
+            name, parents=parents, help=help, description=description
+        )
+        command.set_defaults(handler=handler)
+        return command
+
+    demo = _command(
+        commands, "demo", _demo, configured=False,
         help="watch failover live: three local endpoints, scripted faults, zero failed requests",
         description=(
             "Start three local endpoints (OpenAI, Anthropic and Ollama dialects), send a steady "
@@ -136,35 +228,41 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=_positive_float, default=20.0, metavar="S", help="seconds to run (default: 20)")
     demo.add_argument("--rate", type=_positive_float, default=20.0, metavar="N", help="requests per second (default: 20)")
     demo.add_argument("--seed", type=int, default=0, metavar="N", help="seed for jitter and choices (default: 0)")
-    demo.add_argument("--trace", metavar="FILE", help="write every OpenTelemetry span to FILE as one JSON line")
     # Runs the timeline on the fast-forwarding test loop (latencies are then virtual):
     # how the tests drive the command; not advertised.
     demo.add_argument("--virtual-clock", action="store_true", help=argparse.SUPPRESS)
 
-    chat = commands.add_parser(
-        "chat", parents=[config], help="send one prompt and print the reply",
+    chat = _command(
+        commands, "chat", _chat, help="send one prompt and print the reply",
         description="Send one prompt through the configured endpoints and print the reply.",
     )
     chat.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
     chat.add_argument("--model", help="route by model or group name")
-    chat.add_argument("--endpoint", help="send to this endpoint only")
+    chat.add_argument("--endpoint", metavar="NAME", help="send to this endpoint only")
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--max-tokens", type=_positive_int, metavar="N", help="cap the reply's length in tokens")
     chat.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (0-2)")
     chat.add_argument("--timeout", type=_positive_float, metavar="S", help="deadline of the whole request in seconds")
     chat.add_argument("--stream", action="store_true", help="print the reply as it arrives")
-    chat.add_argument("--json", action="store_true", help="print the whole reply (or the error) as JSON")
 
-    commands.add_parser(
-        "status", parents=[config], help="probe every endpoint once and print their states",
-        description="Probe every configured endpoint once; exit 1 when none is healthy.",
+    status = _command(
+        commands, "status", _status, help="probe every endpoint and print their states",
+        description=(
+            "Probe every configured endpoint; exit 0 when all are up, 3 when some are down, "
+            "1 when none is up. --watch keeps probing and redraws the table."
+        ),
     )
+    status.add_argument("--watch", action="store_true", help="keep probing and redraw the table until Ctrl-C")
+    status.add_argument("--interval", type=_positive_float, default=2.0, metavar="S",
+                        help="seconds between probes with --watch (default: 2)")
+    status.add_argument("--count", type=_positive_int, metavar="N", help="with --watch, stop after N refreshes")
 
     config_cmd = commands.add_parser("config", help="configuration tools", description="Configuration tools.")
-    config_sub = config_cmd.add_subparsers(dest="config_command", metavar="ACTION")
+    config_sub = config_cmd.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     config_sub.required = True
-    check = config_sub.add_parser(
-        "check", parents=[config], help="validate a config file and print it resolved, keys masked",
+    check = _command(
+        config_sub, "check", _config_check,
+        help="validate a config file and print it resolved, keys masked",
         description=(
             "Validate a config file and print the resolved configuration (every default filled "
             "in, keys masked) as TOML, with whether each endpoint's key variable is set."
@@ -179,38 +277,113 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors (already printed)
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help and --version (already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except UsageError as exc:
+        # --json is honoured even when the rest of the line could not be parsed.
+        return _fail(exc, EXIT_USAGE, as_json="--json" in argv)
+    verbose: int = args.verbose
+    # Warnings (a budget nearly spent, an exporter down) always show; -v and
+    # LLM_RUNTIME_LOG ask for more.
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else (_logging.level_from_env() or logging.WARNING)
+    handler: Handler = args.handler
     try:
-        match args.command:
-            case "demo":
-                return _demo(args)
-            case "chat":
-                return _chat(args)
-            case "status":
-                return _status(args)
-            case _:
-                return _config_check(args)
+        with _logging.logging_to_stderr(level), telemetry_for_cli(args.trace, sys.stderr):
+            return handler(args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): say nothing, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
+    except OSError as exc:  # the --trace file
+        return _fail(ConfigError(f"cannot write {exc.filename}: {exc.strerror or exc}", key="trace"), EXIT_USAGE, args.json)
+    except UsageError as exc:
+        return _fail(exc, EXIT_USAGE, args.json)
     except ConfigError as exc:
-        _error(exc)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_USAGE, args.json)
     except LLMError as exc:
-        _error(exc)
-        return EXIT_FAILED
+        return _fail(exc, EXIT_FAILED, args.json)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail(KeyboardInterrupt("interrupted"), EXIT_INTERRUPTED, args.json)
 
 
-def _error(exc: BaseException, note: str = "") -> None:
-    """One line on stderr: the error's class and message (messages never carry keys)."""
-    message = " ".join(str(exc).split())
-    if note:
-        message += f" ({note})"
-    print(f"{PROG}: {type(exc).__name__}: {message}", file=sys.stderr)
+def _fail(exc: BaseException, code: int, as_json: bool, endpoints: Sequence[Endpoint] = ()) -> int:
+    """Report ``exc``: one line on stderr and, with ``--json``, the error document on stdout."""
+    if as_json:
+        sys.stdout.write(_encode_json({"error": _error_json(exc, code, endpoints)}) + "\n")
+    print(f"{PROG}: {type(exc).__name__}: {explain(exc, endpoints)}", file=sys.stderr)
+    return code
+
+
+# --- errors in our words ------------------------------------------------------------------------
+
+#: What each failure means, said plainly; "{where}" is the endpoint and its URL.
+_WORDS: dict[str, str] = {
+    "ConnectionFailed": "could not connect to {where}",
+    "Timeout": "{where} did not answer in time",
+    "RateLimited": "{where} is rate-limiting us (HTTP 429)",
+    "Overloaded": "{where} is overloaded",
+    "ServerError": "{where} failed with a server error",
+    "AuthenticationFailed": "{where} refused the API key",
+    "BadRequest": "{where} rejected the request as invalid",
+    "NotFound": "{where} has no such model or path",
+    "ContextWindowExceeded": "the prompt does not fit the context window of {where}",
+    "ContentFiltered": "the safety filter of {where} refused it",
+    "ProtocolError": "{where} sent a reply that is not what its provider's API sends",
+}
+
+
+def url_of(endpoint: Endpoint) -> str | None:
+    """Where an endpoint's requests go: its ``base_url``, else its provider's default."""
+    if endpoint.base_url:
+        return endpoint.base_url
+    adapter = ADAPTERS.get(endpoint.provider)
+    return None if adapter is None else getattr(adapter, "default_base_url", None)
+
+
+def _where(name: str | None, endpoints: Sequence[Endpoint]) -> str:
+    for endpoint in endpoints:
+        if endpoint.name == name:
+            url = url_of(endpoint)
+            return f"endpoint {name!r} ({url})" if url else f"endpoint {name!r}"
+    return f"endpoint {name!r}" if name else "the endpoint"
+
+
+def _provider_words(exc: BaseException, endpoints: Sequence[Endpoint]) -> str:
+    kind = type(exc).__name__
+    template = _WORDS.get(kind)
+    where = _where(getattr(exc, "endpoint", None), endpoints)
+    if template is None:
+        return f"{where}: {exc}"
+    said = template.format(where=where)
+    status = getattr(exc, "status", None)
+    if status is not None and "HTTP" not in said:
+        said += f" (HTTP {status})"
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        said += f", retry after {retry_after:g}s"
+    return said
+
+
+def explain(exc: BaseException, endpoints: Sequence[Endpoint] = ()) -> str:
+    """``exc`` in our words, on one line: which endpoint and URL failed, and how."""
+    if isinstance(exc, AllEndpointsFailed):
+        failures: dict[str, list[str]] = {}
+        for attempt in exc.attempts:
+            if attempt.error is not None and not attempt.cancelled:
+                failures.setdefault(_provider_words(attempt.error, endpoints), []).append(type(attempt.error).__name__)
+        said = "; ".join(
+            f"{words} [{kinds[0]}{f' x{len(kinds)}' if len(kinds) > 1 else ''}]" for words, kinds in failures.items()
+        )
+        reason = exc.message.removeprefix("every attempt failed: ")
+        return " ".join(f"no endpoint answered: {said} ({reason})".split())
+    if isinstance(exc, ProviderError):
+        return " ".join(f"{_provider_words(exc, endpoints)}: {exc.message}".split())
+    return " ".join(str(exc).split())
 
 
 # --- demo -------------------------------------------------------------------------------------------
@@ -221,25 +394,18 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
-    trace: TextIO | None = None
-    if args.trace:
-        try:
-            trace = open(args.trace, "w", encoding="utf-8")
-        except OSError as exc:
-            print(f"{PROG}: cannot write {args.trace}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_USAGE
     options: dict[str, Any] = {}
     if args.virtual_clock:
         from .testing import VirtualClockLoop
 
         options["loop_factory"] = VirtualClockLoop
-    try:
-        summary = anyio.run(
-            run_demo, args.duration, args.rate, args.seed, trace, Console(), backend="asyncio", backend_options=options
-        )
-    finally:
-        if trace is not None:
-            trace.close()
+    # With --json the live view goes to stderr and stdout carries only the summary.
+    console = Console(stderr=True) if args.json else Console()
+    summary = anyio.run(
+        run_demo, args.duration, args.rate, args.seed, None, console, backend="asyncio", backend_options=options
+    )
+    if args.json:
+        sys.stdout.write(_encode_json(summary) + "\n")
     return EXIT_OK if summary.ok else EXIT_FAILED
 
 
@@ -251,18 +417,19 @@ def _chat(args: argparse.Namespace) -> int:
     if prompt == "-":
         prompt = sys.stdin.read()
     if not prompt.strip():
-        print(f"{PROG}: the prompt is empty", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("the prompt is empty")
     rt = load_runtime(args.config)
+    endpoints = rt.endpoints
     try:
         reply = anyio.run(_chat_async, rt, prompt, args)
     except LLMError as exc:
-        if args.json:
-            sys.stdout.write(_encode_json({"error": _error_json(exc)}) + "\n")
-        # A missing key is the likeliest cause of "nothing could take it": say which.
-        problems = [f"{ep.name}: {problem}" for ep in rt.endpoints if (problem := ep.key_problem())]
-        _error(exc, note="; ".join(problems))
-        return EXIT_FAILED
+        # The errors name the endpoints they could not try and why (an unset key variable).
+        return _fail(exc, EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED, args.json, endpoints)
+    if reply.provider == "mock":
+        # A canned answer must never pass for a model's: say where it came from.
+        others = [f"{ep.name}: {problem}" for ep in endpoints if (problem := ep.key_problem())]
+        why = f"; {'; '.join(others)}" if others else ""
+        print(f"{PROG}: note: the reply is from the mock endpoint {reply.endpoint!r}, not a model{why}", file=sys.stderr)
     if args.json:
         sys.stdout.write(_encode_json(_reply_json(reply)) + "\n")
     elif not args.stream:
@@ -314,8 +481,19 @@ def _exception_json(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
-def _error_json(exc: LLMError) -> dict[str, Any]:
+#: The attributes an error document carries when the error has them.
+_ERROR_FIELDS = ("endpoint", "provider", "status", "retry_after", "code", "key", "field", "route", "kind")
+
+
+def _error_json(exc: BaseException, code: int, endpoints: Sequence[Endpoint] = ()) -> dict[str, Any]:
+    """The one shape of every error: type, message, our explanation, exit code, and what the error knows."""
     data = _exception_json(exc)
+    data["explanation"] = explain(exc, endpoints)
+    data["exit_code"] = code
+    for name in _ERROR_FIELDS:
+        value = getattr(exc, name, None)
+        if isinstance(value, str | int | float):
+            data[name] = value
     if isinstance(exc, AllEndpointsFailed):
         data["attempts"] = [_attempt_json(a) for a in exc.attempts]
     return data
@@ -349,52 +527,169 @@ class _Probe(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+class _Row(msgspec.Struct, frozen=True):
+    """One endpoint as ``status`` shows it: the runtime's view, the probe, and the verdict."""
+
+    status: EndpointStatus
+    probe: _Probe
+    url: str | None
+
+    @property
+    def health(self) -> str:
+        """``up``-ish verdicts (healthy, degraded) or why not (down, throttled, misconfigured, failed).
+
+        An endpoint whose probe failed is down, whatever the runtime's softer state says
+        (one failed probe alone only makes it "degraded" for routing).
+        """
+        state = self.status.state
+        if state in ("misconfigured", "throttled", "failed", "draining"):
+            return state
+        if not self.probe.ok or state == "unhealthy":
+            return "down"
+        return state
+
+    @property
+    def up(self) -> bool:
+        """Whether the endpoint can take requests now."""
+        return self.health in ("healthy", "degraded")
+
+    @property
+    def error(self) -> str:
+        """Why it is not up, in full (empty when it is)."""
+        if self.up:
+            return ""
+        return (self.probe.error or self.status.last_error or "").removeprefix("probe: ")
+
+
 def _status(args: argparse.Namespace) -> int:
+    rt = load_runtime(args.config)
+    if args.watch:
+        return _watch(rt, args)
+    rows: list[_Row] = anyio.run(_probe_once, rt)
+    if args.json:
+        sys.stdout.write(_encode_json(_status_json(rows)) + "\n")
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.print(_status_table(rows, terminal=console.is_terminal, width=console.width))
+        # The whole errors below the table: a column wide enough for them would crush the rest.
+        for row in rows:
+            if row.error:
+                console.print(f"{row.status.name}: {_status_words(row)}", markup=False, highlight=False)
+        console.print(_status_summary(rows), markup=False, highlight=False)
+    return _status_code(rows)
+
+
+def _status_words(row: _Row) -> str:
+    """Why a row is not up, in our words first: what failed where, then what was seen."""
+    kind, _, detail = row.error.partition(": ")
+    template = _WORDS.get(kind)
+    if template is None:
+        return row.error
+    where = row.url or f"endpoint {row.status.name!r}"
+    return f"{template.format(where=where)} ({kind}: {detail.strip()})"
+
+
+def _status_code(rows: Sequence[_Row]) -> int:
+    up = sum(row.up for row in rows)
+    if up == len(rows):
+        return EXIT_OK
+    return EXIT_PARTIAL if up else EXIT_FAILED
+
+
+def _status_summary(rows: Sequence[_Row]) -> str:
+    up = sum(row.up for row in rows)
+    down = [row.status.name for row in rows if not row.up]
+    return f"{up} of {len(rows)} endpoints up" + (f"; not up: {', '.join(down)}" if down else "")
+
+
+def _status_json(rows: Sequence[_Row]) -> dict[str, Any]:
+    return {
+        "up": sum(row.up for row in rows),
+        "total": len(rows),
+        "exit_code": _status_code(rows),
+        "endpoints": [
+            {
+                # Every field, defaults included, so scripts can rely on the keys.
+                **{name: getattr(row.status, name) for name in row.status.__struct_fields__},
+                "url": row.url,
+                "health": row.health,
+                "up": row.up,
+                "probe_ok": row.probe.ok,
+                "probe_ms": None if row.probe.latency is None else round(row.probe.latency * 1000, 3),
+                "error": row.error or None,
+            }
+            for row in rows
+        ],
+    }
+
+
+_HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "throttled": "yellow"}
+
+
+def _status_table(rows: Sequence[_Row], *, terminal: bool, width: int = 80) -> Any:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    rt = load_runtime(args.config)
-    rows: list[tuple[EndpointStatus, _Probe]] = anyio.run(_probe_all, rt)
-    console = Console()
-    table = Table(box=box.SIMPLE_HEAD if console.is_terminal else None, pad_edge=False)
-    table.add_column("endpoint", no_wrap=True)
-    table.add_column("provider", no_wrap=True)
-    table.add_column("model", overflow="fold")
-    table.add_column("state", no_wrap=True)
-    table.add_column("latency", justify="right", no_wrap=True)
-    table.add_column("last error", overflow="fold")
-    healthy = 0
-    details: list[str] = []
-    for status, probe in rows:
-        good = probe.ok and status.state in ("healthy", "degraded")
-        healthy += good
-        error = "" if good else (probe.error or status.last_error or "")
-        if error:
-            details.append(f"{status.name}: {error}")
-        table.add_row(
-            status.name,
-            status.provider,
-            status.model or "-",
-            Text(status.state, style="green" if good else "red"),
-            "-" if probe.latency is None or not probe.ok else f"{probe.latency * 1000:.0f} ms",
-            _short_error(error),
+    cells = [
+        (
+            row.status.name,
+            row.status.provider,
+            row.status.model or "-",
+            row.health,
+            "-" if row.probe.latency is None or not row.probe.ok else f"{row.probe.latency * 1000:.0f} ms",
+            str(row.status.in_flight),
+            _short_error(row.error),
         )
-    console.print(table)
-    # The whole errors below the table: a column wide enough for them would crush the rest.
-    for line in details:
-        console.print(line, markup=False, highlight=False)
-    console.print(f"{healthy} of {len(rows)} endpoints healthy", markup=False, highlight=False)
-    return EXIT_OK if healthy else EXIT_FAILED
+        for row in rows
+    ]
+    headers = ("endpoint", "provider", "model", "health", "latency", "active", "error")
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
+    # Readable at ``width`` columns: health, latency and the in-flight count keep their
+    # width; the widest of name, provider, model and error gives way first (ellipsis).
+    # The whole error is printed below the table (one-shot) and is in the JSON.
+    flexible, least = (0, 1, 2, 6), {0: 7, 1: 6, 2: 6, 6: min(widths[6], 14)}
+    gap = 3 if terminal else 2  # the box's column divider is one more space
+    available = width - gap * (len(headers) - 1) - sum(w for i, w in enumerate(widths) if i not in flexible)
+    while sum(widths[i] for i in flexible) > available:
+        widest = max((i for i in flexible if widths[i] > least[i]), key=lambda i: widths[i], default=None)
+        if widest is None:
+            break
+        widths[widest] -= 1
+    table = Table(box=box.SIMPLE_HEAD if terminal else None, pad_edge=False, show_edge=False)
+    for i, header in enumerate(headers):
+        table.add_column(
+            header, no_wrap=True, overflow="ellipsis", width=widths[i], justify="right" if i in (4, 5) else "left"
+        )
+    for cell in cells:
+        health = cell[3]
+        table.add_row(*cell[:3], Text(health, style=_HEALTH_STYLE.get(health, "bold red")), *cell[4:])
+    return table
+
+
+#: A status error's gist, short enough for the table's last column.
+_GIST = {
+    "ConnectionFailed": "cannot connect",
+    "Timeout": "no answer",
+    "RateLimited": "rate limited",
+    "Overloaded": "overloaded",
+    "ServerError": "server error",
+    "AuthenticationFailed": "key refused",
+    "NotFound": "not found",
+    "ProtocolError": "bad reply",
+}
 
 
 def _short_error(error: str) -> str:
-    """The gist of a status error: its class (``ConnectionFailed``) or its first words."""
-    return error.removeprefix("probe: ").split(":", 1)[0]
+    """The gist of a status error in a few words (``cannot connect``), else its first words."""
+    head = error.split(":", 1)[0]
+    return _GIST.get(head, head)
 
 
-async def _probe_all(rt: Runtime) -> list[tuple[EndpointStatus, _Probe]]:
+async def _probe_all(rt: Runtime) -> list[_Row]:
+    """Probe every endpoint of a started runtime at once; one row per endpoint."""
     probes: dict[str, _Probe] = {}
 
     async def probe(name: str) -> None:
@@ -408,12 +703,60 @@ async def _probe_all(rt: Runtime) -> list[tuple[EndpointStatus, _Probe]]:
         ok = await actor.probe()
         probes[name] = _Probe(ok=ok, latency=anyio.current_time() - started)
 
+    async with anyio.create_task_group() as tg:
+        for endpoint in rt.endpoints:
+            tg.start_soon(probe, endpoint.name)
+    urls = {ep.name: url_of(ep) for ep in rt.endpoints}
+    return [_Row(status=s, probe=probes[s.name], url=urls[s.name]) for s in rt.status()]
+
+
+async def _probe_once(rt: Runtime) -> list[_Row]:
     async with rt:
-        async with anyio.create_task_group() as tg:
-            for endpoint in rt.endpoints:
-                tg.start_soon(probe, endpoint.name)
-        statuses = rt.status()
-    return [(s, probes[s.name]) for s in statuses]
+        return await _probe_all(rt)
+
+
+def _watch(rt: Runtime, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    rows: list[_Row] = anyio.run(_watch_async, rt, args, console)
+    return _status_code(rows)
+
+
+async def _watch_async(rt: Runtime, args: argparse.Namespace, console: Any) -> list[_Row]:
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    def view(rows: Sequence[_Row], refresh: int) -> Any:
+        stamp = Text(f"{_status_summary(rows)}  (refresh {refresh}, every {args.interval:g}s; Ctrl-C to stop)")
+        return Group(_status_table(rows, terminal=True, width=console.width), stamp)
+
+    rows: list[_Row] = []
+    refresh = 0
+    async with rt:
+        if args.json or not console.is_terminal:
+            # Not a terminal (a pipe, a log): one document or summary line per refresh.
+            while args.count is None or refresh < args.count:
+                rows = await _probe_all(rt)
+                refresh += 1
+                if args.json:
+                    sys.stdout.write(_encode_json(_status_json(rows)) + "\n")
+                else:
+                    line = " ".join(f"{row.status.name}={row.health}" for row in rows)
+                    sys.stdout.write(f"{_status_summary(rows)}: {line}\n")
+                sys.stdout.flush()
+                if args.count is None or refresh < args.count:
+                    await anyio.sleep(args.interval)
+            return rows
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while args.count is None or refresh < args.count:
+                rows = await _probe_all(rt)
+                refresh += 1
+                live.update(view(rows, refresh), refresh=True)
+                if args.count is None or refresh < args.count:
+                    await anyio.sleep(args.interval)
+    return rows
 
 
 # --- config check -----------------------------------------------------------------------------------
@@ -437,6 +780,13 @@ def _config_check(args: argparse.Namespace) -> int:
             adapter_for(endpoint)
     missing = [ep for ep in config.endpoints if ep.key_problem() is not None]
     out = sys.stdout
+    if args.json:
+        data = msgspec.to_builtins(config)
+        data["endpoints"] = [
+            {**ep.masked(), "key": _key_status(ep.api_key, ep.key_env, ep.key_problem())} for ep in config.endpoints
+        ]
+        out.write(_encode_json({"source": source, "valid": True, "config": data}) + "\n")
+        return EXIT_OK
     out.write(f"# {source}: valid, {len(config.endpoints)} endpoint(s); resolved, keys masked\n")
     out.write(_resolved_toml(config))
     if missing:

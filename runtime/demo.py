@@ -37,14 +37,14 @@ from typing import Literal, TextIO
 
 import anyio
 import msgspec
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ._observability import span_tap
 from ._runtime import Runtime
 from .endpoint.actor import EndpointStatus
 from .errors import LLMError
@@ -190,42 +190,6 @@ def _percentile(ordered: list[float], p: float) -> float | None:
 
 
 # --- spans -----------------------------------------------------------------------------
-
-
-class _SpanTap(SpanProcessor):
-    """Hands every finished span to the sinks registered at the time.
-
-    A tracer provider cannot drop a processor once added, and the global provider can be
-    set only once per process, so one tap is installed for good and each demo run
-    registers (then removes) its own sink.
-    """
-
-    def __init__(self) -> None:
-        self.sinks: list[Callable[[ReadableSpan], None]] = []
-
-    def on_end(self, span: ReadableSpan) -> None:
-        for sink in tuple(self.sinks):
-            sink(span)
-
-
-_TAP: _SpanTap | None = None
-
-
-def _span_tap() -> _SpanTap:
-    """The process's tap: added to the global SDK provider, or to a new one installed globally."""
-    global _TAP
-    if _TAP is None:
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):
-            # No SDK yet (the CLI's case): install one. If the application had set a
-            # provider of another implementation this one would not take, and the demo
-            # would simply count no transitions.
-            provider = TracerProvider()
-            trace.set_tracer_provider(provider)
-        tap = _SpanTap()
-        provider.add_span_processor(tap)
-        _TAP = tap
-    return _TAP
 
 
 class _Recorder:
@@ -448,7 +412,7 @@ async def run_demo(
     fleet = LocalEndpoints(
         *(FaultyEndpoint(dialect, name=name, seed=seed + i) for i, (name, dialect) in enumerate(DEMO_FLEET))
     )
-    tap = _span_tap()
+    tap = span_tap()
     recorder = _Recorder(anyio.current_time, trace, on_transition)
     tap.sinks.append(recorder)
     try:

@@ -20,6 +20,7 @@ figures        what the decision rested on: ``failure_count``, ``failure_rate``,
 =============  ==============================================================
 
 A transition to the same state is not a transition: :func:`emit_transition` drops it.
+Each real one is also one INFO line on the ``runtime`` logger (:mod:`runtime._logging`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.util.types import AttributeValue
+
+from ._logging import log_transition
 
 __all__ = ["INSTRUMENTATION_NAME", "NO_SPAN", "emit_transition", "request_span", "resolve_providers", "tracer", "tracing_enabled"]
 
@@ -108,6 +111,7 @@ def emit_transition(
     """Emit one span for a state transition; return False (and emit nothing) for a no-op."""
     if from_state == to_state:
         return False
+    log_transition(kind, endpoint, from_state, to_state, reason, figures)
     attributes: dict[str, Any] = {
         "endpoint": endpoint,
         "provider": provider,

@@ -306,31 +306,97 @@ def test_named_config_file_missing(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_status_probes_every_endpoint(config: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
-    """Both endpoints answer their probe: a row each (provider, model, state, latency), exit 0."""
+    """Both endpoints answer their probe: a row each (provider, model, health, latency), exit 0."""
     code, out, _ = run(capsys, "status", "--config", str(config))
     assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("primary", "backup"))}
     assert rows["primary"][1:4] == ["openai", "openai-model", "healthy"]
     assert rows["backup"][1:4] == ["anthropic", "anthropic-model", "healthy"]
     assert all(row[5] == "ms" for row in rows.values())
-    assert "2 of 2 endpoints healthy" in out
+    assert "2 of 2 endpoints up" in out
     assert fleet["primary"].stats.probes == 1 and fleet["backup"].stats.probes == 1
 
 
-def test_status_with_one_endpoint_down_still_succeeds(config: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
-    """One healthy endpoint is enough for exit 0; the other shows its last error."""
+def test_status_with_one_endpoint_down_reads_down_and_exits_3(
+    config: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One endpoint refusing: its row reads "down" (not degraded), the line below names its URL, exit 3."""
     fleet.refuse("primary")
     code, out, _ = run(capsys, "status", "--config", str(config))
-    assert code == 0 and "1 of 2 endpoints healthy" in out
-    assert "ConnectionFailed" in out
+    assert code == 3 and "1 of 2 endpoints up; not up: primary" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("primary"))
+    assert row[3] == "down" and "cannot connect" in " ".join(row)
+    assert f"primary: could not connect to {fleet['primary'].base_url} (ConnectionFailed:" in out
 
 
-def test_status_unreachable_endpoint_exits_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_unreachable_endpoint_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A closed port and nothing else: the row says why, and the exit status is 1."""
     path = write_config(tmp_path / "down.toml", endpoint_toml("down", "ollama", f"http://127.0.0.1:{closed_port()}"))
     code, out, err = run(capsys, "status", "--config", str(path))
     assert code == 1 and err == ""
-    assert "0 of 1 endpoints healthy" in out and "ConnectionFailed" in out
+    assert "0 of 1 endpoints up" in out and "could not connect to http://127.0.0.1:" in out
+
+
+def test_status_json_shape_and_exit_codes(config: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --json`: one document (counts, exit code, a row per endpoint); exit 0 all up, 3 some, 1 none."""
+    code, out, _ = run(capsys, "status", "--json", "--config", str(config))
+    doc = json.loads(out)
+    assert code == 0 and (doc["up"], doc["total"], doc["exit_code"]) == (2, 2, 0)
+    primary = doc["endpoints"][0]
+    assert set(primary) == {
+        "name", "provider", "model", "state", "breaker", "in_flight", "latency_ms", "last_error", "priority",
+        "retry_at", "url", "health", "up", "probe_ok", "probe_ms", "error",
+    }
+    assert (primary["name"], primary["health"], primary["up"], primary["url"]) == (
+        "primary", "healthy", True, fleet["primary"].base_url,
+    )
+    fleet.refuse("primary")
+    code, out, _ = run(capsys, "status", "--json", "--config", str(config))
+    doc = json.loads(out)
+    assert code == 3 and doc["exit_code"] == 3 and doc["up"] == 1
+    assert doc["endpoints"][0]["health"] == "down" and doc["endpoints"][0]["error"].startswith("ConnectionFailed")
+    fleet.refuse("backup")
+    code, out, _ = run(capsys, "status", "--json", "--config", str(config))
+    assert code == 1 and json.loads(out)["up"] == 0
+
+
+def test_status_watch_refreshes_until_count(config: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --watch --count 2` not on a terminal: a summary line per refresh, each a fresh probe."""
+    code, out, _ = run(capsys, "status", "--watch", "--count", "2", "--interval", "0.01", "--config", str(config))
+    assert code == 0
+    assert out.splitlines() == ["2 of 2 endpoints up: primary=healthy backup=healthy"] * 2
+    assert fleet["primary"].stats.probes == 2
+
+
+def test_status_watch_json_is_one_document_per_refresh(config: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --watch --json`: JSON lines, one status document per refresh; exit code of the last one."""
+    fleet.refuse("backup")
+    code, out, _ = run(capsys, "status", "--watch", "--json", "--count", "2", "--interval", "0.01", "--config", str(config))
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert code == 3 and [d["up"] for d in docs] == [1, 1]
+
+
+def test_status_table_fits_80_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """Long names, models and errors: every line of the watch table is at most 80 columns, health intact."""
+    from runtime.cli import _Probe, _Row, _status_table
+
+    rows = [
+        _Row(
+            status=EndpointStatus(
+                name=f"endpoint-with-a-long-name-{i}", provider="openai-compatible",
+                model="meta-llama/Llama-3.1-70B-Instruct-Turbo", state="degraded", breaker="closed",
+                in_flight=12, latency_ms=None, last_error="probe: ConnectionFailed: Cannot connect to host",
+            ),
+            probe=_Probe(ok=False, latency=None),
+            url="http://127.0.0.1:9/v1",
+        )
+        for i in range(3)
+    ]
+    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    console.print(_status_table(rows, terminal=True, width=80))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert lines and all(len(line) <= 80 for line in lines)
+    assert all(" down " in line and "cannot connect" in line for line in lines[2:])
 
 
 def test_status_missing_key_is_misconfigured_and_not_probed(fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -339,6 +405,7 @@ def test_status_missing_key_is_misconfigured_and_not_probed(fleet: Fleet, tmp_pa
                         endpoint_toml("primary", "openai", fleet["primary"].base_url, api_key_env="LLM_RUNTIME_UNSET_KEY"))
     code, out, _ = run(capsys, "status", "--config", str(path))
     assert code == 1 and "misconfigured" in out and "LLM_RUNTIME_UNSET_KEY" in out
+    assert "cannot connect" not in out
     assert fleet["primary"].stats.probes == 0
 
 

@@ -31,6 +31,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from .._logging import log_attempt
 from ..endpoint.actor import EndpointActor, Permit
 from ..errors import (
     AllEndpointsFailed,
@@ -315,6 +316,7 @@ class Dispatcher:
                 end = clock()
                 actor.finish(permit, exc, end)
                 attempts.append(Attempt(endpoint=actor.name, error=exc, elapsed=end - started))
+                log_attempt(attempts)
                 if isinstance(exc, ContextWindowExceeded):
                     # Only an endpoint with a larger window can help.
                     window = actor.endpoint.context_window
@@ -332,6 +334,7 @@ class Dispatcher:
                 raise
             end = clock()
             attempts.append(Attempt(endpoint=actor.name, elapsed=end - started))
+            log_attempt(attempts)
             if settle:
                 actor.finish(permit, None, end, usage_tokens(value) if usage_tokens else None)
             return Outcome(value, actor, permit, attempts)

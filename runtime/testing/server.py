@@ -7,8 +7,14 @@ benchmark::
     python -m runtime.testing.server --dialect openai --port 0
 
 It prints the base URL (what ``Endpoint(base_url=...)`` needs) on one line of stdout,
-then serves until it is interrupted or terminated. No faults are set, so every request
-takes the plain path: read the body, build the deterministic reply, write it.
+then serves until it is interrupted or terminated. Without fault flags every request
+takes the plain path: read the body, build the deterministic reply, write it. The fault
+flags make it misbehave the way real endpoints do, so failover can be watched from a
+second terminal (``llm-runtime status --watch``, ``llm-runtime chat``)::
+
+    python -m runtime.testing.server --port 8001 --error-rate 0.5 --error-status 503
+    python -m runtime.testing.server --port 8002 --error-rate 1 --error-status 429 --retry-after 30
+    python -m runtime.testing.server --port 8003 --outage 20 --outage-after 10
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ._server import LocalEndpoints as LocalEndpoints
 from ._server import ServerStats as ServerStats
 from ._server import Step as Step
 
-__all__ = ["Decision", "Dialect", "FaultyEndpoint", "Faults", "LocalEndpoints", "ServerStats", "Step", "main"]
+__all__ = ["Decision", "Dialect", "FaultyEndpoint", "Faults", "LocalEndpoints", "ServerStats", "Step", "apply_faults", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +55,47 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", default=None, help="reply text (default: 'This is a reply from NAME.')")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between stream chunks")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random faults (default: 0)")
+    faults = parser.add_argument_group("faults (probes of /models are affected too, unless noted)")
+    faults.add_argument("--hang", action="store_true", help="accept requests and never answer")
+    faults.add_argument("--reset", action="store_true", help="close every connection abruptly instead of answering")
+    faults.add_argument("--refuse", action="store_true", help="refuse connections on the printed port")
+    faults.add_argument("--error-rate", type=_fraction, default=0.0, metavar="P",
+                        help="fail this fraction of chat requests (0-1; probes still answer)")
+    faults.add_argument("--error-status", type=int, default=500, metavar="STATUS",
+                        help="HTTP status of those failures (default: 500; 429 sends Retry-After)")
+    faults.add_argument("--retry-after", type=float, default=1.0, metavar="S",
+                        help="seconds in the Retry-After header of a 429 (default: 1)")
+    faults.add_argument("--cut-after", type=int, metavar="N", help="cut every stream after N content chunks")
+    faults.add_argument("--malformed", action="store_true", help="answer 200 with a truncated body")
+    faults.add_argument("--outage", type=float, metavar="S", help="refuse connections for S seconds ...")
+    faults.add_argument("--outage-after", type=float, default=0.0, metavar="S",
+                        help="... starting S seconds after start (default: at once)")
     return parser
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def apply_faults(faults: Faults, args: argparse.Namespace) -> None:
+    """Set the persistent faults the command line asks for (the port-level ones need a running endpoint)."""
+    faults.latency = args.latency
+    faults.chunk_delay = args.chunk_delay
+    faults.reseed(args.seed)
+    faults.hang = args.hang
+    faults.reset = args.reset
+    faults.error_rate = args.error_rate
+    faults.error_status = args.error_status
+    faults.retry_after = args.retry_after
+    faults.cut_after = args.cut_after
+    faults.malformed = args.malformed
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -59,9 +105,12 @@ async def _serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
             loop.add_signal_handler(sig, stop.set)
     endpoint = FaultyEndpoint(args.dialect, name=args.name, model=args.model, text=args.text, host=args.host, port=args.port)
-    endpoint.faults.latency = args.latency
-    endpoint.faults.chunk_delay = args.chunk_delay
+    apply_faults(endpoint.faults, args)
     async with endpoint:
+        if args.refuse:
+            endpoint.faults.refuse()
+        if args.outage is not None:
+            endpoint.faults.outage(args.outage, status=None, after=args.outage_after)
         print(endpoint.base_url, flush=True)
         await stop.wait()
 
