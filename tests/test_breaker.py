@@ -16,7 +16,7 @@ import pybreaker
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from runtime.endpoint.breaker import Breaker, BreakerState, Outcome, classify
+from runtime.endpoint.breaker import Breaker, BreakerRecord, BreakerState, BreakerStorage, Outcome, classify
 from runtime.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -32,7 +32,6 @@ from runtime.errors import (
     StreamInterrupted,
     Timeout,
 )
-from runtime.endpoint.breaker import BreakerRecord, BreakerStorage
 from runtime.policy import BreakerPolicy
 
 S, F, IGN = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
