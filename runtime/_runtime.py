@@ -594,15 +594,41 @@ class Runtime:
         except KeyError:
             raise InvalidRequest(f"no endpoint named {name!r}", field="endpoint") from None
 
-    @contextmanager
-    def blocking(self) -> Iterator[BlockingRuntime]:
+    def blocking(self) -> BlockingContext:
         """Run the runtime in a background event loop for code that is not async.
 
         ``with Runtime(...).blocking() as rt: rt.chat("hi")``: the same methods, blocking.
         """
+        return BlockingContext(self)
+
+    @contextmanager
+    def _blocking(self) -> Iterator[BlockingRuntime]:
         # One task enters and leaves the runtime, as its task group requires.
         with start_blocking_portal() as portal, portal.wrap_async_context_manager(self):
             yield BlockingRuntime(self, portal)
+
+
+class BlockingContext:
+    """What :meth:`Runtime.blocking` returns: a context manager giving a :class:`BlockingRuntime`.
+
+    Used without ``with`` (``rt.blocking().chat(...)``), it says how to use it instead of
+    a bare ``AttributeError`` about a generator.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._opened = runtime._blocking()
+
+    def __enter__(self) -> BlockingRuntime:
+        return self._opened.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._opened.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"Runtime.blocking() is a context manager: use `with rt.blocking() as brt: brt.{name}(...)`; "
+            "the runtime runs only inside the with block"
+        )
 
 
 class ReplyStream:

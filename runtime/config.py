@@ -193,6 +193,14 @@ def _env_endpoint(kind: str, env: Mapping[str, str], priority: int, *, required:
             if not required and not env.get("CUSTOM_LLM_URL"):
                 return None
             url = need("CUSTOM_LLM_URL")
+            model = need("CUSTOM_LLM_MODEL")
+            if not model:
+                # A server may serve several models; guessing one would be a silent surprise.
+                raise ConfigError(
+                    "CUSTOM_LLM_URL is set, so CUSTOM_LLM_MODEL must name the model to ask for "
+                    "(one of the ids the server lists at /models)",
+                    key="CUSTOM_LLM_MODEL",
+                )
             headers: dict[str, str] = {}
             raw_headers = env.get("CUSTOM_LLM_HEADERS")
             if raw_headers:
@@ -201,7 +209,7 @@ def _env_endpoint(kind: str, env: Mapping[str, str], priority: int, *, required:
                 except (ValueError, msgspec.ValidationError):
                     raise ConfigError("must be a JSON object of header names to strings", key="CUSTOM_LLM_HEADERS") from None
             return Endpoint(
-                name="custom", provider="openai-compatible", model=need("CUSTOM_LLM_MODEL") or "",
+                name="custom", provider="openai-compatible", model=model,
                 base_url=url, api_key_env="CUSTOM_LLM_API_KEY" if env.get("CUSTOM_LLM_API_KEY") else None,
                 headers=headers, priority=priority,
             )

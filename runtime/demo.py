@@ -368,7 +368,8 @@ def render_view(
 def _progress_line(elapsed: float, tally: _Tally, statuses: list[EndpointStatus]) -> str:
     unwell = [f"{s.name}={s.state}" for s in statuses if s.state != "healthy"]
     where = " ".join(unwell) if unwell else "all healthy"
-    return f"{elapsed:5.1f}s  {tally.succeeded}/{tally.sent} ok  {tally.failed} failed  {where}"[:80]
+    in_flight = tally.sent - tally.succeeded - tally.failed
+    return f"{elapsed:5.1f}s  {tally.succeeded}/{tally.sent} ok  {in_flight} in flight  {tally.failed} failed  {where}"[:80]
 
 
 # --- the run -----------------------------------------------------------------------------

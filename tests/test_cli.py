@@ -581,7 +581,7 @@ def test_demo_command_plain_output_when_not_a_terminal(
     assert all(len(line) <= 80 for line in lines)
     assert any("fault: primary refuses connections" in line for line in lines)
     assert any("primary: breaker closed -> open" in line for line in lines)
-    assert sum(1 for line in lines if re.match(r" *\d+\.\ds  \d+/\d+ ok  \d+ failed  ", line)) >= 10  # progress
+    assert sum(1 for line in lines if re.match(r" *\d+\.\ds  \d+/\d+ ok  \d+ in flight  \d+ failed  ", line)) >= 10  # progress
     assert lines[-1] == "result: zero caller-visible failures in 40 requests"
     names = {json.loads(line)["name"] for line in trace.read_text().splitlines()}
     assert "breaker open" in names and any(name.startswith("chat ") for name in names)

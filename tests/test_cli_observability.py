@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from test_cli import closed_port
 
 from runtime import BreakerPolicy, HealthPolicy, Runtime
 from runtime import _logging as runtime_logging
@@ -122,9 +122,7 @@ def test_configure_replaces_its_own_handler() -> None:
 def down_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A config with one endpoint on a closed port, one attempt, no probes."""
     monkeypatch.chdir(tmp_path)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port()
     path = tmp_path / "down.toml"
     path.write_text(
         "[retry]\nmax_attempts = 1\n[[endpoints]]\nname = \"down\"\nprovider = \"openai-compatible\"\n"
@@ -204,9 +202,7 @@ def test_otel_variables_export_spans_and_metrics_over_otlp(collector: str, down_
 
 def test_a_down_exporter_is_one_warning(down_config: Path) -> None:
     """The collector's port is closed: one WARNING line on the runtime logger, not a traceback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port()
     done = _run_cli(
         "chat", "hi", "--config", str(down_config),
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"},
