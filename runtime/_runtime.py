@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 import anyio
@@ -60,6 +60,7 @@ from .types import (
     EmbeddingRequest,
     EmbeddingResponse,
     Message,
+    OpenAIParams,
     StreamChunk,
     ToolCall,
     Usage,
@@ -285,6 +286,7 @@ class Runtime:
         tool_choice: str | Mapping[str, Any] | None,
         response_format: Mapping[str, Any] | None,
         seed: int | None,
+        params: OpenAIParams,
     ) -> ChatRequest:
         msgs = _to_messages(messages)
         if system is not None:
@@ -295,6 +297,14 @@ class Runtime:
             raise InvalidRequest(f"temperature must be in [0, 2], got {temperature!r}", field="temperature")
         if top_p is not None and not (0.0 < top_p <= 1.0):
             raise InvalidRequest(f"top_p must be in (0, 1], got {top_p!r}", field="top_p")
+        extra: dict[str, Any] = {}
+        if params:
+            extra = _checked_params(params)
+            completion = extra.pop("max_completion_tokens", None)
+            if completion is not None:
+                if max_tokens is not None and max_tokens != completion:
+                    raise InvalidRequest("give max_tokens or max_completion_tokens, not both", field="max_completion_tokens")
+                max_tokens = completion
         return ChatRequest(
             messages=msgs,
             model=model,
@@ -306,6 +316,7 @@ class Runtime:
             tool_choice=dict(tool_choice) if isinstance(tool_choice, Mapping) else tool_choice,
             response_format=dict(response_format) if response_format is not None else None,
             seed=seed,
+            **extra,
         )
 
     def _deadline(self, timeout: float | None) -> float:
@@ -361,6 +372,7 @@ class Runtime:
         cache: bool | None = None,
         hedge: HedgePolicy | bool | None = None,
         trim: bool = False,
+        **params: Unpack[OpenAIParams],
     ) -> ChatResponse:
         """Send a chat request to the best healthy endpoint and return the whole reply.
 
@@ -371,12 +383,15 @@ class Runtime:
         runtime's hedging for this request (a policy, or False for none). With ``trim``
         a conversation too long for an endpoint's ``context_window`` is trimmed to fit it
         (system messages and the newest turns kept, tool call and result never split)
-        instead of routing around that endpoint.
+        instead of routing around that endpoint. The OpenAI parameters beyond these
+        (:class:`~runtime.types.OpenAIParams`: ``presence_penalty``, ``n``, ``logprobs``,
+        ``reasoning_effort``, ``extra_body``, ...) are translated per provider or refused.
         """
         routes, dispatcher = self._require_running()
         request = self._request(
             messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
+            params=params,
         )
         deadline = self._deadline(timeout)
         tiers = routes.tiers(model, endpoint)
@@ -515,6 +530,7 @@ class Runtime:
         endpoint: str | None = None,
         cache: bool | None = None,
         trim: bool = False,
+        **params: Unpack[OpenAIParams],
     ) -> ReplyStream:
         """Stream a chat reply: ``async with rt.stream(...) as s: async for chunk in s: ...``.
 
@@ -524,9 +540,12 @@ class Runtime:
         :meth:`chat`.
         """
         routes, _ = self._require_running()
+        if params.get("n", 1) != 1:
+            raise InvalidRequest("n > 1 cannot be streamed: use chat() to get every choice", field="n")
         request = self._request(
             messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
+            params=params,
         )
         return ReplyStream(
             self, request, routes.tiers(model, endpoint), self._deadline(timeout), endpoint or model, cache, trim
@@ -606,6 +625,60 @@ class Runtime:
         # One task enters and leaves the runtime, as its task group requires.
         with start_blocking_portal() as portal, portal.wrap_async_context_manager(self):
             yield BlockingRuntime(self, portal)
+
+
+_EFFORTS = ("minimal", "low", "medium", "high")
+
+
+def _checked_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAI parameters, each checked; an unknown name or a bad value is :class:`InvalidRequest`."""
+    unknown = params.keys() - OpenAIParams.__annotations__.keys()
+    if unknown:
+        name = min(unknown)
+        raise InvalidRequest(f"unknown keyword {name!r}", field=name)
+
+    def bad(name: str, rule: str) -> InvalidRequest:
+        return InvalidRequest(f"{name} must be {rule}, got {params[name]!r}", field=name)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for name in ("presence_penalty", "frequency_penalty"):
+        if name in params and not (number(params[name]) and -2.0 <= params[name] <= 2.0):
+            raise bad(name, "a number in [-2, 2]")
+    bias = params.get("logit_bias")
+    if bias is not None and not (
+        isinstance(bias, Mapping) and all(number(v) and -100 <= v <= 100 for v in bias.values())
+    ):
+        raise bad("logit_bias", "a mapping of token ids to numbers in [-100, 100]")
+    if "n" in params and not (count(params["n"]) and params["n"] >= 1):
+        raise bad("n", "a positive integer")
+    if "top_logprobs" in params:
+        if not (count(params["top_logprobs"]) and 0 <= params["top_logprobs"] <= 20):
+            raise bad("top_logprobs", "an integer in [0, 20]")
+        if not params.get("logprobs"):
+            raise InvalidRequest("top_logprobs needs logprobs=True", field="top_logprobs")
+    if "max_completion_tokens" in params and not (count(params["max_completion_tokens"]) and params["max_completion_tokens"] >= 1):
+        raise bad("max_completion_tokens", "a positive integer")
+    if "reasoning_effort" in params and params["reasoning_effort"] not in _EFFORTS:
+        raise bad("reasoning_effort", f"one of {', '.join(_EFFORTS)}")
+    for name in ("metadata", "extra_headers"):
+        value = params.get(name)
+        if value is not None and not (isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())):
+            raise bad(name, "a mapping of strings to strings")
+    if params.get("extra_body") is not None and not isinstance(params["extra_body"], Mapping):
+        raise bad("extra_body", "a mapping")
+    checked: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        checked[name] = dict(value) if isinstance(value, Mapping) else value
+    if "logit_bias" in checked:
+        checked["logit_bias"] = {str(k): float(v) for k, v in checked["logit_bias"].items()}
+    return checked
 
 
 class BlockingContext:

@@ -170,6 +170,8 @@ class Endpoint(_Config, frozen=True):
     budget: Budget | None = None
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
     health: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
+    #: drop request parameters this provider has no equivalent for, instead of refusing them
+    drop_unsupported: bool = False
 
     def __post_init__(self) -> None:
         name = self.name

@@ -11,13 +11,14 @@ older encoded values keep decoding.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import msgspec
 
 __all__ = [
     "Attempt",
     "ChatRequest",
+    "Choice",
     "ChatResponse",
     "ContentPart",
     "EmbeddingRequest",
@@ -25,11 +26,13 @@ __all__ = [
     "FrozenStruct",
     "ImagePart",
     "Message",
+    "OpenAIParams",
     "RateLimitSnapshot",
     "Role",
     "StreamChunk",
     "Struct",
     "TextPart",
+    "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",
     "Usage",
@@ -158,6 +161,61 @@ class ChatRequest(Struct):
     response_format: dict[str, Any] | None = None
     seed: int | None = None
     user: str | None = None
+    # The OpenAI parameters beyond the common ones (runtime.providers.params translates
+    # or refuses them per provider).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    n: int | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    metadata: dict[str, str] | None = None
+    extra_body: dict[str, Any] | None = None
+    extra_headers: dict[str, str] | None = None
+    drop_unsupported: bool = False
+
+
+class OpenAIParams(TypedDict, total=False):
+    """The OpenAI parameters ``chat`` and ``stream`` take beyond the common ones.
+
+    Each is translated where the endpoint's provider has an equivalent and refused with
+    :class:`~runtime.errors.InvalidRequest` otherwise, unless ``drop_unsupported``.
+    """
+
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: dict[str, float]
+    logprobs: bool
+    top_logprobs: int
+    n: int
+    user: str
+    parallel_tool_calls: bool
+    max_completion_tokens: int
+    reasoning_effort: Literal["minimal", "low", "medium", "high"]
+    metadata: dict[str, str]
+    extra_body: dict[str, Any]
+    extra_headers: dict[str, str]
+    drop_unsupported: bool
+
+
+class TokenLogprob(Struct):
+    """One generated token's log probability, with the most likely alternatives when asked (``top_logprobs``)."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = msgspec.field(default_factory=list)
+
+
+class Choice(Struct):
+    """One of the ``n`` choices of a reply (choice 0 is also the reply's own ``text`` and fields)."""
+
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
 
 
 class ChatResponse(Struct):
@@ -176,6 +234,10 @@ class ChatResponse(Struct):
     cached: bool = False
     stale: bool = False
     attempts: list[Attempt] = msgspec.field(default_factory=list)
+    #: every choice when the request asked for ``n`` > 1 (empty otherwise)
+    choices: list[Choice] = msgspec.field(default_factory=list)
+    #: choice 0's token log probabilities when the request asked for ``logprobs``
+    logprobs: list[TokenLogprob] | None = None
 
 
 class StreamChunk(Struct):

@@ -60,7 +60,7 @@ def cache_key(route: str | None, request: ChatRequest) -> str:
     Stable across dict key order and int/float spellings of the same number; ``user``
     (an end-user id for abuse tracking) does not take part.
     """
-    canonical = (
+    canonical: tuple[Any, ...] = (
         _KEY_VERSION,
         route,
         request.model,
@@ -74,7 +74,19 @@ def cache_key(route: str | None, request: ChatRequest) -> str:
         request.max_tokens,
         request.response_format,
     )
+    shaping = tuple(getattr(request, name) for name in _SHAPING)
+    if any(value is not None for value in shaping):
+        # Appended only when set, so the keys of plain requests stay what they were.
+        canonical += (shaping,)
     return hashlib.blake2b(_encoder.encode(canonical), digest_size=16).hexdigest()
+
+
+#: The OpenAI parameters beyond the common ones that change the reply (``user`` and
+#: ``metadata`` are bookkeeping; ``extra_headers`` do not reach the model).
+_SHAPING = (
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "n",
+    "parallel_tool_calls", "reasoning_effort", "extra_body",
+)
 
 
 def cacheable(request: ChatRequest, opt_in: bool | None) -> bool:

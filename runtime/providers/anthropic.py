@@ -73,6 +73,7 @@ from .base import (
     looks_like_context_overflow,
     parse_rfc3339_delay,
 )
+from .params import Rule, apply_params, with_extra_headers
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
 
 __all__ = ["API_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicAdapter"]
@@ -155,6 +156,37 @@ class _EventView(_View):
 _message_decoder = msgspec.json.Decoder(_MessageView)
 _event_decoder = msgspec.json.Decoder(_EventView)
 _encode = msgspec.json.encode
+
+#: Extended-thinking budgets standing in for OpenAI's ``reasoning_effort`` (tokens).
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+
+
+def _user_id(body: dict[str, Any], value: Any, request: ChatRequest) -> None:
+    body["metadata"] = {"user_id": value}
+
+
+def _no_parallel_tools(body: dict[str, Any], value: Any, request: ChatRequest) -> None:
+    # Anthropic runs tools in parallel unless the tool choice says not to.
+    if value is False:
+        body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
+
+
+def _thinking(body: dict[str, Any], value: Any, request: ChatRequest) -> None:
+    budget = THINKING_BUDGETS[value]
+    if body["max_tokens"] <= budget:
+        raise InvalidRequest(
+            f"reasoning_effort={value!r} is a thinking budget of {budget} tokens on anthropic: "
+            f"max_tokens must be above it (got {body['max_tokens']})",
+            field="max_tokens",
+        )
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+_PARAM_RULES: dict[str, Rule] = {
+    "user": _user_id,
+    "parallel_tool_calls": _no_parallel_tools,
+    "reasoning_effort": _thinking,
+}
 _decode_json = msgspec.json.decode
 
 
@@ -268,9 +300,11 @@ class AnthropicAdapter(Adapter):
             schema = spec.get("schema") if isinstance(spec, dict) else fmt.get("schema")
             if isinstance(schema, dict):
                 body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
-        if request.user is not None:
-            body["metadata"] = {"user_id": request.user}
-        return HTTPRequest("POST", self._url, self._stream_headers if stream else self._headers, _encode(body))
+        apply_params(
+            body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
+        )
+        headers = with_extra_headers(self._stream_headers if stream else self._headers, request)
+        return HTTPRequest("POST", self._url, headers, _encode(body))
 
     def _messages(self, messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
         system: list[str] = []

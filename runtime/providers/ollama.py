@@ -43,6 +43,7 @@ from ..types import (
     Usage,
 )
 from .base import Adapter, HTTPRequest, body_snippet, build_error, decode_error_body
+from .params import Rule, apply_params, in_options, with_extra_headers
 from .streams import FramedDecoder, NDJSONDecoder
 
 __all__ = ["OllamaAdapter"]
@@ -89,6 +90,17 @@ class _EmbedView(_View):
 _chat_decoder = msgspec.json.Decoder(_ChatView)
 _embed_decoder = msgspec.json.Decoder(_EmbedView)
 _encode = msgspec.json.encode
+
+
+def _think(body: dict[str, Any], value: Any, request: ChatRequest) -> None:
+    body["think"] = True  # Ollama's reasoning switch; models that cannot think refuse it
+
+
+_PARAM_RULES: dict[str, Rule] = {
+    "presence_penalty": in_options("presence_penalty"),
+    "frequency_penalty": in_options("frequency_penalty"),
+    "reasoning_effort": _think,
+}
 
 
 def _arguments(raw: msgspec.Raw) -> str:
@@ -164,7 +176,10 @@ class OllamaAdapter(Adapter):
                 schema = spec.get("schema") if isinstance(spec, dict) else fmt.get("schema")
                 if isinstance(schema, dict):
                     body["format"] = schema
-        return HTTPRequest("POST", self._chat_url, self._headers, _encode(body))
+        apply_params(
+            body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
+        )
+        return HTTPRequest("POST", self._chat_url, with_extra_headers(self._headers, request), _encode(body))
 
     def _wire_message(self, message: Message) -> Message | dict[str, Any]:
         content = message.content

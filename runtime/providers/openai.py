@@ -17,7 +17,9 @@ Shared behaviour, decided once here:
 
 - Streams ask for usage (``stream_options: {"include_usage": true}``); usage is accepted on
   a trailing ``choices: []`` chunk (OpenAI, Azure) or on the finish chunk (DeepSeek).
-- Only choice index 0 is read, from a stream or a whole reply, even when ``n > 1``.
+- A whole reply's choice 0 is the reply; with ``n > 1`` every choice is also in
+  ``choices``. A stream reads choice 0 only (``n > 1`` is refused for streams).
+- ``logprobs`` of a whole reply become ``ChatResponse.logprobs`` (and each choice's).
 - ``reasoning_content`` (DeepSeek; ``reasoning`` on some compatible servers) becomes
   ``reasoning``, kept apart from the text.
 - A ``refusal`` (structured outputs) is the model's answer and is returned as the text
@@ -55,12 +57,14 @@ from ..policy import Endpoint
 from ..types import (
     ChatRequest,
     ChatResponse,
+    Choice,
     EmbeddingRequest,
     EmbeddingResponse,
     Message,
     RateLimitSnapshot,
     StreamChunk,
     TextPart,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -76,6 +80,7 @@ from .base import (
     looks_like_context_overflow,
     parse_go_duration,
 )
+from .params import OPENAI_RULES, Rule, apply_params, rules_for, with_extra_headers
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
 
 __all__ = ["AzureAdapter", "DeepSeekAdapter", "OpenAIAdapter", "OpenAICompatibleAdapter"]
@@ -107,10 +112,26 @@ class _MessageView(_View):
     tool_calls: list[_ToolCallView] | None = None
 
 
+class _TopLogprobView(_View):
+    token: str = ""
+    logprob: float = 0.0
+
+
+class _LogprobView(_View):
+    token: str = ""
+    logprob: float = 0.0
+    top_logprobs: list[_TopLogprobView] = []
+
+
+class _ChoiceLogprobsView(_View):
+    content: list[_LogprobView] | None = None
+
+
 class _ChoiceView(_View):
     index: int = 0
     message: _MessageView | None = None
     finish_reason: str | None = None
+    logprobs: _ChoiceLogprobsView | None = None
 
 
 class _PromptDetailsView(_View):
@@ -208,6 +229,29 @@ def _usage(view: _UsageView) -> Usage:
     )
 
 
+def _choice_content(message: _MessageView) -> tuple[str, list[ToolCall]]:
+    """A choice's text (a refusal when there is no content) and its tool calls."""
+    calls = [
+        ToolCall(
+            id=call.id or f"call_{i}",
+            name=(call.function.name or "") if call.function else "",
+            arguments=(call.function.arguments or "{}") if call.function else "{}",
+        )
+        for i, call in enumerate(message.tool_calls or ())
+    ]
+    return message.content or message.refusal or "", calls
+
+
+def _logprobs(view: _ChoiceLogprobsView | None) -> list[TokenLogprob] | None:
+    """``choices[i].logprobs.content`` → one :class:`TokenLogprob` per token (None when not asked)."""
+    if view is None or view.content is None:
+        return None
+    return [
+        TokenLogprob(token=item.token, logprob=item.logprob, top=[(t.token, t.logprob) for t in item.top_logprobs])
+        for item in view.content
+    ]
+
+
 def _wire_message(message: Message) -> Message | dict[str, Any]:
     """A message in OpenAI's shape. Plain-text messages already encode as it, unchanged."""
     content = message.content
@@ -301,6 +345,8 @@ class OpenAIAdapter(Adapter):
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     #: the body key of the reply-length limit
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
+    #: how the OpenAI parameters beyond the common ones go on the wire (runtime.providers.params)
+    param_rules: ClassVar[Mapping[str, Rule]] = OPENAI_RULES
 
     def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
         super().__init__(endpoint, api_key)
@@ -352,9 +398,11 @@ class OpenAIAdapter(Adapter):
             body["response_format"] = request.response_format  # json_object / json_schema, as given
         if request.seed is not None:
             body["seed"] = request.seed
-        if request.user is not None:
-            body["user"] = request.user
-        headers = self._stream_headers if stream else self._json_headers
+        apply_params(
+            body, request, self.param_rules, endpoint=self.name, provider=self.provider,
+            drop=self.endpoint.drop_unsupported,
+        )
+        headers = with_extra_headers(self._stream_headers if stream else self._json_headers, request)
         return HTTPRequest("POST", self._chat_url, headers, _encode(body))
 
     def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
@@ -382,15 +430,7 @@ class OpenAIAdapter(Adapter):
                 raise self._protocol("chat reply has no choices")
             choice = view.choices[0]
         message = choice.message or _MessageView()
-        text = message.content or message.refusal or ""
-        calls = [
-            ToolCall(
-                id=call.id or f"call_{i}",
-                name=(call.function.name or "") if call.function else "",
-                arguments=(call.function.arguments or "{}") if call.function else "{}",
-            )
-            for i, call in enumerate(message.tool_calls or ())
-        ]
+        text, calls = _choice_content(message)
         finish = choice.finish_reason
         if finish == "content_filter" and not text and not calls:
             raise ContentFiltered(
@@ -399,6 +439,16 @@ class OpenAIAdapter(Adapter):
                 provider=self.provider,
                 code="content_filter",
             )
+        choices: list[Choice] = []
+        if len(view.choices) > 1:  # n > 1: every choice, in index order
+            for other in sorted(view.choices, key=lambda c: c.index):
+                other_text, other_calls = _choice_content(other.message or _MessageView())
+                choices.append(
+                    Choice(
+                        index=other.index, text=other_text, finish_reason=other.finish_reason,
+                        tool_calls=other_calls, logprobs=_logprobs(other.logprobs),
+                    )
+                )
         return ChatResponse(
             text=text,
             finish_reason=finish,
@@ -409,6 +459,8 @@ class OpenAIAdapter(Adapter):
             id=view.id or None,
             tool_calls=calls,
             reasoning=message.reasoning_content or message.reasoning,
+            choices=choices,
+            logprobs=_logprobs(choice.logprobs),
         )
 
     def stream_decoder(self) -> _ChatStreamDecoder:
@@ -630,6 +682,7 @@ class DeepSeekAdapter(OpenAIAdapter):
     provider = "deepseek"
     default_base_url = "https://api.deepseek.com"
     max_tokens_field = "max_tokens"
+    param_rules = rules_for(("presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"))
     embeddings = False
 
 
