@@ -125,9 +125,18 @@ def test_unknown_events_and_pings_are_ignored() -> None:
     assert decode(noisy) == decode(data)
 
 
-def test_stream_cut_before_message_stop_is_a_protocol_error() -> None:
-    """A stream that ends without message_stop raises ProtocolError from finish()."""
+def test_stream_with_stop_reason_but_without_message_stop_is_complete() -> None:
+    """A body that ends cleanly after message_delta's stop_reason is a whole answer without message_stop."""
     data = read("stream_text_docs.sse").replace(b'event: message_stop\ndata: {"type": "message_stop"}\n\n', b"")
+    decoder = anthropic().stream_decoder()
+    chunks = decoder.feed(data)
+    assert decoder.finish() == [] and decoder.done
+    assert text_of(chunks) == "Hello!" and chunks[-1].finish_reason == "stop" and chunks[-1].usage is not None
+
+
+def test_stream_cut_before_message_delta_is_a_protocol_error() -> None:
+    """A stream that ends before message_delta's stop_reason raises ProtocolError from finish()."""
+    data = read("stream_text_docs.sse").split(b"event: message_delta")[0]
     decoder = anthropic().stream_decoder()
     assert text_of(decoder.feed(data)) == "Hello!"
     with pytest.raises(ProtocolError, match="message_stop"):

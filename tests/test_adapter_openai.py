@@ -149,11 +149,20 @@ def test_logprobs_stream_text() -> None:
     assert text_of(decode(openai(), read("openai/chat_stream_content_logprobs.sse"))) == "Foo!"
 
 
-def test_stream_without_done_is_a_protocol_error() -> None:
-    """A stream cut before ``[DONE]`` raises ProtocolError from finish(), after its chunks."""
+def test_stream_with_finish_reason_but_without_done_is_complete() -> None:
+    """A body that ends cleanly after the finish chunk and usage is a whole answer without ``[DONE]``."""
     data = read("openai/chat_stream_text_with_usage.sse").replace(b"data: [DONE]\n\n", b"")
     decoder = openai().stream_decoder()
-    assert len(decoder.feed(data)) == 32
+    chunks = decoder.feed(data)
+    assert decoder.finish() == [] and decoder.done
+    assert chunks[-2].finish_reason == "stop" and chunks[-1].usage is not None
+
+
+def test_stream_without_finish_reason_is_a_protocol_error() -> None:
+    """A stream that ends before any finish reason raises ProtocolError from finish(), after its chunks."""
+    events = read("openai/chat_stream_text_with_usage.sse").split(b"\n\n")
+    decoder = openai().stream_decoder()
+    assert text_of(decoder.feed(b"\n\n".join(events[:3]) + b"\n\n")) == "I'm unable"
     with pytest.raises(ProtocolError, match=r"\[DONE\]") as info:
         decoder.finish()
     assert info.value.endpoint == "oa"

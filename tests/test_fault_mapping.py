@@ -106,17 +106,18 @@ async def test_fault_maps_to_one_error_class(dialect: str, fault: str, session: 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_stream_faults_after_content(dialect: str, session: aiohttp.ClientSession) -> None:
-    """Cut mid-stream → ConnectionFailed; no terminal event → ProtocolError; slow chunks → idle Timeout."""
+    """Cut mid-stream → ConnectionFailed; a clean end before the finish reason → ProtocolError;
+    slow chunks → idle Timeout."""
     async with FaultyEndpoint(dialect, name="ep", text="one two three four") as ep:
         client = await client_for(ep, session)
         ep.faults.cut_after = 2
         with pytest.raises(ConnectionFailed):
             await read_stream(client)
         ep.faults.cut_after = None
-        ep.faults.no_terminal = True
+        ep.faults.end_after = 2
         with pytest.raises(ProtocolError, match="without"):
             await read_stream(client)
-        ep.faults.no_terminal = False
+        ep.faults.end_after = None
         ep.faults.chunk_delay = 10.0
         stream = await client.stream(REQUEST, first_chunk_timeout=30, idle_timeout=5)
         with pytest.raises(Timeout, match="next chunk"):

@@ -199,9 +199,9 @@ async def test_stream_cut_after_first_chunk_raises_stream_interrupted(pair: tupl
 
 @pytest.mark.parametrize("pair", DIALECTS, indirect=True)
 async def test_stream_without_terminal_event_is_an_error(pair: tuple[FaultyEndpoint, FaultyEndpoint]) -> None:
-    """A stream that ends without its terminal event never passes for a short success."""
+    """A stream that ends before its finish reason never passes for a short success."""
     primary, _ = pair
-    primary.faults.no_terminal = True
+    primary.faults.end_after = 1
     async with runtime_for(primary) as rt:
         with pytest.raises(StreamInterrupted) as info:
             async with rt.stream("hi") as stream:

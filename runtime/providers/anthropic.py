@@ -468,7 +468,8 @@ class AnthropicAdapter(Adapter):
 
 
 class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
-    """Messages SSE → :class:`StreamChunk`; ends at ``message_stop``.
+    """Messages SSE → :class:`StreamChunk`; ends at ``message_stop``, or at a clean end of
+    the body after a ``message_delta`` with a ``stop_reason``.
 
     ``message_start`` gives the id, model and prompt usage; text, ``input_json_delta`` and
     thinking deltas become chunks (a ``tool_use`` block start becomes a
@@ -540,6 +541,8 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
         elif kind == "message_delta":
             self._read_usage(event.usage)
             delta = event.delta
+            if delta is not None and delta.stop_reason:
+                self.finished = True
             out.append(
                 StreamChunk(
                     finish_reason=_finish(delta.stop_reason if delta is not None else None),

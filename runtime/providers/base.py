@@ -77,8 +77,9 @@ class StreamDecoder(abc.ABC):
 
     ``feed`` takes bytes split anywhere and returns the chunks completed by them; it
     raises the matching :class:`ProviderError` for an error event inside the stream.
-    ``finish`` is called at end of input and raises :class:`ProtocolError` when the
-    terminal event (``[DONE]``, ``message_stop``, ``done: true``) never came.
+    ``finish`` is called at end of input and raises :class:`ProtocolError` when neither
+    the terminal event (``[DONE]``, ``message_stop``, ``done: true``) nor the dialect's
+    finish reason came: a clean end of the body after the finish reason is a whole answer.
     """
 
     done: bool = False
@@ -89,7 +90,7 @@ class StreamDecoder(abc.ABC):
 
     @abc.abstractmethod
     def finish(self) -> list[StreamChunk]:
-        """The chunks left at end of input; raises :class:`ProtocolError` without the terminal event."""
+        """The chunks left at end of input; raises :class:`ProtocolError` for an answer cut short."""
 
 
 class Adapter(abc.ABC):

@@ -555,7 +555,8 @@ class OpenAIAdapter(Adapter):
 
 
 class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
-    """Chat Completions SSE → :class:`StreamChunk`; ends at ``data: [DONE]``.
+    """Chat Completions SSE → :class:`StreamChunk`; ends at ``data: [DONE]``, or at a clean
+    end of the body after choice 0's ``finish_reason`` (usage taken if it came before).
 
     Emits a chunk for every event that carries text, reasoning, tool-call fragments, a
     finish reason or usage; role-only openers, Azure's filter annotations and empty
@@ -611,7 +612,9 @@ class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
                     else None
                 )
             if finish == "content_filter":
-                self._filtered = True
+                self._filtered = True  # never finished: the end raises ContentFiltered
+            elif finish:
+                self.finished = True
             if text or reasoning or tools or finish or usage is not None:
                 out.append(
                     StreamChunk(

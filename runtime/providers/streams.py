@@ -17,10 +17,15 @@ flat however long the stream runs; a single line or event larger than ``max_fram
 is refused with :class:`ProtocolError` rather than buffered without bound.
 
 :class:`FramedDecoder` is the base of every adapter's :class:`StreamDecoder`: it runs a
-framer, hands each frame to the adapter's dialect code and takes care of the two rules
-every dialect shares. An error found after some chunks of the same read is held back
-until those chunks are delivered; a stream that ends without its terminal event raises
-:class:`ProtocolError` from :meth:`~FramedDecoder.finish`.
+framer, hands each frame to the adapter's dialect code and takes care of the rules every
+dialect shares. An error found after some chunks of the same read is held back until
+those chunks are delivered. A stream ends when its answer ends: at its terminal event
+(``[DONE]``, ``message_stop``, ``done: true``), or, when the body ends cleanly after the
+dialect's finish reason (OpenAI's ``finish_reason``, Anthropic's ``message_delta`` with
+``stop_reason``) but before the terminal event, at the end of the body, because some
+OpenAI-compatible servers never send ``[DONE]`` and the answer is whole without it. A
+body that ends before any finish reason raises :class:`ProtocolError` from
+:meth:`~FramedDecoder.finish`: that is a cut answer, never a short success.
 """
 
 from __future__ import annotations
@@ -285,9 +290,10 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
     """Base of the adapters' stream decoders: a framer plus the dialect's frame handler.
 
     Subclasses implement :meth:`_frame`, appending the chunks a frame carries to ``out``,
-    raising the matching :class:`ProviderError` for an error frame and setting ``done``
-    on the terminal one; frames after it are ignored. ``terminal`` names the terminal
-    event for the error raised when the stream ends without it.
+    raising the matching :class:`ProviderError` for an error frame, setting ``finished``
+    when the answer's finish reason came and ``done`` on the terminal event; frames after
+    it are ignored. ``terminal`` names the terminal event for the error raised when the
+    stream ends without it and without a finish reason.
 
     An error raised by a frame after earlier frames of the same read produced chunks is
     held back: ``feed`` returns those chunks and the error is raised by the next
@@ -304,6 +310,8 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
         self._framer = framer
         self._error: ProviderError | None = None
         self.done = False
+        #: the finish reason came: a clean end of the body completes the answer
+        self.finished = False
 
     def __repr__(self) -> str:
         state = "done" if self.done else "failed" if self._error is not None else "open"
@@ -332,7 +340,7 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
 
     def finish(self) -> list[StreamChunk]:
         """The chunks of a last frame without its terminator; raises :class:`ProtocolError`
-        when the terminal event never came."""
+        when neither the terminal event nor a finish reason came."""
         if self._error is not None:
             raise self._release()
         out: list[StreamChunk] = []
@@ -345,13 +353,15 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
             self._own(exc)
             raise
         if not self.done:
-            raise self._missing_terminal()
+            if not self.finished:
+                raise self._missing_terminal()
+            self.done = True
         return out
 
     def _missing_terminal(self) -> ProviderError:
         """The error for a stream that ended without its terminal event."""
         adapter = self._adapter
-        return ProtocolError(f"stream ended without its {self.terminal}", endpoint=adapter.name, provider=adapter.provider)
+        return ProtocolError(f"stream ended without a finish reason or its {self.terminal}", endpoint=adapter.name, provider=adapter.provider)
 
     def _release(self) -> ProviderError:
         error = self._error

@@ -16,6 +16,13 @@ Token counts are words: ``input_tokens`` is the number of whitespace-separated w
 in every message (and the system prompt), ``output_tokens`` the number of pieces sent.
 When a request offers ``tools`` (and its last message is not a tool result), the reply
 is a call of the first tool with arguments built from its JSON schema.
+
+A request whose last message is from the assistant asks for that message to be continued
+(a prefill) on Anthropic and Ollama, and on the OpenAI dialect when the body says
+``continue_final_message: true`` (vLLM's extension, which wants ``add_generation_prompt:
+false`` with it): when that text begins the reply, only the rest of the reply is sent,
+as a real model continues its own words. ``Faults.reject_prefill`` refuses such requests
+with the dialect's 400.
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ Step = int | Literal["ok", "hang", "reset", "malformed"]
 
 _Action = Literal["answer", "error", "hang", "reset", "malformed"]
 _Kind = Literal["chat", "embed", "probe"]
+_StreamEnd = Literal["cut", "error", "end", "stall"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -140,7 +148,17 @@ class Faults:
       in-stream error event (OpenAI ``data: {"error":…}``, Anthropic ``event: error``
       with ``overloaded_error``, Ollama an ``{"error":…}`` line) and end the stream;
     - ``no_terminal``: end streams cleanly but without their terminal event
-      (``data: [DONE]``, ``message_stop``, the ``done: true`` line);
+      (``data: [DONE]``, ``message_stop``, the ``done: true`` line); the finish reason
+      (OpenAI's finish chunk and usage, Anthropic's ``message_delta``) is still sent,
+      except on Ollama, where the ``done: true`` line is the finish reason;
+    - ``end_after``: after that many content chunks, end the body cleanly with no
+      finish reason and no terminal event (an answer cut short by a proxy or a server);
+    - ``stall_after``: after that many content chunks, send nothing more and hold the
+      connection open until the client leaves (a provider stalled mid-answer);
+    - ``malformed_after``: after that many content chunks, send one undecodable event
+      (a frame cut in half), then the rest of the stream as usual;
+    - ``reject_prefill``: answer a request that asks to continue a trailing assistant
+      message with the dialect's 400 (a provider or model without prefill);
     - ``probes_exempt``: model-listing probes ignore latency, hang, reset and outages
       (a refused port refuses them too).
 
@@ -165,6 +183,10 @@ class Faults:
         self.cut_after: int | None = None
         self.stream_error_after: int | None = None
         self.no_terminal = False
+        self.end_after: int | None = None
+        self.stall_after: int | None = None
+        self.malformed_after: int | None = None
+        self.reject_prefill = False
         self.probes_exempt = False
         self._seed = seed
         self._rng = random.Random(seed)
@@ -342,6 +364,10 @@ _FAULT_DEFAULTS: dict[str, Any] = {
     "cut_after": None,
     "stream_error_after": None,
     "no_terminal": False,
+    "end_after": None,
+    "stall_after": None,
+    "malformed_after": None,
+    "reject_prefill": False,
     "probes_exempt": False,
 }
 
@@ -402,6 +428,7 @@ class _Prompt:
     max_tokens: int | None
     stream: bool
     include_usage: bool = False
+    prefill: str | None = None  # the assistant text the request asks to continue
 
 
 @dataclass(slots=True)
@@ -443,6 +470,14 @@ def _text_of(content: Any) -> str:
                     out.append(_text_of(part.get("content")))
         return " ".join(out)
     return ""
+
+
+def _trailing_assistant(messages: list[dict[str, Any]]) -> str | None:
+    """The text of the last message when it is an assistant's words (not a tool call)."""
+    last = messages[-1]
+    if last.get("role") != "assistant" or last.get("tool_calls"):
+        return None
+    return _text_of(last.get("content"))
 
 
 def _arguments_for(schema: dict[str, Any], last_user: str) -> dict[str, Any]:
@@ -546,6 +581,9 @@ class _Dialect(abc.ABC):
     def error(self, status: int, message: str | None, code: str | None, model: str) -> dict[str, Any]:
         """The error body for ``status``; ``message``/``code`` replace the defaults."""
 
+    #: the 400's message for a prefill refused by :attr:`Faults.reject_prefill`
+    prefill_refusal = "this model cannot continue an assistant message"
+
     def embed(self, body: dict[str, Any], model: str, dims: int) -> dict[str, Any]:
         """The embeddings answer; a dialect without embeddings answers 404."""
         raise _BadRequest("this API has no embeddings", status=404)
@@ -599,6 +637,7 @@ class _OpenAI(_Dialect):
     """OpenAI chat completions (also the Azure, DeepSeek and compatible paths)."""
 
     name: Dialect = "openai"
+    prefill_refusal = "Unrecognized request argument supplied: continue_final_message"
 
     def prompt(self, body: dict[str, Any], model: str) -> _Prompt:
         messages = _messages(body)
@@ -607,6 +646,11 @@ class _OpenAI(_Dialect):
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         options = body.get("stream_options")
+        prefill = None
+        if body.get("continue_final_message") is True:
+            if body.get("add_generation_prompt", True) is not False:
+                raise _BadRequest("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+            prefill = _trailing_assistant(messages)
         return _Prompt(
             model=model,
             words=sum(_words(_text_of(m.get("content"))) for m in messages),
@@ -616,6 +660,7 @@ class _OpenAI(_Dialect):
             max_tokens=limit if isinstance(limit, int) else None,
             stream=body.get("stream") is True,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            prefill=prefill,
         )
 
     @staticmethod
@@ -764,6 +809,9 @@ class _Anthropic(_Dialect):
     """Anthropic messages."""
 
     name: Dialect = "anthropic"
+    prefill_refusal = (
+        "This model does not support assistant message prefill. The conversation must end with a user message."
+    )
 
     def prompt(self, body: dict[str, Any], model: str) -> _Prompt:
         messages = _messages(body)
@@ -785,6 +833,9 @@ class _Anthropic(_Dialect):
                     schema = tool.get("input_schema")
                     tools.append((tool["name"], schema if isinstance(schema, dict) else {}))
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        prefill = _trailing_assistant(messages)
+        if prefill is not None and prefill != prefill.rstrip():
+            raise _BadRequest("messages: final assistant content cannot end with trailing whitespace")
         return _Prompt(
             model=model,
             words=_words(_text_of(body.get("system"))) + sum(_words(_text_of(m.get("content"))) for m in messages),
@@ -793,6 +844,7 @@ class _Anthropic(_Dialect):
             tool_result_last=tool_result_last,
             max_tokens=limit,
             stream=body.get("stream") is True,
+            prefill=prefill,
         )
 
     @staticmethod
@@ -932,6 +984,7 @@ class _Ollama(_Dialect):
             tool_result_last=messages[-1].get("role") == "tool",
             max_tokens=limit if isinstance(limit, int) and limit > 0 else None,
             stream=body.get("stream") is not False,  # streaming is Ollama's default
+            prefill=_trailing_assistant(messages),
         )
 
     @staticmethod
@@ -1404,6 +1457,9 @@ class FaultyEndpoint:
                 data = self._wire.embed(_as_dict(body), model, self.dimensions)
                 return self._ok(data, malformed=action == "malformed")
             prompt = self._wire.prompt(_as_dict(body), model)
+            if prompt.prefill is not None and self.faults.reject_prefill:
+                c.injected += 1
+                raise _BadRequest(self._wire.prefill_refusal)
         except _BadRequest as exc:
             return self._error_response(exc.status, exc.message, None, None)
         reply = self._reply(prompt)
@@ -1429,6 +1485,8 @@ class FaultyEndpoint:
                 tool_args=args,
             )
         text = prompt.last_user if self.echo else (self.text if self.text is not None else f"This is a reply from {self.name}.")
+        if prompt.prefill and text.startswith(prompt.prefill):
+            text = text[len(prompt.prefill) :]  # a continuation: only the words not yet written
         pieces = _WORD.findall(text)
         finish: Literal["stop", "length"] = "stop"
         if prompt.max_tokens is not None and len(pieces) > prompt.max_tokens:
@@ -1458,10 +1516,9 @@ class FaultyEndpoint:
         self, request: web.Request, reply: _Reply, prompt: _Prompt, flight: _Flight, *, malformed: bool
     ) -> web.StreamResponse:
         frames = self._wire.frames(reply, prompt)
-        f = self.faults
         # Read once, so a test changing the faults mid-stream affects the next stream only.
-        delay, cut, error_at, terminal = f.chunk_delay, f.cut_after, f.stream_error_after, not f.no_terminal
-        if cut is not None or error_at is not None or not terminal:
+        plan = _StreamFaults.read(self.faults)
+        if plan.injects:
             self._counters.injected += 1
         self._counters.streams += 1
         headers = self._wire.headers(200, None, self._request_id())
@@ -1472,36 +1529,81 @@ class FaultyEndpoint:
         for frame in frames.preamble:
             await resp.write(frame)
         if malformed:
-            broken = frames.content[0] if frames.content else frames.terminal
-            await resp.write(broken[: len(broken) // 2] + (b"\n" if self.dialect == "ollama" else b"\n\n"))
+            await resp.write(self._broken(frames.content[0] if frames.content else frames.terminal))
             await resp.write_eof()
             return resp
         sent = 0
         for frame in frames.content:
-            if cut is not None and sent >= cut:
+            if plan.stop(sent) is not None:
                 break
-            if error_at is not None and sent >= error_at:
-                break
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if sent == plan.malformed_after:
+                await resp.write(self._broken(frame))
+            if plan.delay > 0:
+                await asyncio.sleep(plan.delay)
             await resp.write(frame)
             sent += 1
-        if cut is not None and sent >= cut:
-            flight.ours = True
-            transport = request.transport
-            if transport is not None:
-                transport.close()  # flushes what was written, then ends the connection mid-body
-            return resp
-        if error_at is not None and sent >= error_at:
-            await resp.write(frames.error)
-            await resp.write_eof()
-            return resp
-        for frame in frames.closing:
-            await resp.write(frame)
-        if terminal:
-            await resp.write(frames.terminal)
+        match plan.stop(sent):
+            case "cut":
+                flight.ours = True
+                transport = request.transport
+                if transport is not None:
+                    transport.close()  # flushes what was written, then ends the connection mid-body
+                return resp
+            case "stall":
+                assert self._loop is not None
+                await self._loop.create_future()  # only the client leaving (a cancel) ends this
+            case "error":
+                await resp.write(frames.error)
+            case "end":
+                pass  # a clean end of the body: no finish reason, no terminal event
+            case None:
+                for frame in frames.closing:
+                    await resp.write(frame)
+                if plan.terminal:
+                    await resp.write(frames.terminal)
         await resp.write_eof()
         return resp
+
+    def _broken(self, frame: bytes) -> bytes:
+        """``frame`` cut in half, still terminated: one event no decoder can read."""
+        return frame[: len(frame) // 2] + (b"\n" if self.dialect == "ollama" else b"\n\n")
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamFaults:
+    """The stream faults one streamed answer follows, read from :class:`Faults` when it begins."""
+
+    delay: float
+    cut: int | None
+    error: int | None
+    end: int | None
+    stall: int | None
+    malformed_after: int | None
+    terminal: bool
+
+    @classmethod
+    def read(cls, faults: Faults) -> _StreamFaults:
+        return cls(
+            faults.chunk_delay, faults.cut_after, faults.stream_error_after, faults.end_after,
+            faults.stall_after, faults.malformed_after, not faults.no_terminal,
+        )
+
+    @property
+    def injects(self) -> bool:
+        """Whether this stream misbehaves (a slow stream does not count)."""
+        return not self.terminal or any(
+            n is not None for n in (self.cut, self.error, self.end, self.stall, self.malformed_after)
+        )
+
+    def stop(self, sent: int) -> _StreamEnd | None:
+        """The fault that ends the stream once ``sent`` content chunks are out, if any."""
+        ends: tuple[tuple[_StreamEnd, int | None], ...] = (
+            ("cut", self.cut), ("error", self.error), ("end", self.end), ("stall", self.stall)
+        )
+        for name, after in ends:
+            if after is not None and sent >= after:
+                return name
+        return None
 
 
 def _reset(request: web.Request) -> None:

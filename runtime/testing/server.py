@@ -68,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds in the Retry-After header of a 429 (default: 1)")
     faults.add_argument("--cut-after", type=int, metavar="N", help="cut every stream after N content chunks")
     faults.add_argument("--malformed", action="store_true", help="answer 200 with a truncated body")
+    faults.add_argument("--stream-error-after", type=int, metavar="N",
+                        help="send the dialect's in-stream error event after N content chunks")
+    faults.add_argument("--no-terminal", action="store_true",
+                        help="end streams after the finish reason, without [DONE] / message_stop")
+    faults.add_argument("--end-after", type=int, metavar="N",
+                        help="end streams cleanly after N content chunks, before any finish reason")
+    faults.add_argument("--stall-after", type=int, metavar="N", help="go silent after N content chunks")
+    faults.add_argument("--malformed-after", type=int, metavar="N",
+                        help="send one undecodable event after N content chunks")
+    faults.add_argument("--reject-prefill", action="store_true",
+                        help="answer 400 to a request that asks to continue an assistant message")
     faults.add_argument("--outage", type=float, metavar="S", help="refuse connections for S seconds ...")
     faults.add_argument("--outage-after", type=float, default=0.0, metavar="S",
                         help="... starting S seconds after start (default: at once)")
@@ -96,6 +107,12 @@ def apply_faults(faults: Faults, args: argparse.Namespace) -> None:
     faults.retry_after = args.retry_after
     faults.cut_after = args.cut_after
     faults.malformed = args.malformed
+    faults.stream_error_after = args.stream_error_after
+    faults.no_terminal = args.no_terminal
+    faults.end_after = args.end_after
+    faults.stall_after = args.stall_after
+    faults.malformed_after = args.malformed_after
+    faults.reject_prefill = args.reject_prefill
 
 
 async def _serve(args: argparse.Namespace) -> None:
