@@ -24,6 +24,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from . import validation
 from .accounting import (
     BudgetGuard,
     Metrics,
@@ -57,7 +58,6 @@ from .types import (
     Attempt,
     ChatRequest,
     ChatResponse,
-    EmbeddingRequest,
     EmbeddingResponse,
     Message,
     OpenAIParams,
@@ -288,40 +288,13 @@ class Runtime:
         seed: int | None,
         params: OpenAIParams,
     ) -> ChatRequest:
-        msgs = _to_messages(messages)
-        if system is not None:
-            msgs.insert(0, Message(role="system", content=system))
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-            raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}", field="max_tokens")
-        if temperature is not None and not (0.0 <= temperature <= 2.0):
-            raise InvalidRequest(f"temperature must be in [0, 2], got {temperature!r}", field="temperature")
-        if top_p is not None and not (0.0 < top_p <= 1.0):
-            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p!r}", field="top_p")
-        extra: dict[str, Any] = {}
-        if params:
-            extra = _checked_params(params)
-            completion = extra.pop("max_completion_tokens", None)
-            if completion is not None:
-                if max_tokens is not None and max_tokens != completion:
-                    raise InvalidRequest("give max_tokens or max_completion_tokens, not both", field="max_completion_tokens")
-                max_tokens = completion
-        return ChatRequest(
-            messages=msgs,
-            model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=[stop] if isinstance(stop, str) else list(stop) if stop is not None else None,
-            tools=[dict(t) for t in tools] if tools else None,
-            tool_choice=dict(tool_choice) if isinstance(tool_choice, Mapping) else tool_choice,
-            response_format=dict(response_format) if response_format is not None else None,
-            seed=seed,
-            **extra,
+        return validation.chat_request(
+            messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
+            params=params,
         )
 
     def _deadline(self, timeout: float | None) -> float:
-        if timeout is not None and not (timeout > 0):
-            raise InvalidRequest(f"timeout must be > 0 seconds, got {timeout!r}", field="timeout")
         return asyncio.get_running_loop().time() + (timeout if timeout is not None else self.timeout)
 
     def _budget_filter(self) -> Callable[[EndpointActor], bool] | None:
@@ -388,6 +361,7 @@ class Runtime:
         ``reasoning_effort``, ``extra_body``, ...) are translated per provider or refused.
         """
         routes, dispatcher = self._require_running()
+        validation.call_options(timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, trim=trim)
         request = self._request(
             messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
@@ -540,6 +514,7 @@ class Runtime:
         :meth:`chat`.
         """
         routes, _ = self._require_running()
+        validation.call_options(timeout=timeout, endpoint=endpoint, cache=cache, trim=trim)
         if params.get("n", 1) != 1:
             raise InvalidRequest("n > 1 cannot be streamed: use chat() to get every choice", field="n")
         request = self._request(
@@ -562,10 +537,9 @@ class Runtime:
     ) -> EmbeddingResponse:
         """Embed texts on the best healthy endpoint that has an embeddings API."""
         routes, dispatcher = self._require_running()
-        texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidRequest("inputs must be a string or a non-empty list of strings", field="inputs")
-        request = EmbeddingRequest(inputs=texts, model=model, dimensions=dimensions)
+        validation.call_options(timeout=timeout, endpoint=endpoint)
+        request = validation.embed_request(inputs, model=model, dimensions=dimensions)
+        texts = request.inputs
         deadline = self._deadline(timeout)
         tokens = sum(len(t) for t in texts) // 4 + 1
 
@@ -625,60 +599,6 @@ class Runtime:
         # One task enters and leaves the runtime, as its task group requires.
         with start_blocking_portal() as portal, portal.wrap_async_context_manager(self):
             yield BlockingRuntime(self, portal)
-
-
-_EFFORTS = ("minimal", "low", "medium", "high")
-
-
-def _checked_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The OpenAI parameters, each checked; an unknown name or a bad value is :class:`InvalidRequest`."""
-    unknown = params.keys() - OpenAIParams.__annotations__.keys()
-    if unknown:
-        name = min(unknown)
-        raise InvalidRequest(f"unknown keyword {name!r}", field=name)
-
-    def bad(name: str, rule: str) -> InvalidRequest:
-        return InvalidRequest(f"{name} must be {rule}, got {params[name]!r}", field=name)
-
-    def number(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-
-    def count(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    for name in ("presence_penalty", "frequency_penalty"):
-        if name in params and not (number(params[name]) and -2.0 <= params[name] <= 2.0):
-            raise bad(name, "a number in [-2, 2]")
-    bias = params.get("logit_bias")
-    if bias is not None and not (
-        isinstance(bias, Mapping) and all(number(v) and -100 <= v <= 100 for v in bias.values())
-    ):
-        raise bad("logit_bias", "a mapping of token ids to numbers in [-100, 100]")
-    if "n" in params and not (count(params["n"]) and params["n"] >= 1):
-        raise bad("n", "a positive integer")
-    if "top_logprobs" in params:
-        if not (count(params["top_logprobs"]) and 0 <= params["top_logprobs"] <= 20):
-            raise bad("top_logprobs", "an integer in [0, 20]")
-        if not params.get("logprobs"):
-            raise InvalidRequest("top_logprobs needs logprobs=True", field="top_logprobs")
-    if "max_completion_tokens" in params and not (count(params["max_completion_tokens"]) and params["max_completion_tokens"] >= 1):
-        raise bad("max_completion_tokens", "a positive integer")
-    if "reasoning_effort" in params and params["reasoning_effort"] not in _EFFORTS:
-        raise bad("reasoning_effort", f"one of {', '.join(_EFFORTS)}")
-    for name in ("metadata", "extra_headers"):
-        value = params.get(name)
-        if value is not None and not (isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())):
-            raise bad(name, "a mapping of strings to strings")
-    if params.get("extra_body") is not None and not isinstance(params["extra_body"], Mapping):
-        raise bad("extra_body", "a mapping")
-    checked: dict[str, Any] = {}
-    for name, value in params.items():
-        if value is None:
-            continue
-        checked[name] = dict(value) if isinstance(value, Mapping) else value
-    if "logit_bias" in checked:
-        checked["logit_bias"] = {str(k): float(v) for k, v in checked["logit_bias"].items()}
-    return checked
 
 
 class BlockingContext:
@@ -978,25 +898,6 @@ class BlockingStream:
 
 async def _stream_cm(runtime: Runtime, messages: Any, kwargs: dict[str, Any]) -> ReplyStream:
     return runtime.stream(messages, **kwargs)
-
-
-def _to_messages(messages: str | Sequence[Message | Mapping[str, Any]]) -> list[Message]:
-    if isinstance(messages, str):
-        return [Message(role="user", content=messages)]
-    if not isinstance(messages, Sequence) or not messages:
-        raise InvalidRequest("messages must be a string or a non-empty list of messages", field="messages")
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        if isinstance(m, Message):
-            out.append(m)
-            continue
-        if not isinstance(m, Mapping):
-            raise InvalidRequest(f"messages[{i}] must be a dict or Message, got {type(m).__name__}", field=f"messages[{i}]")
-        try:
-            out.append(msgspec.convert(m, Message))
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"messages[{i}] is not a valid message: {exc}", field=f"messages[{i}]") from None
-    return out
 
 
 def _total_tokens(reply: ChatResponse) -> int | None:

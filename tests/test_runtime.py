@@ -68,7 +68,7 @@ async def test_bad_request_arguments_name_the_field(local: FaultyEndpoint) -> No
     async with Runtime([local.endpoint(health=QUIET)]) as rt:
         with pytest.raises(InvalidRequest) as info:
             await rt.chat([{"role": "wizard", "content": "x"}])
-        assert info.value.field == "messages[0]"
+        assert info.value.field == "messages[0].role"
         with pytest.raises(InvalidRequest) as info:
             await rt.chat("hi", max_tokens=0)
         assert info.value.field == "max_tokens"
