@@ -18,6 +18,7 @@ from .errors import ConfigError as ConfigError
 from .errors import ConnectionFailed as ConnectionFailed
 from .errors import ContentFiltered as ContentFiltered
 from .errors import ContextWindowExceeded as ContextWindowExceeded
+from .errors import InvalidOutput as InvalidOutput
 from .errors import InvalidRequest as InvalidRequest
 from .errors import LLMError as LLMError
 from .errors import NoEndpointAvailable as NoEndpointAvailable
@@ -76,6 +77,7 @@ __all__ = [
     "HealthPolicy",
     "HedgePolicy",
     "ImagePart",
+    "InvalidOutput",
     "InvalidRequest",
     "LLMError",
     "Message",

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 import aiohttp
 import anyio
@@ -53,6 +53,8 @@ from .errors import (
 from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
 from .providers import make_client
 from .providers.base import ChunkStream
+from .structured import OutputSchema, output_schema
+from .structured import finish as finish_structured
 from .telemetry import NO_SPAN, request_span, resolve_providers, tracing_enabled
 from .types import (
     Attempt,
@@ -338,13 +340,14 @@ class Runtime:
         stop: str | Sequence[str] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] | None = None,
-        response_format: Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | type | None = None,
         seed: int | None = None,
         timeout: float | None = None,
         endpoint: str | None = None,
         cache: bool | None = None,
         hedge: HedgePolicy | bool | None = None,
         trim: bool = False,
+        repair: int = 0,
         **params: Unpack[OpenAIParams],
     ) -> ChatResponse:
         """Send a chat request to the best healthy endpoint and return the whole reply.
@@ -359,13 +362,21 @@ class Runtime:
         instead of routing around that endpoint. The OpenAI parameters beyond these
         (:class:`~runtime.types.OpenAIParams`: ``presence_penalty``, ``n``, ``logprobs``,
         ``reasoning_effort``, ``extra_body``, ...) are translated per provider or refused.
+        ``response_format`` may be a msgspec Struct, dataclass or TypedDict type or a JSON
+        schema: the reply is then checked and ``reply.parsed`` holds it
+        (:mod:`runtime.structured`), and ``repair`` is how many times an invalid reply is
+        sent back, with what was wrong, to the endpoint that wrote it.
         """
         routes, dispatcher = self._require_running()
         validation.call_options(timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, trim=trim)
+        output = output_schema(response_format)
+        if isinstance(repair, bool) or not isinstance(repair, int) or repair < 0:
+            raise InvalidRequest(f"repair must be an integer >= 0, got {repair!r}", field="repair")
         request = self._request(
             messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
-            params=params,
+            stop=stop, tools=tools, tool_choice=tool_choice,
+            response_format=output.wire if output is not None else cast(Mapping[str, Any] | None, response_format),
+            seed=seed, params=params,
         )
         deadline = self._deadline(timeout)
         tiers = routes.tiers(model, endpoint)
@@ -400,7 +411,21 @@ class Runtime:
             _annotate(span, reply)
         if key is not None and cache_store is not None:
             cache_store.set(key, reply)
+        if output is not None:
+            return await self._structured(reply, output, request, deadline, repair, trim)
         return reply
+
+    async def _structured(
+        self, reply: ChatResponse, output: OutputSchema, request: ChatRequest, deadline: float, repair: int, trim: bool
+    ) -> ChatResponse:
+        """``reply`` parsed into ``output``; repairs go through the same path, pinned to its endpoint."""
+        routes, _ = self._require_running()
+
+        async def resend(messages: list[Message], endpoint: str) -> ChatResponse:
+            retry = msgspec.structs.replace(request, messages=messages)
+            return await self._send(routes.tiers(None, endpoint), retry, deadline, endpoint, None, trim)
+
+        return await finish_structured(reply, output, request.messages, repair, resend)
 
     async def _send(
         self,
@@ -498,7 +523,7 @@ class Runtime:
         stop: str | Sequence[str] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: str | Mapping[str, Any] | None = None,
-        response_format: Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | type | None = None,
         seed: int | None = None,
         timeout: float | None = None,
         endpoint: str | None = None,
@@ -517,10 +542,12 @@ class Runtime:
         validation.call_options(timeout=timeout, endpoint=endpoint, cache=cache, trim=trim)
         if params.get("n", 1) != 1:
             raise InvalidRequest("n > 1 cannot be streamed: use chat() to get every choice", field="n")
+        output = output_schema(response_format)
         request = self._request(
             messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            stop=stop, tools=tools, tool_choice=tool_choice, response_format=response_format, seed=seed,
-            params=params,
+            stop=stop, tools=tools, tool_choice=tool_choice,
+            response_format=output.wire if output is not None else cast(Mapping[str, Any] | None, response_format),
+            seed=seed, params=params,
         )
         return ReplyStream(
             self, request, routes.tiers(model, endpoint), self._deadline(timeout), endpoint or model, cache, trim

@@ -20,6 +20,7 @@
     │   ├── ContentFiltered          the provider's safety filter refused it
     │   └── ProtocolError            malformed body, wrong content type, stream cut short
     ├── StreamInterrupted            a stream failed after text reached the caller
+    ├── InvalidOutput                the reply does not match the response_format schema
     └── AllEndpointsFailed           every attempt failed; ``attempts`` tells each story
 
 Adapters translate every ``aiohttp`` and ``msgspec`` exception into one of these at their
@@ -49,6 +50,7 @@ __all__ = [
     "ConnectionFailed",
     "ContentFiltered",
     "ContextWindowExceeded",
+    "InvalidOutput",
     "InvalidRequest",
     "LLMError",
     "NoEndpointAvailable",
@@ -251,6 +253,24 @@ class StreamInterrupted(LLMError):
         self.cause = cause
         self.endpoint = endpoint
         self.__cause__ = cause
+
+
+class InvalidOutput(LLMError):
+    """The reply does not match the schema ``response_format`` asked for.
+
+    ``path`` is where it failed (``$.address.city``; ``$`` when it is not JSON at all),
+    ``reason`` what was wrong there, ``raw`` the reply's text, ``endpoint`` who wrote it
+    and ``repairs`` how many repair attempts (``repair=N``) were made before giving up.
+    The endpoint worked: this says nothing about its health.
+    """
+
+    def __init__(self, message: str, *, path: str, reason: str, raw: str, endpoint: str | None, repairs: int = 0) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+        self.raw = raw
+        self.endpoint = endpoint
+        self.repairs = repairs
 
 
 class AllEndpointsFailed(LLMError):

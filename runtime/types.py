@@ -238,6 +238,8 @@ class ChatResponse(Struct):
     choices: list[Choice] = msgspec.field(default_factory=list)
     #: choice 0's token log probabilities when the request asked for ``logprobs``
     logprobs: list[TokenLogprob] | None = None
+    #: the reply as an instance of the type (or JSON value of the schema) ``response_format`` named
+    parsed: Any = None
 
 
 class StreamChunk(Struct):

@@ -15,15 +15,15 @@ The rules for HTTP header names and values (:func:`check_header`) live here too:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, is_typeddict
+from typing import Any
 
 import msgspec
 
 from .errors import InvalidRequest
+from .structured import output_schema
 from .types import ChatRequest, EmbeddingRequest, ImagePart, Message, OpenAIParams, ToolCall
 
 __all__ = [
@@ -268,18 +268,13 @@ def check_response_format(value: Any) -> dict[str, Any] | None:
     ``{"type": "text"}`` and ``{"type": "json_object"}`` as they are;
     ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` checked;
     a bare JSON-schema dict, a :class:`msgspec.Struct`, a dataclass or a ``TypedDict``
-    become a ``json_schema`` format named after the type (``"response"`` for a dict).
+    become the ``json_schema`` format :func:`runtime.structured.output_schema` makes.
     """
     if value is None:
         return None
-    if isinstance(value, type):
-        if not (issubclass(value, msgspec.Struct) or dataclasses.is_dataclass(value) or is_typeddict(value)):
-            raise _bad("response_format", "a msgspec Struct, a dataclass, a TypedDict or a JSON-schema dict", value)
-        try:
-            schema = msgspec.json.schema(value)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"response_format {value.__name__} has no JSON schema: {exc}", field="response_format") from None
-        return _schema_format(value.__name__, schema)
+    output = output_schema(value)
+    if output is not None:
+        return output.wire
     fmt = dict(_mapping(value, "response_format"))
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
@@ -290,13 +285,7 @@ def check_response_format(value: Any) -> dict[str, Any] | None:
         _mapping(spec.get("schema"), "response_format.json_schema.schema")
         fmt["json_schema"] = spec
         return fmt
-    if "properties" in fmt or "$schema" in fmt or "$ref" in fmt or kind in ("object", "array"):
-        return _schema_format("response", fmt)
     raise _bad("response_format", "{'type': 'json_object'}, a json_schema format, a JSON-schema dict or a type", value)
-
-
-def _schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
 def _stop(stop: Any) -> list[str] | None:

@@ -357,7 +357,7 @@ def test_tool_choice_words(choice: str, wire: dict[str, str]) -> None:
 
 
 def test_images_and_json_schema() -> None:
-    """data: images become base64 sources, links URL sources; json_schema becomes output_config."""
+    """data: images become base64 sources, links URL sources; json_schema becomes a forced output tool."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     request = ChatRequest(
         messages=[
@@ -378,9 +378,10 @@ def test_images_and_json_schema() -> None:
         {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "QUJD"}},
         {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
     ]
-    assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert [(t["name"], t["input_schema"]) for t in body["tools"]] == [("structured_output", schema)]
+    assert body["tool_choice"] == {"type": "tool", "name": "structured_output"}
     plain = ChatRequest(messages=[Message(role="user", content="x")], response_format={"type": "json_object"})
-    assert "output_config" not in msgspec.json.decode(anthropic().chat_request(plain, stream=False).body or b"")
+    assert "tools" not in msgspec.json.decode(anthropic().chat_request(plain, stream=False).body or b"")
 
 
 def test_bad_tool_arguments_are_refused_before_sending() -> None:

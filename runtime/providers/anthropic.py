@@ -15,8 +15,10 @@ requests, decided once here:
 - An assistant turn's ``tool_calls`` become ``tool_use`` blocks (their JSON arguments are
   parsed into ``input``); ``tool`` turns become ``tool_result`` blocks of a user turn,
   consecutive results sharing one turn, as the API wants.
-- ``response_format`` ``json_schema`` becomes ``output_config.format``; ``json_object`` has
-  no Anthropic equivalent and is not sent. ``stop`` becomes ``stop_sequences``, ``user``
+- ``response_format`` ``json_schema`` becomes a forced tool (``structured_output``, the
+  schema as its ``input_schema``); its call comes back as the reply's text (the input as
+  JSON), finish reason ``"stop"``, in whole replies and streams. ``json_object`` has no
+  Anthropic equivalent and is not sent. ``stop`` becomes ``stop_sequences``, ``user``
   ``metadata.user_id``.
 
 Answers: finish reasons are normalised to the OpenAI words (``end_turn`` and
@@ -48,6 +50,7 @@ from ..errors import (
     Timeout,
 )
 from ..policy import Endpoint
+from ..structured import OUTPUT_TOOL
 from ..types import (
     ChatRequest,
     ChatResponse,
@@ -245,6 +248,28 @@ def _tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
     return choice
 
 
+def _force_output_tool(body: dict[str, Any], fmt: dict[str, Any]) -> None:
+    """``json_schema`` as a forced tool whose input is the reply (works on every Claude model).
+
+    With tools of the caller's own the model must still call one of them or the output
+    tool (``any``), unless the caller chose the tool choice.
+    """
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else fmt.get("schema")
+    if not isinstance(schema, dict):
+        return
+    name = spec.get("name", "response") if isinstance(spec, dict) else "response"
+    tool = {
+        "name": OUTPUT_TOOL,
+        "description": f"Give your answer as a {name} object: call this tool with the answer as its input.",
+        "input_schema": schema,
+    }
+    tools = body.setdefault("tools", [])
+    tools.append(tool)
+    if "tool_choice" not in body:
+        body["tool_choice"] = {"type": "tool", "name": OUTPUT_TOOL} if len(tools) == 1 else {"type": "any"}
+
+
 class AnthropicAdapter(Adapter):
     """Anthropic's Messages API for one endpoint (see the module docstring for the translation)."""
 
@@ -296,10 +321,7 @@ class AnthropicAdapter(Adapter):
             body["tool_choice"] = _tool_choice(request.tool_choice)
         fmt = request.response_format
         if fmt is not None and fmt.get("type") == "json_schema":
-            spec = fmt.get("json_schema")
-            schema = spec.get("schema") if isinstance(spec, dict) else fmt.get("schema")
-            if isinstance(schema, dict):
-                body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+            _force_output_tool(body, fmt)
         apply_params(
             body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
         )
@@ -363,10 +385,14 @@ class AnthropicAdapter(Adapter):
         texts: list[str] = []
         thoughts: list[str] = []
         calls: list[ToolCall] = []
+        output = False
         for block in view.content:
             kind = block.type
             if kind == "text":
                 texts.append(block.text or "")
+            elif kind == "tool_use" and block.name == OUTPUT_TOOL:
+                texts.append(_json_text(block.input))  # the forced output tool's input is the reply
+                output = True
             elif kind == "tool_use":
                 calls.append(ToolCall(id=block.id or "", name=block.name or "", arguments=_json_text(block.input)))
             elif kind == "thinking":
@@ -374,7 +400,7 @@ class AnthropicAdapter(Adapter):
         usage = view.usage
         return ChatResponse(
             text="".join(texts),
-            finish_reason=_finish(view.stop_reason),
+            finish_reason="stop" if output and not calls else _finish(view.stop_reason),
             usage=_make_usage(
                 usage.input_tokens or 0,
                 usage.output_tokens or 0,
@@ -490,6 +516,7 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
         self._cache_read: int | None = None
         self._cache_creation: int | None = None
         self._tools: dict[int, int] = {}  # content-block index → tool-call number
+        self._output_blocks: set[int] = set()  # content-block indexes of the forced output tool
 
     def _frame(self, frame: SSEEvent, out: list[StreamChunk]) -> None:
         try:
@@ -504,8 +531,11 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
             if delta.text:
                 out.append(StreamChunk(text=delta.text, model=self._model, id=self._id))
             elif delta.partial_json:
-                number = self._tools.get(event.index if event.index is not None else -1)
-                if number is not None:
+                index = event.index if event.index is not None else -1
+                number = self._tools.get(index)
+                if index in self._output_blocks:
+                    out.append(StreamChunk(text=delta.partial_json, model=self._model, id=self._id))
+                elif number is not None:
                     out.append(
                         StreamChunk(
                             tool_calls=[ToolCallDelta(index=number, arguments=delta.partial_json)],
@@ -523,7 +553,12 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
                 self._read_usage(message.usage)
         elif kind == "content_block_start":
             block = event.content_block
-            if block is not None and block.type == "tool_use":
+            if block is not None and block.type == "tool_use" and block.name == OUTPUT_TOOL:
+                self._output_blocks.add(event.index if event.index is not None else -1)
+                whole = _json_text(block.input)
+                if whole != "{}":
+                    out.append(StreamChunk(text=whole, model=self._model, id=self._id))
+            elif block is not None and block.type == "tool_use":
                 number = len(self._tools)
                 self._tools[event.index if event.index is not None else -1 - number] = number
                 # The input arrives as input_json_delta fragments after an empty {}; a
@@ -543,9 +578,12 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
             delta = event.delta
             if delta is not None and delta.stop_reason:
                 self.finished = True
+            finish = _finish(delta.stop_reason if delta is not None else None)
+            if self._output_blocks and not self._tools:
+                finish = "stop"  # the output tool's call was the reply, not a tool call
             out.append(
                 StreamChunk(
-                    finish_reason=_finish(delta.stop_reason if delta is not None else None),
+                    finish_reason=finish,
                     usage=_make_usage(self._input, self._output, self._cache_read, self._cache_creation),
                     model=self._model,
                     id=self._id,

@@ -9,7 +9,8 @@
   :class:`ContentFiltered`.
 - ``deepseek`` (:class:`DeepSeekAdapter`): ``https://api.deepseek.com`` (default); usage on
   the finish chunk, ``prompt_cache_hit_tokens``, ``reasoning_content``, ``: keep-alive``
-  comments. DeepSeek has no embeddings API.
+  comments. DeepSeek has no embeddings API and no schema mode: ``json_schema`` is sent as
+  JSON mode with the schema in a system message.
 - ``openai-compatible`` (:class:`OpenAICompatibleAdapter`): any ``base_url`` (required),
   key optional.
 
@@ -204,6 +205,7 @@ _embedding_decoder = msgspec.json.Decoder(_EmbeddingListView)
 _encode = msgspec.json.encode
 
 _INCLUDE_USAGE: dict[str, Any] = {"include_usage": True}
+_JSON_MODE: dict[str, Any] = {"type": "json_object"}
 # "Please try again in 6ms." / "in 20s." / "in 1m30s." in OpenAI's 429 messages
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))+)")
 _FILTER_CODES = frozenset({"content_filter", "ResponsibleAIPolicyViolation"})
@@ -687,6 +689,24 @@ class DeepSeekAdapter(OpenAIAdapter):
     max_tokens_field = "max_tokens"
     param_rules = rules_for(("presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"))
     embeddings = False
+
+    def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
+        """As OpenAI's, but ``json_schema`` becomes JSON mode with the schema in a system message:
+        DeepSeek has no schema mode, and its JSON mode wants the word "json" in the prompt."""
+        fmt = request.response_format
+        if fmt is not None and fmt.get("type") == "json_schema":
+            spec = fmt.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if isinstance(schema, dict):
+                instruction = Message(
+                    role="system",
+                    content="Reply with one json object, and nothing else, that matches this JSON schema:\n"
+                    + _encode(schema).decode(),
+                )
+                request = msgspec.structs.replace(
+                    request, messages=[instruction, *request.messages], response_format=_JSON_MODE
+                )
+        return super().chat_request(request, stream=stream)
 
 
 class OpenAICompatibleAdapter(OpenAIAdapter):

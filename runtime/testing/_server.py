@@ -1183,6 +1183,7 @@ class FaultyEndpoint:
 
     ``text`` is the reply (default ``"This is a reply from <name>."``), ``echo=True``
     answers with the last user message instead; both can be changed while running.
+    ``replies`` (a deque) queues texts answered first, one per request, before those.
     With ``api_key`` set, requests without it get the dialect's 401. Embeddings have
     ``dimensions`` numbers unless the request asks for another size.
     """
@@ -1215,6 +1216,8 @@ class FaultyEndpoint:
         self.api_key = api_key
         self.dimensions = dimensions
         self.faults = faults if faults is not None else Faults(seed=seed)
+        self.replies: deque[str] = deque()
+        """Texts to answer before ``text``/``echo``, one per chat request that calls no tool, first first."""
         self.last_request: Any = None
         """The parsed JSON body of the last chat or embedding request (None if unparsable)."""
         self.last_headers: dict[str, str] = {}
@@ -1484,7 +1487,10 @@ class FaultyEndpoint:
                 tool_name=name,
                 tool_args=args,
             )
-        text = prompt.last_user if self.echo else (self.text if self.text is not None else f"This is a reply from {self.name}.")
+        if self.replies:
+            text = self.replies.popleft()
+        else:
+            text = prompt.last_user if self.echo else (self.text if self.text is not None else f"This is a reply from {self.name}.")
         if prompt.prefill and text.startswith(prompt.prefill):
             text = text[len(prompt.prefill) :]  # a continuation: only the words not yet written
         pieces = _WORD.findall(text)
