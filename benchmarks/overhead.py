@@ -10,9 +10,13 @@ A fast local OpenAI-compatible server runs in its own process
 
 At concurrency 1 the modes alternate in blocks of 50 requests, so drift on a shared
 machine hits them alike; the report gives median and p99 latency and what each adds over
-(a). At concurrency 64 it reports throughput as a ratio of (a)'s. Streaming reports the
-time to first chunk added over a bare streaming read. Absolute times on shared machines
-are noisy: read the ratios and the added microseconds.
+(a). At concurrency 64 it reports throughput as a ratio of (a)'s. Both report the CPU time
+this process spent per request (``time.process_time()`` over the requests; the server's
+CPU is in its own process and not counted). Streaming reports the time to first chunk
+added over a bare streaming read. Last, an OpenTelemetry SDK tracer and meter are
+installed (spans recorded, metrics aggregated in memory) and the runtime is measured
+again: what telemetry costs when it is on. Absolute times on shared machines are noisy:
+read the ratios and the added microseconds.
 
     python benchmarks/overhead.py [--requests 3000] [--concurrency 64]
 """
@@ -122,42 +126,13 @@ async def run(base_url: str, requests: int, concurrency: int) -> None:
                 for _ in range(50):
                     await fn()
 
-            # Modes alternate in blocks of BLOCK requests: often enough that drift in
-            # machine load hits every mode alike, seldom enough that each mode runs with
-            # its code warm in cache, as it would in a process that uses it.
-            samples: dict[str, list[float]] = {name: [] for name in modes}
-            clock = time.perf_counter
-            for _ in range(max(1, requests // BLOCK)):
-                for name, fn in modes.items():
-                    for _ in range(BLOCK):
-                        t0 = clock()
-                        await fn()
-                        samples[name].append(clock() - t0)
-
             print(f"concurrency 1, {requests} requests per mode (alternating blocks of {BLOCK})")
-            print(f"{'mode':<12}{'median µs':>12}{'p99 µs':>12}{'added p50 µs':>15}{'added p99 µs':>15}")
-            base_med, base_p99 = statistics.median(samples["bare"]), pct(samples["bare"], 0.99)
-            for name, s in samples.items():
-                med, p99 = statistics.median(s), pct(s, 0.99)
-                print(f"{name:<12}{med * 1e6:>12.1f}{p99 * 1e6:>12.1f}{(med - base_med) * 1e6:>15.1f}{(p99 - base_p99) * 1e6:>15.1f}")
-
-            # Throughput rounds alternate between modes, so a change in machine load
-            # during the run hits every mode alike; the ratio is the median of the
-            # per-round ratios to bare.
+            await latency_table(modes, requests)
             print(f"\nconcurrency {concurrency}, throughput ({ROUNDS} alternating rounds)")
-            rates: dict[str, list[float]] = {name: [] for name in modes}
-            per_round = max(concurrency * 4, requests // ROUNDS)
-            for _ in range(ROUNDS):
-                for name, fn in modes.items():
-                    rates[name].append(await throughput(fn, per_round, concurrency))
-            for name, series in rates.items():
-                ratios = [r / b for r, b in zip(series, rates["bare"], strict=True)]
-                print(
-                    f"{name:<12}{statistics.median(series):>12.0f} req/s   "
-                    f"{statistics.median(ratios):>6.2f}× bare (rounds {min(ratios):.2f}–{max(ratios):.2f})"
-                )
+            await throughput_table(modes, requests, concurrency)
 
             ttfc: dict[str, list[float]] = {"bare": [], "runtime-1": []}
+            clock = time.perf_counter
             for _ in range(min(requests, 1000)):
                 for name, fn in (("bare", bare_stream_first), ("runtime-1", stream_first)):
                     t0 = clock()
@@ -168,6 +143,82 @@ async def run(base_url: str, requests: int, concurrency: int) -> None:
                 f"\nstreaming time to first chunk: bare {statistics.median(ttfc['bare']) * 1e6:.0f} µs, "
                 f"runtime {statistics.median(ttfc['runtime-1']) * 1e6:.0f} µs, added {added * 1e6:.0f} µs (median)"
             )
+
+            # The global providers can be set once per process: telemetry on comes last.
+            install_otel_sdk()
+            traced = {"bare": bare, "runtime-1": one}
+            for fn in traced.values():
+                for _ in range(50):
+                    await fn()
+            print("\nwith an OpenTelemetry SDK tracer and meter installed")
+            await latency_table(traced, requests)
+            await throughput_table(traced, requests, concurrency)
+
+
+async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int) -> None:
+    """Concurrency 1: median, p99 and CPU per request of each mode, and what each adds over bare.
+
+    Modes alternate in blocks of BLOCK requests: often enough that drift in machine load
+    hits every mode alike, seldom enough that each mode runs with its code warm in cache,
+    as it would in a process that uses it.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in modes}
+    cpu: dict[str, float] = dict.fromkeys(modes, 0.0)
+    clock, cpu_clock = time.perf_counter, time.process_time
+    for _ in range(max(1, requests // BLOCK)):
+        for name, fn in modes.items():
+            c0 = cpu_clock()
+            for _ in range(BLOCK):
+                t0 = clock()
+                await fn()
+                samples[name].append(clock() - t0)
+            cpu[name] += cpu_clock() - c0
+    print(f"{'mode':<12}{'median µs':>12}{'p99 µs':>12}{'added p50 µs':>15}{'added p99 µs':>15}{'CPU µs/req':>12}{'added CPU':>11}")
+    base_med, base_p99 = statistics.median(samples["bare"]), pct(samples["bare"], 0.99)
+    base_cpu = cpu["bare"] / len(samples["bare"])
+    for name, s in samples.items():
+        med, p99, per = statistics.median(s), pct(s, 0.99), cpu[name] / len(s)
+        print(
+            f"{name:<12}{med * 1e6:>12.1f}{p99 * 1e6:>12.1f}{(med - base_med) * 1e6:>15.1f}"
+            f"{(p99 - base_p99) * 1e6:>15.1f}{per * 1e6:>12.1f}{(per - base_cpu) * 1e6:>11.1f}"
+        )
+
+
+async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int, concurrency: int) -> None:
+    """Throughput at ``concurrency`` as a ratio of bare's, and CPU per request.
+
+    Rounds alternate between modes, so a change in machine load during the run hits every
+    mode alike; the ratio is the median of the per-round ratios to bare.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in modes}
+    cpu: dict[str, float] = dict.fromkeys(modes, 0.0)
+    per_round = max(concurrency * 4, requests // ROUNDS)
+    for _ in range(ROUNDS):
+        for name, fn in modes.items():
+            c0 = time.process_time()
+            rates[name].append(await throughput(fn, per_round, concurrency))
+            cpu[name] += time.process_time() - c0
+    base_cpu = cpu["bare"] / (per_round * ROUNDS)
+    for name, series in rates.items():
+        ratios = [r / b for r, b in zip(series, rates["bare"], strict=True)]
+        per = cpu[name] / (per_round * ROUNDS)
+        print(
+            f"{name:<12}{statistics.median(series):>12.0f} req/s   "
+            f"{statistics.median(ratios):>6.2f}× bare (rounds {min(ratios):.2f}–{max(ratios):.2f})   "
+            f"CPU {per * 1e6:.1f} µs/req (added {(per - base_cpu) * 1e6:.1f})"
+        )
+
+
+def install_otel_sdk() -> None:
+    """A tracer provider that records every span (no exporter: its cost is the SDK's, not
+    the network's) and a meter provider aggregating in memory."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
 async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:

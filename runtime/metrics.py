@@ -7,11 +7,13 @@ in-memory) and the same calls are exported. Instruments:
 =================================  ==================  ======  ==============================================
 name                               kind                unit    attributes
 =================================  ==================  ======  ==============================================
-``llm_runtime.requests``           counter             1       ``endpoint``, ``provider``, ``model``, ``outcome``
+``llm_runtime.requests``           counter             1       ``gen_ai.operation.name``, ``outcome``;
+                                                               ``endpoint``, ``provider``, ``model`` for a
+                                                               reply, ``error.type`` for a failure
 ``llm_runtime.errors``             counter             1       ``error.type`` (the error's class name),
-                                                               ``endpoint``, ``provider``, ``model`` when known
-``llm_runtime.request.duration``   histogram           s       ``endpoint``, ``provider``, ``model``, ``outcome``
-``llm_runtime.time_to_first_chunk`` histogram          s       ``endpoint``, ``provider``, ``model`` when known
+                                                               ``endpoint``, ``provider``, ``model``
+``llm_runtime.request.duration``   histogram           s       as ``llm_runtime.requests``
+``llm_runtime.time_to_first_chunk`` histogram          s       ``endpoint``, ``provider``, ``model``
 ``llm_runtime.tokens``             counter             1       ``direction`` (``input`` | ``output``),
                                                                ``endpoint``, ``provider``, ``model``
 ``llm_runtime.cost``               counter             USD     ``endpoint``, ``provider``, ``model``
@@ -23,9 +25,14 @@ name                               kind                unit    attributes
                                                                is in the kind's unit (tokens or USD)
 =================================  ==================  ======  ==============================================
 
+``gen_ai.operation.name`` is ``chat`` (whole replies), ``stream`` or ``embeddings``.
 ``outcome`` is ``ok`` for a reply from an endpoint, ``cached`` / ``stale`` for one from
-the response cache; failures are counted by ``llm_runtime.errors``. Durations are seconds, with bucket
-boundaries from 5 ms to 2 minutes.
+the response cache and ``error`` for a request that ended without one (``error.type``
+says how: ``AllEndpointsFailed``, ``NoEndpointAvailable``, ``StreamInterrupted``, ...).
+``llm_runtime.errors`` counts failed attempts, one per attempt, under the endpoint that
+failed it: a request that failed over twice and then succeeded adds two errors and one
+``ok`` request. Durations are seconds from the request to its whole reply (or its
+failure), with bucket boundaries from 5 ms to 2 minutes.
 
 The instruments are created once per process and shared by every :class:`Metrics`
 (one per runtime), because an SDK meter warns when an instrument is registered twice;
@@ -173,12 +180,16 @@ class Metrics:
         cost_usd: float,
         duration: float,
         outcome: str = "ok",
+        operation: str = "chat",
     ) -> None:
         """Count one finished request: its outcome, duration, tokens and cost."""
         if not metrics_enabled():
             return
         ins = self._instruments
-        attrs = self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model), ("outcome", outcome))
+        attrs = self._attributes(
+            ("gen_ai.operation.name", operation), ("endpoint", endpoint), ("provider", provider), ("model", model),
+            ("outcome", outcome),
+        )
         ins.requests.add(1, attrs)
         ins.duration.record(duration, attrs)
         if usage is not None:
@@ -199,10 +210,19 @@ class Metrics:
         if cost_usd:
             ins.cost.add(cost_usd, self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model)))
 
+    def record_failure(self, error_class: str, duration: float, *, operation: str = "chat") -> None:
+        """Count one request that ended without a reply, by the class of the error the caller got."""
+        if not metrics_enabled():
+            return
+        ins = self._instruments
+        attrs = self._attributes(("gen_ai.operation.name", operation), ("outcome", "error"), ("error.type", error_class))
+        ins.requests.add(1, attrs)
+        ins.duration.record(duration, attrs)
+
     def record_error(
         self, error_class: str, *, endpoint: str | None = None, provider: str | None = None, model: str | None = None
     ) -> None:
-        """Count one error by its class name (and where it happened, when known)."""
+        """Count one failed attempt by its error's class name and the endpoint that failed it."""
         if not metrics_enabled():
             return
         self._instruments.errors.add(

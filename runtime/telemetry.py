@@ -25,14 +25,27 @@ Each real one is also one INFO line on the ``runtime`` logger (:mod:`runtime._lo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from ._logging import log_transition
 
-__all__ = ["INSTRUMENTATION_NAME", "NO_SPAN", "emit_transition", "request_span", "resolve_providers", "tracer", "tracing_enabled"]
+__all__ = [
+    "INSTRUMENTATION_NAME",
+    "NO_SPAN",
+    "activate",
+    "emit_transition",
+    "end_span",
+    "request_span",
+    "resolve_providers",
+    "start_span",
+    "tracer",
+    "tracing_enabled",
+]
 
 INSTRUMENTATION_NAME = "llm-runtime"
 
@@ -86,15 +99,51 @@ class _NoSpan:
     def is_recording(self) -> bool:
         return False
 
+    def end(self) -> None:
+        return None
+
 
 NO_SPAN = _NoSpan()
 
 
 def request_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
-    """A current span for a request or an attempt, or a shared no-op when tracing is off."""
+    """A current span for an attempt (a context manager), or a shared no-op when tracing is off."""
     if not tracing_enabled():
         return NO_SPAN
     return trace.get_tracer(INSTRUMENTATION_NAME).start_as_current_span(name, attributes=attributes)
+
+
+def start_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
+    """A request's span, started but not current (a stream's outlives any one ``with``
+    block): make it current with :func:`activate`, end it with :func:`end_span`. The
+    shared no-op when tracing is off."""
+    if not tracing_enabled():
+        return NO_SPAN
+    return trace.get_tracer(INSTRUMENTATION_NAME).start_span(name, attributes=attributes)
+
+
+def activate(span: Any) -> Any:
+    """A context manager making ``span`` current, so the spans started inside are its children."""
+    if span is NO_SPAN:
+        return NO_SPAN
+    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
+
+def end_span(span: Any, error: BaseException | None) -> None:
+    """End a request's span: ``outcome`` ok, cancelled (the caller's choice, not an error)
+    or the error's class, which also sets the error status."""
+    if span is NO_SPAN:
+        return
+    if error is None:
+        span.set_attribute("outcome", "ok")
+    elif isinstance(error, asyncio.CancelledError):
+        span.set_attribute("outcome", "cancelled")
+    else:
+        name = type(error).__name__
+        span.set_attribute("outcome", name)
+        span.set_attribute("error.type", name)
+        span.set_status(Status(StatusCode.ERROR, name))
+    span.end()
 
 
 def emit_transition(

@@ -7,6 +7,7 @@ once per session here; each test gets the exporter (or reader) cleared.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
@@ -15,6 +16,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from runtime.metrics import METER_NAME
 
 _EXPORTER = InMemorySpanExporter()
 _READER = InMemoryMetricReader()
@@ -46,3 +49,27 @@ def metric_reader() -> InMemoryMetricReader:
     """The session's in-memory metric reader (cumulative: compare before and after)."""
     _install()
     return _READER
+
+
+def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """Data points by instrument name, for the llm-runtime meter."""
+    data = reader.get_metrics_data()
+    points: dict[str, list[Any]] = {}
+    if data is None:
+        return points
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            if scope.scope.name != METER_NAME:
+                continue
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    return points
+
+
+def value(points: list[Any], **attributes: Any) -> float:
+    """The summed value (or count, for histograms) of the points carrying ``attributes``."""
+    total = 0.0
+    for p in points:
+        if all(p.attributes.get(k) == v for k, v in attributes.items()):
+            total += p.count if hasattr(p, "bucket_counts") else p.value
+    return total

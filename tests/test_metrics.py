@@ -5,34 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from otel_fixtures import collect, value
 
 from runtime import metrics as metrics_module
 from runtime.metrics import INSTRUMENT_NAMES, Metrics
 from runtime.types import Usage
-
-
-def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    """Data points by instrument name, for the llm-runtime meter."""
-    data = reader.get_metrics_data()
-    points: dict[str, list[Any]] = {}
-    if data is None:
-        return points
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            if scope.scope.name != metrics_module.METER_NAME:
-                continue
-            for metric in scope.metrics:
-                points.setdefault(metric.name, []).extend(metric.data.data_points)
-    return points
-
-
-def value(points: list[Any], **attributes: Any) -> float:
-    """The summed value (or count, for histograms) of the points carrying ``attributes``."""
-    total = 0.0
-    for p in points:
-        if all(p.attributes.get(k) == v for k, v in attributes.items()):
-            total += p.count if hasattr(p, "bucket_counts") else p.value
-    return total
 
 
 def test_every_documented_instrument_is_exported(metric_reader: InMemoryMetricReader) -> None:

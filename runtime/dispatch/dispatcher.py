@@ -233,19 +233,22 @@ class Dispatcher:
         usage_tokens: Callable[[T], int | None] | None = None,
         accept: Callable[[EndpointActor], bool] | None = None,
         hedge: HedgePolicy | None = None,
+        trail: list[Attempt] | None = None,
     ) -> Outcome[T]:
         """Run ``attempt(actor, timeout)`` on chosen endpoints until one succeeds.
 
         ``tokens`` is what the limiter reserves (prompt + max_tokens) and ``prompt_tokens``
         what must fit an endpoint's context window together with the reply. With
         ``settle`` false the winning permit stays open for the caller to settle (streams).
+        Attempts are appended to ``trail`` when given, so the caller sees them however
+        the run ends.
         """
         clock = asyncio.get_running_loop().time
         now = clock()
         self.retry_budget.record_request(now)
         if self.hedge_budget is not None:
             self.hedge_budget.record_request(now)
-        attempts: list[Attempt] = []
+        attempts: list[Attempt] = [] if trail is None else trail
         failed: dict[str, int] = {}
         min_window = prompt_tokens
         raise_if_none: LLMError | None = None

@@ -1,0 +1,551 @@
+"""The request pipeline: the one walk chat, stream and embed take.
+
+    arguments → options (built and checked once) → Call (deadline, route, span)
+    → response cache → budget reservation → dispatcher (choose, admit, attempt, fail over,
+    hedge) → the permit settled by its one owner → account (usage, cost, budgets, ledger)
+    → metrics and span → the reply, stream or embedding.
+
+:func:`chat_options` and :func:`embed_options` declare the keywords once; the async
+facade and the blocking one take their signatures from them (:func:`takes`). A
+:class:`Call` holds one request's state for its whole walk, so a stream (a view on its
+call) gets the same span, trail, budget and metrics a chat gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack
+
+import msgspec
+
+from .accounting import (
+    BudgetGuard,
+    Metrics,
+    PriceTable,
+    ResponseCache,
+    UsageLedger,
+    cacheable,
+    estimate_request_tokens,
+    estimate_usage,
+    fit_messages,
+)
+from .accounting.cost import ModelPrice
+from .dispatch.dispatcher import Dispatcher, Outcome, RouteTable, Tier
+from .endpoint.actor import EndpointActor
+from .errors import AllEndpointsFailed, InvalidRequest, LLMError
+from .policy import HedgePolicy
+from .structured import OutputSchema, output_schema
+from .structured import finish as finish_structured
+from .telemetry import NO_SPAN, activate, end_span, start_span
+from .types import (
+    Attempt,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Message,
+    OpenAIParams,
+    Usage,
+)
+from .validation import call_options, chat_request, embed_request
+
+if TYPE_CHECKING:
+    from ._stream import ReplyStream
+
+__all__ = ["Call", "ChatOptions", "EmbedOptions", "Pipeline", "chat_options", "embed_options", "takes"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+T = TypeVar("T")
+
+# Reserved against TPM when a request sets no max_tokens: a typical reply, so that an
+# unbounded request neither reserves nothing nor a whole context window.
+DEFAULT_REPLY_RESERVE = 1024
+
+
+class ChatOptions(msgspec.Struct, frozen=True):
+    """A chat or stream request with its per-call options, checked once."""
+
+    request: ChatRequest
+    timeout: float | None = None
+    endpoint: str | None = None
+    cache: bool | None = None
+    hedge: HedgePolicy | bool | None = None
+    trim: bool = False
+    #: the type or schema the reply must parse into (``reply.parsed``), and how many times
+    #: an invalid reply is sent back to its endpoint to be repaired
+    output: OutputSchema | None = None
+    repair: int = 0
+
+    @property
+    def route(self) -> str | None:
+        """What the cache and errors name the request by: the pinned endpoint, else the model."""
+        return self.endpoint or self.request.model
+
+
+class EmbedOptions(msgspec.Struct, frozen=True):
+    """An embedding request with its per-call options, checked once."""
+
+    request: EmbeddingRequest
+    timeout: float | None = None
+    endpoint: str | None = None
+
+
+def chat_options(
+    messages: str | Sequence[Message | Mapping[str, Any]],
+    *,
+    system: str | None = None,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    stop: str | Sequence[str] | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    tool_choice: str | Mapping[str, Any] | None = None,
+    response_format: Mapping[str, Any] | type | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    endpoint: str | None = None,
+    cache: bool | None = None,
+    hedge: HedgePolicy | bool | None = None,
+    trim: bool = False,
+    repair: int = 0,
+    **params: Unpack[OpenAIParams],
+) -> ChatOptions:
+    """The keywords of ``chat`` and ``stream``, declared once.
+
+    ``messages`` is a string (one user message) or a list of messages (dicts or
+    :class:`Message`). ``model`` routes by group or model name, ``endpoint`` pins one
+    endpoint, ``timeout`` is the whole request's deadline in seconds, ``cache`` opts in
+    (True) or out (False) of the response cache, ``hedge`` overrides the runtime's
+    hedging for this request (a policy, or False for none). With ``trim`` a conversation
+    too long for an endpoint's ``context_window`` is trimmed to fit it (system messages
+    and the newest turns kept, tool call and result never split) instead of routing
+    around that endpoint. The OpenAI parameters beyond these
+    (:class:`~runtime.types.OpenAIParams`: ``presence_penalty``, ``n``, ``logprobs``,
+    ``reasoning_effort``, ``extra_body``, ...) are translated per provider or refused.
+    ``response_format`` may be a msgspec Struct, dataclass or TypedDict type or a JSON
+    schema: the reply is then checked and ``reply.parsed`` holds it
+    (:mod:`runtime.structured`), and ``repair`` is how many times an invalid reply is
+    sent back, with what was wrong, to the endpoint that wrote it.
+    """
+    call_options(timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, trim=trim)
+    output = output_schema(response_format)
+    if isinstance(repair, bool) or not isinstance(repair, int) or repair < 0:
+        raise InvalidRequest(f"repair must be an integer >= 0, got {repair!r}", field="repair")
+    request = chat_request(
+        messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+        stop=stop, tools=tools, tool_choice=tool_choice,
+        response_format=output.wire if output is not None else response_format, seed=seed, params=params,
+    )
+    return ChatOptions(request, timeout, endpoint, cache, hedge, trim, output, repair)
+
+
+def embed_options(
+    inputs: str | Sequence[str],
+    *,
+    model: str | None = None,
+    dimensions: int | None = None,
+    timeout: float | None = None,
+    endpoint: str | None = None,
+) -> EmbedOptions:
+    """The keywords of ``embed``, declared once: ``model`` routes, ``endpoint`` pins, ``timeout`` is the deadline."""
+    call_options(timeout=timeout, endpoint=endpoint)
+    return EmbedOptions(embed_request(inputs, model=model, dimensions=dimensions), timeout, endpoint)
+
+
+def takes(builder: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[Concatenate[S, P], R]]:
+    """Give a method the parameters of ``builder`` (after ``self``), for type checkers and
+    :func:`inspect.signature` alike; the method passes its arguments on to ``builder``."""
+    parameters = list(inspect.signature(builder).parameters.values())
+
+    def decorate(method: Callable[..., R]) -> Callable[Concatenate[S, P], R]:
+        own = inspect.signature(method)
+        this = next(iter(own.parameters.values()))
+        method.__signature__ = own.replace(parameters=[this, *parameters])  # type: ignore[attr-defined]
+        return method
+
+    return decorate
+
+
+class Pipeline:
+    """The steps every request takes, for one running runtime."""
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        dispatcher: Dispatcher,
+        *,
+        timeout: float,
+        hedge: HedgePolicy | None,
+        cache: ResponseCache | None,
+        budget: BudgetGuard | None,
+        endpoint_budgets: dict[str, BudgetGuard],
+        prices: PriceTable,
+        ledger: UsageLedger,
+        metrics: Metrics,
+        count_prompt: bool,
+    ) -> None:
+        self.routes = routes
+        self.dispatcher = dispatcher
+        self.timeout = timeout
+        self.hedge = hedge
+        self.cache = cache
+        self.budget = budget
+        self.endpoint_budgets = endpoint_budgets
+        self.prices = prices
+        self.ledger = ledger
+        self.metrics = metrics
+        # Counting prompt tokens costs microseconds per request; do it only when a TPM
+        # limit, a context window or a budget will read the count.
+        self.count_prompt = count_prompt
+        self.accept = _budget_filter(endpoint_budgets)
+        self.accept_embeddings = _embeddings_filter(self.accept)
+
+    # --- the operations ----------------------------------------------------------------------
+
+    async def chat(self, options: ChatOptions) -> ChatResponse:
+        """A whole reply, from the cache or the best endpoint; parsed (and repaired on the
+        endpoint that wrote it) when the options ask for typed output."""
+        deadline = self.deadline(options.timeout)
+        reply = await self.whole(options, deadline)
+        output = options.output
+        if output is None:
+            return reply
+
+        async def resend(messages: list[Message], endpoint: str) -> ChatResponse:
+            request = msgspec.structs.replace(options.request, messages=messages)
+            return await self.whole(msgspec.structs.replace(options, request=request, endpoint=endpoint), deadline)
+
+        return await finish_structured(reply, output, options.request.messages, options.repair, resend)
+
+    async def whole(self, options: ChatOptions, deadline: float) -> ChatResponse:
+        """One whole reply by ``deadline`` (loop time), as it came."""
+        request, trim = options.request, options.trim
+        call = Call(self, "chat", request.model, options.endpoint, deadline)
+        call.start_span()
+        key, hit = call.cached(request, options.cache)
+        if hit is not None:
+            return hit
+        loop_time = asyncio.get_running_loop().time
+
+        async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
+            reply, snapshot = await actor.client.chat(self.fit(request, actor) if trim else request, timeout)
+            if snapshot is not None:
+                actor.observe_rate_limit(snapshot, loop_time())
+            return reply
+
+        try:
+            tokens, window = call.reserve(request, trim)
+            outcome = await call.dispatch(
+                attempt, tokens=tokens, window=window, usage_tokens=_total_tokens, hedge=self.hedge_for(options.hedge)
+            )
+        except AllEndpointsFailed as exc:
+            stale = call.stale(key, exc)
+            if stale is not None:
+                return stale
+            call.fail(exc)
+            raise
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        reply = outcome.value
+        call.account(reply, outcome.actor, request)
+        if key is not None and self.cache is not None:
+            self.cache.set(key, reply)
+        return reply
+
+    def stream(self, options: ChatOptions) -> ReplyStream:
+        """A streamed reply; the walk starts when the caller enters it."""
+        from ._stream import ReplyStream
+
+        call = Call(self, "stream", options.request.model, options.endpoint, self.deadline(options.timeout))
+        return ReplyStream(self, call, options)
+
+    async def embed(self, options: EmbedOptions) -> EmbeddingResponse:
+        """Vectors from the best endpoint that has an embeddings API."""
+        request = options.request
+        call = Call(self, "embeddings", request.model, options.endpoint, self.deadline(options.timeout))
+        call.start_span()
+
+        async def attempt(actor: EndpointActor, timeout: float) -> EmbeddingResponse:
+            reply, _ = await actor.client.embed(request, timeout)
+            return reply
+
+        tokens = sum(len(t) for t in request.inputs) // 4 + 1
+        try:
+            call.reservation = self.budget.reserve(tokens, 0.0) if self.budget is not None else None
+            outcome = await call.dispatch(attempt, tokens=tokens, accept=self.accept_embeddings)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        reply = outcome.value
+        call.account(reply, outcome.actor)
+        return reply
+
+    # --- steps the operations share --------------------------------------------------------------
+
+    def deadline(self, timeout: float | None) -> float:
+        """The loop time by which a request given ``timeout`` (None: the runtime's) must resolve."""
+        return asyncio.get_running_loop().time() + (timeout if timeout is not None else self.timeout)
+
+    def hedge_for(self, hedge: HedgePolicy | bool | None) -> HedgePolicy | None:
+        """This request's hedging: the runtime's unless the call says otherwise."""
+        if hedge is None or hedge is True:
+            policy = self.hedge or (HedgePolicy() if hedge is True else None)
+        else:
+            policy = hedge or None
+        return policy if policy is not None and self.dispatcher.hedge_budget is not None else None
+
+    @staticmethod
+    def fit(request: ChatRequest, actor: EndpointActor) -> ChatRequest:
+        """The request trimmed to the endpoint's context window (unchanged when it has none)."""
+        window = actor.endpoint.context_window
+        if window is None:
+            return request
+        fitted = fit_messages(
+            request.messages,
+            context_window=window,
+            max_tokens=request.max_tokens or DEFAULT_REPLY_RESERVE,
+            model=actor.model,
+            extra_tokens=estimate_request_tokens(msgspec.structs.replace(request, messages=[])),
+        )
+        if not fitted.dropped:
+            return request
+        return msgspec.structs.replace(request, messages=fitted.messages)
+
+    def price(self, reply_model: str, actor: EndpointActor) -> ModelPrice:
+        """What the reply costs per token: the endpoint's own price, else the table's for the
+        model that answered, else for the endpoint's configured model (an OpenAI-compatible
+        server may answer under its own name), else unknown (0, ``known=False``)."""
+        endpoint = actor.endpoint
+        price = self.prices.price(reply_model or actor.model, actor.provider, endpoint.price)
+        if not price.known and reply_model and reply_model != actor.model:
+            price = self.prices.price(actor.model, actor.provider)
+        return price
+
+
+class Call:
+    """One request's state for its whole walk: deadline, route, span, budget reservation,
+    attempt trail, and the open permit of a stream."""
+
+    __slots__ = ("counted", "deadline", "model", "operation", "pipeline", "reservation", "route", "span", "started",
+                 "tiers", "trail")
+
+    def __init__(self, pipeline: Pipeline, operation: str, model: str | None, endpoint: str | None, deadline: float) -> None:
+        self.pipeline = pipeline
+        self.operation = operation
+        self.model = model
+        self.started = asyncio.get_running_loop().time()
+        self.deadline = deadline
+        self.tiers: list[Tier] = pipeline.routes.tiers(model, endpoint)
+        self.route = endpoint or model
+        self.trail: list[Attempt] = []
+        self.counted = 0
+        self.reservation: Any = None
+        self.span: Any = NO_SPAN
+
+    def start_span(self) -> None:
+        """Open the request's span (a no-op one when tracing is off); attempts are its children."""
+        model = self.model
+        attributes: dict[str, Any] = {"gen_ai.operation.name": self.operation}
+        if model:
+            attributes["gen_ai.request.model"] = model
+        self.span = start_span(f"{self.operation} {model}" if model else self.operation, attributes)
+
+    def __repr__(self) -> str:
+        return f"<Call [{self.operation} {self.route or 'default'} | {len(self.trail)} attempts]>"
+
+    def cached(self, request: ChatRequest, opt_in: bool | None) -> tuple[str | None, ChatResponse | None]:
+        """The cache key for a cacheable request (None if not cacheable) and the hit, counted
+        and its span ended."""
+        pipeline = self.pipeline
+        cache = pipeline.cache
+        if cache is None or not cacheable(request, opt_in):
+            return None, None
+        key = cache.key(self.route, request)
+        hit = cache.get(key)
+        pipeline.metrics.record_cache(hit is not None)
+        if hit is None:
+            return key, None
+        pipeline.ledger.record_cache_hit(hit.endpoint, hit.model)
+        pipeline.metrics.record_request(
+            hit.endpoint, hit.provider, hit.model, None, 0.0, 0.0, outcome="cached", operation=self.operation
+        )
+        self.span.set_attribute("llm_runtime.cached", True)
+        end_span(self.span, None)
+        return key, msgspec.structs.replace(hit, cached=True, attempts=[])
+
+    def stale(self, key: str | None, failure: AllEndpointsFailed) -> ChatResponse | None:
+        """A stale cached reply to serve instead of ``failure``, when the cache policy allows it."""
+        cache = self.pipeline.cache
+        if key is None or cache is None or not cache.policy.serve_stale:
+            return None
+        stale = cache.stale(key)
+        if stale is None:
+            return None
+        self.count_failed_attempts()
+        self.release()
+        self.pipeline.metrics.record_request(
+            stale.endpoint, stale.provider, stale.model, None, 0.0, 0.0, outcome="stale", operation=self.operation
+        )
+        self.span.set_attribute("llm_runtime.stale", True)
+        end_span(self.span, None)
+        return msgspec.structs.replace(stale, cached=True, stale=True, attempts=failure.attempts)
+
+    def reserve(self, request: ChatRequest, trim: bool) -> tuple[int, int]:
+        """Reserve the request's tokens against the runtime budget; the tokens to reserve
+        against TPM and the context window the request needs (0: any, as with ``trim``)."""
+        pipeline = self.pipeline
+        prompt = estimate_request_tokens(request) if pipeline.count_prompt else 0
+        tokens = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
+        if pipeline.budget is not None:
+            self.reservation = pipeline.budget.reserve(tokens, 0.0)
+        return tokens, 0 if trim else prompt + (request.max_tokens or 0)
+
+    async def dispatch(
+        self,
+        attempt: Callable[[EndpointActor, float], Awaitable[T]],
+        *,
+        tokens: int,
+        window: int = 0,
+        settle: bool = True,
+        usage_tokens: Callable[[T], int | None] | None = None,
+        accept: Callable[[EndpointActor], bool] | None = None,
+        hedge: HedgePolicy | None = None,
+    ) -> Outcome[T]:
+        """Run attempts through the dispatcher under this call's span, deadline and trail;
+        failed attempts are counted per endpoint however it ends."""
+        pipeline = self.pipeline
+        try:
+            with activate(self.span):
+                return await pipeline.dispatcher.run(
+                    self.tiers, attempt, tokens=tokens, deadline=self.deadline, prompt_tokens=window,
+                    route=self.route, settle=settle, usage_tokens=usage_tokens,
+                    accept=pipeline.accept if accept is None else accept, hedge=hedge, trail=self.trail,
+                )
+        finally:
+            self.count_failed_attempts()
+
+    def attempt_failed(self, endpoint: str, error: LLMError, elapsed: float) -> None:
+        """The attempt serving the request failed after the dispatcher handed it over (a
+        stream cut after its first chunk): its entry in the trail says so, and it is counted."""
+        trail = self.trail
+        failed = Attempt(endpoint=endpoint, error=error, elapsed=elapsed)
+        if trail and trail[-1].endpoint == endpoint and trail[-1].error is None:
+            trail[-1] = msgspec.structs.replace(trail[-1], error=error, elapsed=trail[-1].elapsed + elapsed)
+            self.counted = min(self.counted, len(trail) - 1)
+        else:
+            trail.append(failed)
+        self.count_failed_attempts()
+
+    def count_failed_attempts(self) -> None:
+        """Count each failed attempt of the trail not yet counted in ``llm_runtime.errors``."""
+        metrics, by_name = self.pipeline.metrics, self.pipeline.routes.by_name
+        trail = self.trail
+        for attempt in trail[self.counted :]:
+            error = attempt.error
+            if error is not None:
+                actor = by_name.get(attempt.endpoint)
+                metrics.record_error(
+                    type(error).__name__, endpoint=attempt.endpoint,
+                    provider=actor.provider if actor else None, model=actor.model if actor else None,
+                )
+        self.counted = len(trail)
+
+    def account(
+        self, reply: ChatResponse | EmbeddingResponse, actor: EndpointActor, request: ChatRequest | None = None
+    ) -> None:
+        """Fill in who answered, usage and cost; settle budgets; count in ledger, metrics and span."""
+        pipeline = self.pipeline
+        reply.endpoint = actor.name
+        reply.provider = actor.provider
+        reply.attempts = self.trail
+        answered = reply.model
+        if not answered:
+            reply.model = actor.model
+        usage = reply.usage
+        if request is not None and isinstance(reply, ChatResponse) and usage.input_tokens == 0 and usage.output_tokens == 0:
+            reply.usage = usage = estimate_usage(
+                request, reply.text, actor.model, tool_calls=reply.tool_calls, reasoning=reply.reasoning
+            )
+        reply.cost_usd = cost = pipeline.price(answered, actor).cost(usage)
+        tokens = usage.input_tokens + usage.output_tokens
+        if self.reservation is not None and pipeline.budget is not None:
+            pipeline.budget.settle(self.reservation, tokens, cost)
+            self.reservation = None
+        guard = pipeline.endpoint_budgets.get(actor.name)
+        if guard is not None:
+            guard.spend(tokens, cost)
+        pipeline.ledger.record(actor.name, reply.model, usage, cost)
+        pipeline.metrics.record_request(
+            actor.name, actor.provider, reply.model, usage, cost,
+            asyncio.get_running_loop().time() - self.started, operation=self.operation,
+        )
+        span = self.span
+        if span.is_recording():
+            if not self.model:  # the endpoint chose the model: name the span by it
+                span.update_name(f"{self.operation} {actor.model}")
+            _annotate(span, reply, usage, self.model or actor.model, len(self.trail))
+        end_span(span, None)
+
+    def fail(self, exc: BaseException) -> None:
+        """The request ends without a reply: free its reservation, count it, end its span."""
+        self.release()
+        pipeline = self.pipeline
+        span = self.span
+        if isinstance(exc, LLMError):
+            name = type(exc).__name__
+            pipeline.ledger.record_error(None, self.model, name)
+            pipeline.metrics.record_failure(
+                name, asyncio.get_running_loop().time() - self.started, operation=self.operation
+            )
+            if span.is_recording():
+                span.set_attribute("attempts", len(self.trail))
+                if not self.model and self.trail:
+                    actor = pipeline.routes.by_name.get(self.trail[-1].endpoint)
+                    if actor is not None:
+                        span.set_attribute("gen_ai.request.model", actor.model)
+        end_span(span, exc)
+
+    def release(self) -> None:
+        """Free the budget reservation, once."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is not None and self.pipeline.budget is not None:
+            self.pipeline.budget.release(reservation)
+
+
+def _total_tokens(reply: ChatResponse) -> int | None:
+    usage = reply.usage
+    total = usage.input_tokens + usage.output_tokens
+    return total or None
+
+
+def _budget_filter(budgets: dict[str, BudgetGuard]) -> Callable[[EndpointActor], bool] | None:
+    """Admits endpoints whose own budget is not spent; None when no endpoint has one."""
+    if not budgets:
+        return None
+    return lambda actor: (guard := budgets.get(actor.name)) is None or not guard.exhausted()
+
+
+def _embeddings_filter(accept: Callable[[EndpointActor], bool] | None) -> Callable[[EndpointActor], bool]:
+    """Admits endpoints with an embeddings API (and, when given, accepted by ``accept``)."""
+    if accept is None:
+        return lambda actor: bool(actor.client.embeddings)
+    return lambda actor: bool(actor.client.embeddings) and accept(actor)
+
+
+def _annotate(span: Any, reply: ChatResponse | EmbeddingResponse, usage: Usage, model: str, attempts: int) -> None:
+    span.set_attribute("gen_ai.request.model", model)
+    span.set_attribute("gen_ai.provider.name", reply.provider)
+    span.set_attribute("gen_ai.response.model", reply.model)
+    span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+    if isinstance(reply, ChatResponse) and reply.finish_reason:
+        span.set_attribute("gen_ai.response.finish_reasons", [reply.finish_reason])
+    span.set_attribute("endpoint", reply.endpoint)
+    span.set_attribute("attempts", attempts)
+    span.set_attribute("llm_runtime.cost_usd", reply.cost_usd)

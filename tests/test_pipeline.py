@@ -1,0 +1,166 @@
+"""One pipeline: chat, stream and embed get the same span, metrics, budget and attempt counting."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from otel_fixtures import collect, value
+
+from runtime import (
+    BlockingRuntime,
+    Budget,
+    BudgetExceeded,
+    HealthPolicy,
+    Runtime,
+    StreamInterrupted,
+)
+from runtime.testing import FaultyEndpoint
+
+pytestmark = pytest.mark.anyio
+
+QUIET = HealthPolicy(enabled=False)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[FaultyEndpoint, FaultyEndpoint]]:
+    """A primary and a backup, both speaking OpenAI."""
+    async with (
+        FaultyEndpoint("openai", name="primary", model="gpt-4o-mini") as primary,
+        FaultyEndpoint("openai", name="backup", model="gpt-4o") as backup,
+    ):
+        yield primary, backup
+
+
+def runtime_of(*endpoints: FaultyEndpoint, **kwargs: Any) -> Runtime:
+    return Runtime([ep.endpoint(health=QUIET, priority=i) for i, ep in enumerate(endpoints, 1)], **kwargs)
+
+
+def counter(reader: InMemoryMetricReader) -> Callable[..., float]:
+    """What an instrument gained, for the given attributes, since this call."""
+    before = collect(reader)
+
+    def delta(name: str, **attributes: Any) -> float:
+        return value(collect(reader).get(name, []), **attributes) - value(before.get(name, []), **attributes)
+
+    return delta
+
+
+async def test_blocking_methods_have_the_async_signatures() -> None:
+    """BlockingRuntime's chat, stream and embed take exactly Runtime's parameters, with real names."""
+    assert inspect.signature(BlockingRuntime.chat) == inspect.signature(Runtime.chat)
+    for name in ("stream", "embed"):
+        blocking, native = inspect.signature(getattr(BlockingRuntime, name)), inspect.signature(getattr(Runtime, name))
+        assert blocking.parameters == native.parameters
+    chat = inspect.signature(Runtime.chat).parameters
+    assert {"messages", "system", "model", "max_tokens", "timeout", "endpoint", "cache", "hedge", "trim"} <= chat.keys()
+    assert chat["max_tokens"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert inspect.signature(Runtime.stream).parameters == chat
+
+
+async def test_failed_attempts_are_counted_per_endpoint(
+    pair: tuple[FaultyEndpoint, FaultyEndpoint], metric_reader: InMemoryMetricReader
+) -> None:
+    """A request that fails over adds one error under the endpoint that failed and one ok request."""
+    primary, backup = pair
+    primary.faults.fail_next(1, 500)
+    delta = counter(metric_reader)
+    async with runtime_of(primary, backup) as rt:
+        reply = await rt.chat("hi")
+    assert reply.endpoint == "backup"
+    assert delta("llm_runtime.errors", endpoint="primary", provider="openai", **{"error.type": "ServerError"}) == 1
+    assert delta("llm_runtime.errors", endpoint="backup") == 0
+    assert delta("llm_runtime.requests", endpoint="backup", outcome="ok", **{"gen_ai.operation.name": "chat"}) == 1
+
+
+async def test_failed_stream_is_counted_and_traced_with_its_attempts(
+    pair: tuple[FaultyEndpoint, FaultyEndpoint],
+    metric_reader: InMemoryMetricReader,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    """A stream cut after content: its attempts count in llm_runtime.errors, the request counts
+    as a StreamInterrupted failure, and its span carries the attempts and the error."""
+    primary, backup = pair
+    primary.faults.fail_next(1, 503)
+    backup.faults.stream_error_after = 1
+    delta = counter(metric_reader)
+    async with runtime_of(primary, backup) as rt:
+        with pytest.raises(StreamInterrupted):
+            async with rt.stream("tell me a story") as stream:
+                async for _ in stream:
+                    pass
+        assert rt.status()[1].in_flight == 0
+    assert delta("llm_runtime.errors", endpoint="primary") == 1
+    assert delta("llm_runtime.errors", endpoint="backup") == 1
+    assert delta("llm_runtime.requests", outcome="error", **{"error.type": "StreamInterrupted"}) == 1
+    assert delta("llm_runtime.time_to_first_chunk", endpoint="backup", provider="openai", model="gpt-4o") == 1
+    spans = span_exporter.get_finished_spans()
+    (request,) = [s for s in spans if s.name.startswith("stream")]
+    attrs = dict(request.attributes or {})
+    assert attrs["attempts"] == 2 and attrs["error.type"] == "StreamInterrupted"
+    assert attrs["gen_ai.operation.name"] == "stream"
+    children = [s.name for s in spans if s.parent is not None and s.parent.span_id == request.context.span_id]
+    assert sorted(n for n in children if n.startswith("attempt")) == ["attempt backup", "attempt primary"]
+
+
+async def test_stream_success_is_traced_and_counted_like_a_chat(
+    pair: tuple[FaultyEndpoint, FaultyEndpoint],
+    metric_reader: InMemoryMetricReader,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    """A whole stream ends its span with usage and the endpoint's model, and counts as an ok stream request."""
+    primary, backup = pair
+    delta = counter(metric_reader)
+    async with runtime_of(primary, backup) as rt, rt.stream("hi") as stream:
+        text = "".join([chunk.text async for chunk in stream])
+    assert text == stream.response.text and stream.response.endpoint == "primary"
+    assert delta("llm_runtime.requests", endpoint="primary", outcome="ok", **{"gen_ai.operation.name": "stream"}) == 1
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name.startswith("stream")]
+    attrs = dict(span.attributes or {})
+    assert span.name == "stream gpt-4o-mini"
+    assert attrs["gen_ai.request.model"] == "gpt-4o-mini" and attrs["outcome"] == "ok"
+    assert attrs["gen_ai.usage.output_tokens"] == stream.response.usage.output_tokens > 0
+
+
+async def test_request_model_is_the_endpoints_when_none_was_given(
+    pair: tuple[FaultyEndpoint, FaultyEndpoint], span_exporter: InMemorySpanExporter
+) -> None:
+    """gen_ai.request.model names the model the endpoint was configured with when the caller named none."""
+    primary, backup = pair
+    async with runtime_of(primary, backup) as rt:
+        await rt.chat("hi")
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name.startswith("chat")]
+    assert span.name == "chat gpt-4o-mini"
+    assert dict(span.attributes or {})["gen_ai.request.model"] == "gpt-4o-mini"
+
+
+async def test_embed_has_span_metrics_and_budget(
+    pair: tuple[FaultyEndpoint, FaultyEndpoint],
+    metric_reader: InMemoryMetricReader,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    """embed() opens a request span, counts in the request metrics and spends (then respects) the budget."""
+    primary, backup = pair
+    primary.faults.fail_next(1, 500)
+    delta = counter(metric_reader)
+    async with runtime_of(primary, backup, budget=Budget(daily_tokens=40)) as rt:
+        reply = await rt.embed(["alpha beta", "gamma"])
+        assert reply.endpoint == "backup" and len(reply.vectors) == 2
+        guard = rt.budget_guard
+        assert guard is not None
+        spent = guard.statistics().used["daily_tokens"]
+        assert spent == reply.usage.input_tokens + reply.usage.output_tokens > 0
+        assert guard.statistics().in_flight == 0
+        with pytest.raises(BudgetExceeded):
+            await rt.embed("x" * 400)
+    ops = {"gen_ai.operation.name": "embeddings"}
+    assert delta("llm_runtime.requests", endpoint="backup", outcome="ok", **ops) == 1
+    assert delta("llm_runtime.requests", outcome="error", **ops, **{"error.type": "BudgetExceeded"}) == 1
+    assert delta("llm_runtime.errors", endpoint="primary") == 1
+    spans = [dict(s.attributes or {}) for s in span_exporter.get_finished_spans() if s.name.startswith("embeddings")]
+    assert [a["outcome"] for a in spans] == ["ok", "BudgetExceeded"]
+    assert spans[0]["endpoint"] == "backup" and spans[0]["attempts"] == 2
