@@ -73,8 +73,10 @@ from .base import (
     decode_error_body,
     error_class_for_status,
     header_int,
+    json_text,
     looks_like_context_overflow,
     parse_rfc3339_delay,
+    undecodable,
 )
 from .params import Rule, apply_params, with_extra_headers
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
@@ -191,11 +193,6 @@ _PARAM_RULES: dict[str, Rule] = {
     "reasoning_effort": _thinking,
 }
 _decode_json = msgspec.json.decode
-
-
-def _json_text(raw: msgspec.Raw) -> str:
-    # A tool call's input as compact JSON text, whatever padding the server used.
-    return msgspec.json.format(bytes(raw), indent=-1).decode() if raw else "{}"
 
 
 def _finish(reason: str | None) -> str | None:
@@ -376,12 +373,10 @@ class AnthropicAdapter(Adapter):
 
     # --- answers ----------------------------------------------------------------------
 
+    @undecodable("message")
     def parse_chat(self, body: bytes) -> ChatResponse:
         """A whole Message: text blocks joined, tool_use blocks as tool calls, thinking as reasoning."""
-        try:
-            view = _message_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise self._protocol(f"undecodable message: {exc}") from exc
+        view = _message_decoder.decode(body)
         texts: list[str] = []
         thoughts: list[str] = []
         calls: list[ToolCall] = []
@@ -394,7 +389,7 @@ class AnthropicAdapter(Adapter):
                 texts.append(_json_text(block.input))  # the forced output tool's input is the reply
                 output = True
             elif kind == "tool_use":
-                calls.append(ToolCall(id=block.id or "", name=block.name or "", arguments=_json_text(block.input)))
+                calls.append(ToolCall(id=block.id or "", name=block.name or "", arguments=json_text(block.input)))
             elif kind == "thinking":
                 thoughts.append(block.thinking or "")
         usage = view.usage
@@ -519,10 +514,7 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
         self._output_blocks: set[int] = set()  # content-block indexes of the forced output tool
 
     def _frame(self, frame: SSEEvent, out: list[StreamChunk]) -> None:
-        try:
-            event = _event_decoder.decode(frame.data)
-        except msgspec.MsgspecError as exc:
-            raise self._anthropic._protocol(f"undecodable stream event: {exc}") from exc
+        event = _event_decoder.decode(frame.data)
         kind = event.type or frame.event
         if kind == "content_block_delta":
             delta = event.delta
@@ -563,7 +555,7 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
                 self._tools[event.index if event.index is not None else -1 - number] = number
                 # The input arrives as input_json_delta fragments after an empty {}; a
                 # non-empty input here is a whole call given at once.
-                arguments = _json_text(block.input)
+                arguments = json_text(block.input)
                 if arguments == "{}":
                     arguments = ""
                 out.append(

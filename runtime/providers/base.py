@@ -19,8 +19,8 @@ import functools
 import math
 import re
 import time
-from collections.abc import Mapping
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import aiohttp
 import msgspec
@@ -49,18 +49,67 @@ __all__ = [
     "HTTPRequest",
     "ProviderClient",
     "StreamDecoder",
+    "DECODE_ERRORS",
     "body_snippet",
     "build_error",
     "decode_error_body",
+    "decode_failure",
     "error_class_for_status",
     "header_float",
     "header_int",
+    "json_text",
     "looks_like_context_overflow",
     "parse_go_duration",
     "parse_retry_after",
     "parse_rfc3339_delay",
     "should_retry_header",
+    "undecodable",
 ]
+
+#: What reading hostile or broken bytes can raise: msgspec's errors, ValueError (bad
+#: UTF-8 is a UnicodeDecodeError, one of them) and RecursionError (JSON nested tens of
+#: thousands deep). Each becomes a ProtocolError at the adapter, never escapes bare.
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.MsgspecError, ValueError, RecursionError)
+
+
+def decode_failure(what: str, exc: BaseException) -> str:
+    """Why ``what`` (a body, an event) could not be read, in our words; the library's
+    exception stays the ``__cause__``."""
+    if isinstance(exc, RecursionError):
+        reason = "it is nested too deeply to read"
+    elif isinstance(exc, UnicodeError):
+        reason = "it is not valid UTF-8"
+    else:
+        reason = str(exc)
+    return f"could not read the {what}: {reason}"
+
+
+def json_text(raw: msgspec.Raw) -> str:
+    """A JSON value kept raw (a tool call's input or arguments) as compact JSON text,
+    whatever padding the server used; ``"{}"`` when absent. Raises one of
+    :data:`DECODE_ERRORS` for bytes that are no JSON text."""
+    return msgspec.json.format(bytes(raw), indent=-1).decode() if raw else "{}"
+
+
+_A = TypeVar("_A", bound="Adapter")
+_R = TypeVar("_R")
+
+
+def undecodable(what: str) -> Callable[[Callable[[_A, bytes], _R]], Callable[[_A, bytes], _R]]:
+    """Decorate an adapter's ``parse_*`` method: any of :data:`DECODE_ERRORS` raised while
+    reading the body becomes the adapter's :class:`ProtocolError` naming ``what``."""
+
+    def wrap(method: Callable[[_A, bytes], _R]) -> Callable[[_A, bytes], _R]:
+        @functools.wraps(method)
+        def parse(self: _A, body: bytes) -> _R:
+            try:
+                return method(self, body)
+            except DECODE_ERRORS as exc:
+                raise self._protocol(decode_failure(what, exc)) from exc
+
+        return parse
+
+    return wrap
 
 
 class HTTPRequest(NamedTuple):
@@ -319,11 +368,13 @@ def decode_error_body(body: bytes) -> Any:
         return None
     try:
         return msgspec.json.decode(body)
+    except RecursionError:
+        return None  # a body nested this deep is no error object; its snippet is shown
     except msgspec.DecodeError:
         pass
     try:
         return msgspec.json.decode(body.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\t", b" "))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -375,6 +426,27 @@ def parse_rfc3339_delay(value: str | None, now: float | None = None) -> float | 
 # --- the I/O boundary ------------------------------------------------------------------
 
 
+def connection_story(exc: BaseException, streamed: int | None = None) -> str:
+    """What a failed exchange means, in words a user reads right: aiohttp's own text can
+    read like an HTTP status (``TransferEncodingError: 400``) when the server sent none.
+    ``streamed`` is the characters of text a stream had delivered when it broke."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        if streamed is not None:
+            return f"the stream was cut after {streamed} characters: the connection ended mid-reply"
+        return "the reply was cut short: the connection ended before the whole body came"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"could not connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # aiohttp raises these for answers that are not valid HTTP; their "status" is its own.
+        return f"the server's answer is not valid HTTP ({exc.message})"
+    if isinstance(exc, OSError):
+        return f"the connection failed: {exc.strerror or exc}"
+    return f"the HTTP exchange failed ({type(exc).__name__}: {exc})"
+
+
+
 class ProviderClient:
     """Sends an adapter's requests over the shared session and translates every failure.
 
@@ -401,10 +473,25 @@ class ProviderClient:
     def _timeout(self, seconds: float, what: str) -> Timeout:
         return Timeout(f"no {what} within {seconds:g}s", endpoint=self._name, provider=self._provider)
 
-    def _connection(self, exc: BaseException) -> ConnectionFailed:
+    def _connection(self, exc: BaseException, streamed: int | None = None) -> ConnectionFailed:
+        """``exc`` (an aiohttp or OS error) in our words; ``streamed`` is the characters of
+        text a stream had delivered when it failed."""
         return ConnectionFailed(
-            self.adapter.redact(f"{type(exc).__name__}: {exc}"), endpoint=self._name, provider=self._provider
+            self.adapter.redact(connection_story(exc, streamed)), endpoint=self._name, provider=self._provider
         )
+
+    def _encode(self, build: Callable[[], HTTPRequest]) -> HTTPRequest:
+        # Building the request is the caller's side of the exchange: whatever goes wrong
+        # there is the request's problem on this endpoint, never the endpoint's health.
+        try:
+            return build()
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise InvalidRequest(
+                f"the request cannot be written for endpoint {self._name!r}: {type(exc).__name__}: {exc}",
+                endpoint=self._name,
+            ) from exc
 
     async def _fail(self, resp: aiohttp.ClientResponse) -> ProviderError:
         body = await resp.read()
@@ -412,13 +499,13 @@ class ProviderClient:
 
     async def chat(self, request: ChatRequest, timeout: float) -> tuple[ChatResponse, RateLimitSnapshot | None]:
         """One non-streaming chat attempt, bounded by ``timeout`` seconds."""
-        http = self.adapter.chat_request(request, stream=False)
+        http = self._encode(lambda: self.adapter.chat_request(request, stream=False))
         body, headers = await self._exchange(http, timeout, "reply")
         return self.adapter.parse_chat(body), self.adapter.rate_limit(headers)
 
     async def embed(self, request: EmbeddingRequest, timeout: float) -> tuple[EmbeddingResponse, RateLimitSnapshot | None]:
         """One embeddings attempt, bounded by ``timeout`` seconds."""
-        http = self.adapter.embed_request(request)
+        http = self._encode(lambda: self.adapter.embed_request(request))
         body, headers = await self._exchange(http, timeout, "reply")
         return self.adapter.parse_embed(body), self.adapter.rate_limit(headers)
 
@@ -453,7 +540,7 @@ class ProviderClient:
         self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float
     ) -> ChunkStream:
         """Open one streaming chat attempt; the response headers must come within ``first_chunk_timeout``."""
-        http = self.adapter.chat_request(request, stream=True)
+        http = self._encode(lambda: self.adapter.chat_request(request, stream=True))
         stream = ChunkStream(self, first_chunk_timeout, idle_timeout)
         await stream._open(http)
         return stream
@@ -467,7 +554,18 @@ class ChunkStream:
     ``aclose()`` closes the connection at once, so the server sees the client leave.
     """
 
-    __slots__ = ("_client", "_deadline", "_decoder", "_ended", "_idle", "_pending", "_resp", "_timeout", "_what")
+    __slots__ = (
+        "_chars",
+        "_client",
+        "_deadline",
+        "_decoder",
+        "_ended",
+        "_idle",
+        "_pending",
+        "_resp",
+        "_timeout",
+        "_what",
+    )
 
     def __init__(self, client: ProviderClient, first_chunk_timeout: float, idle_timeout: float) -> None:
         self._client = client
@@ -479,6 +577,7 @@ class ChunkStream:
         self._idle = idle_timeout
         self._what = "first chunk"
         self._ended = False
+        self._chars = 0  # text delivered so far, for the story of a cut
 
     async def _open(self, http: HTTPRequest) -> None:
         client = self._client
@@ -513,7 +612,9 @@ class ChunkStream:
 
     async def __anext__(self) -> StreamChunk:
         if self._pending:
-            return self._pending.pop(0)
+            chunk = self._pending.pop(0)
+            self._chars += len(chunk.text)
+            return chunk
         if self._ended or self._resp is None:
             raise StopAsyncIteration
         content = self._resp.content
@@ -527,7 +628,7 @@ class ChunkStream:
                         break
         except BaseException as exc:
             self._close()
-            translated = self._translate(exc)
+            translated = self._translate(exc, self._chars)
             if translated is exc:
                 raise
             raise translated from exc
@@ -543,18 +644,19 @@ class ChunkStream:
         first = chunks[0]
         if len(chunks) > 1:
             self._pending.extend(chunks[1:])
+        self._chars += len(first.text)
         return first
 
-    def _translate(self, exc: BaseException) -> BaseException:
+    def _translate(self, exc: BaseException, streamed: int | None = None) -> BaseException:
         client = self._client
         if isinstance(exc, LLMError):
             return exc
         if isinstance(exc, TimeoutError):
             return client._timeout(self._timeout, self._what)
         if isinstance(exc, (aiohttp.ClientError, OSError)):
-            return client._connection(exc)
-        if isinstance(exc, msgspec.MsgspecError):
-            return client.adapter._protocol(f"undecodable stream: {exc}")
+            return client._connection(exc, streamed)
+        if isinstance(exc, DECODE_ERRORS):
+            return client.adapter._protocol(decode_failure("stream", exc))
         return exc
 
     def _close(self) -> None:

@@ -42,7 +42,7 @@ from ..types import (
     ToolCallDelta,
     Usage,
 )
-from .base import Adapter, HTTPRequest, body_snippet, build_error, decode_error_body
+from .base import Adapter, HTTPRequest, body_snippet, build_error, decode_error_body, json_text, undecodable
 from .params import Rule, apply_params, in_options, with_extra_headers
 from .streams import FramedDecoder, NDJSONDecoder
 
@@ -103,11 +103,6 @@ _PARAM_RULES: dict[str, Rule] = {
 }
 
 
-def _arguments(raw: msgspec.Raw) -> str:
-    # The object as compact JSON text, whatever whitespace the server used.
-    return msgspec.json.format(bytes(raw), indent=-1).decode() if raw else "{}"
-
-
 def _usage(view: _ChatView) -> Usage:
     prompt = view.prompt_eval_count or 0
     output = view.eval_count or 0
@@ -119,7 +114,7 @@ def _calls(calls: list[_ToolCallView], first: int) -> list[tuple[int, ToolCall]]
     for offset, call in enumerate(calls):
         function = call.function or _FunctionView()
         number = first + offset
-        out.append((number, ToolCall(id=call.id or f"call_{number}", name=function.name, arguments=_arguments(function.arguments))))
+        out.append((number, ToolCall(id=call.id or f"call_{number}", name=function.name, arguments=json_text(function.arguments))))
     return out
 
 
@@ -229,12 +224,10 @@ class OllamaAdapter(Adapter):
 
     # --- answers ----------------------------------------------------------------------
 
+    @undecodable("chat reply")
     def parse_chat(self, body: bytes) -> ChatResponse:
         """A whole ``/api/chat`` reply (``stream: false``)."""
-        try:
-            view = _chat_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise self._protocol(f"undecodable chat reply: {exc}") from exc
+        view = _chat_decoder.decode(body)
         if view.error is not None:
             raise self.error_line(view.error)
         message = view.message or _MessageView()
@@ -257,12 +250,10 @@ class OllamaAdapter(Adapter):
         """A decoder of one ``/api/chat`` NDJSON stream."""
         return _ChatStreamDecoder(self)
 
+    @undecodable("embeddings reply")
     def parse_embed(self, body: bytes) -> EmbeddingResponse:
         """One vector per input, in input order."""
-        try:
-            view = _embed_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise self._protocol(f"undecodable embeddings reply: {exc}") from exc
+        view = _embed_decoder.decode(body)
         if view.error is not None:
             raise self.error_line(view.error)
         prompt = view.prompt_eval_count or 0
@@ -301,6 +292,7 @@ class _ChatStreamDecoder(FramedDecoder[bytes]):
     """``/api/chat`` NDJSON → :class:`StreamChunk`; ends at the ``done: true`` object."""
 
     terminal = '"done": true object'
+    unit = "stream line"
 
     def __init__(self, adapter: OllamaAdapter) -> None:
         super().__init__(adapter, NDJSONDecoder())
@@ -308,10 +300,7 @@ class _ChatStreamDecoder(FramedDecoder[bytes]):
         self._calls = 0
 
     def _frame(self, frame: bytes, out: list[StreamChunk]) -> None:
-        try:
-            view = _chat_decoder.decode(frame)
-        except msgspec.MsgspecError as exc:
-            raise self._ollama._protocol(f"undecodable stream line: {exc}") from exc
+        view = _chat_decoder.decode(frame)
         if view.error is not None:
             raise self._ollama.error_line(view.error)
         message = view.message

@@ -80,6 +80,7 @@ from .base import (
     header_int,
     looks_like_context_overflow,
     parse_go_duration,
+    undecodable,
 )
 from .params import OPENAI_RULES, Rule, apply_params, rules_for, with_extra_headers
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
@@ -418,12 +419,10 @@ class OpenAIAdapter(Adapter):
 
     # --- answers ----------------------------------------------------------------------
 
+    @undecodable("chat reply")
     def parse_chat(self, body: bytes) -> ChatResponse:
         """A whole reply: choice 0's text, reasoning, tool calls, finish reason, and usage."""
-        try:
-            view = _completion_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise self._protocol(f"undecodable chat reply: {exc}") from exc
+        view = _completion_decoder.decode(body)
         if view.error is not None:
             raise self.error_in_body(view.error)
         choice = next((c for c in view.choices if c.index == 0), None)
@@ -469,12 +468,10 @@ class OpenAIAdapter(Adapter):
         """A decoder of one Chat Completions SSE stream."""
         return _ChatStreamDecoder(self)
 
+    @undecodable("embeddings reply")
     def parse_embed(self, body: bytes) -> EmbeddingResponse:
         """One float vector per input, in input order (the ``index`` field decides)."""
-        try:
-            view = _embedding_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            raise self._protocol(f"undecodable embeddings reply: {exc}") from exc
+        view = _embedding_decoder.decode(body)
         items = sorted(view.data, key=lambda item: item.index)
         usage = view.usage
         return EmbeddingResponse(
@@ -580,10 +577,7 @@ class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
                 raise self._missing_terminal()
             self.done = True
             return
-        try:
-            chunk = _chunk_decoder.decode(data)
-        except msgspec.MsgspecError as exc:
-            raise self._openai._protocol(f"undecodable stream event: {exc}") from exc
+        chunk = _chunk_decoder.decode(data)
         if chunk.error is not None:
             raise self._openai.error_in_body(chunk.error)
         usage = _usage(chunk.usage) if chunk.usage is not None else None

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 from ..errors import ProtocolError, ProviderError
 from ..types import StreamChunk
-from .base import StreamDecoder
+from .base import DECODE_ERRORS, StreamDecoder, decode_failure
 
 if TYPE_CHECKING:
     from .base import Adapter
@@ -70,6 +70,20 @@ class Framer(Protocol[_T]):
         ...
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _without_bom(head: bytes, data: bytes) -> tuple[bytes | None, bytes]:
+    """Strip a UTF-8 byte-order mark at the start of a stream, however the reads split it
+    (the SSE spec says to; a server that sends one would otherwise lose its first event).
+    Returns what is still held of a possible mark (None once past the start) and the data
+    to read."""
+    data = head + data
+    if len(data) < len(_BOM) and _BOM.startswith(data):
+        return data, b""
+    return None, data[len(_BOM):] if data.startswith(_BOM) else data
+
+
 def _too_large(size: int, limit: int) -> ProtocolError:
     return ProtocolError(f"stream frame of {size} bytes exceeds the {limit}-byte limit")
 
@@ -85,6 +99,7 @@ class SSEDecoder:
         "_data",
         "_data_size",
         "_event",
+        "_head",
         "_partial",
         "_partial_size",
         "_skip_lf",
@@ -103,6 +118,7 @@ class SSEDecoder:
         self._data_size = 0
         self._event = "message"
         self._skip_lf = False  # the last read ended on "\r": a leading "\n" completes that CRLF
+        self._head: bytes | None = b""  # the start of a possible BOM; None past the stream's start
 
     def __repr__(self) -> str:
         return f"<SSEDecoder [buffered {self.buffered} bytes | {self.comments} comments]>"
@@ -116,6 +132,10 @@ class SSEDecoder:
         """The events completed by ``data``."""
         if not data:
             return []
+        if self._head is not None:
+            self._head, data = _without_bom(self._head, data)
+            if not data:
+                return []
         if self._skip_lf:
             self._skip_lf = False
             if data[0] == 0x0A:
@@ -177,6 +197,9 @@ class SSEDecoder:
     def finish(self) -> list[SSEEvent]:
         """The event still open at end of input (see the module docstring); resets the decoder."""
         events: list[SSEEvent] = []
+        if self._head:
+            self._partial.insert(0, self._head)  # a stream of 1-2 bytes that only looked like a BOM
+        self._head = b""
         if self._partial:
             line = b"".join(self._partial)
             self._partial = []
@@ -234,12 +257,13 @@ class NDJSONDecoder:
     """Bytes to lines of newline-delimited JSON, incrementally; blank lines are skipped and a
     ``\\r`` before the ``\\n`` is dropped. The same lines for any split of the input."""
 
-    __slots__ = ("_partial", "_partial_size", "max_frame_bytes")
+    __slots__ = ("_head", "_partial", "_partial_size", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._partial: list[bytes] = []
         self._partial_size = 0
+        self._head: bytes | None = b""  # as SSEDecoder's: a BOM at the start is dropped
 
     def __repr__(self) -> str:
         return f"<NDJSONDecoder [buffered {self.buffered} bytes]>"
@@ -251,6 +275,8 @@ class NDJSONDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The lines completed by ``data``."""
+        if self._head is not None:
+            self._head, data = _without_bom(self._head, data)
         if b"\n" not in data:
             if data:
                 self._partial.append(data)
@@ -274,6 +300,9 @@ class NDJSONDecoder:
 
     def finish(self) -> list[bytes]:
         """The last line when the input did not end with a newline; resets the decoder."""
+        if self._head:
+            self._partial.insert(0, self._head)
+        self._head = b""
         if not self._partial:
             return []
         line = _strip_cr(b"".join(self._partial))
@@ -304,6 +333,8 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
     """
 
     terminal: str = "terminal event"
+    #: what one frame is called in the error for a frame that cannot be read
+    unit: str = "stream event"
 
     def __init__(self, adapter: Adapter, framer: Framer[_T]) -> None:
         self._adapter = adapter
@@ -329,7 +360,7 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
             for frame in self._framer.feed(data):
                 if self.done:
                     break
-                self._frame(frame, out)
+                self._step(frame, out)
         except ProviderError as exc:
             self._own(exc)
             if out:
@@ -348,7 +379,7 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
             for frame in self._framer.finish():
                 if self.done:
                     break
-                self._frame(frame, out)
+                self._step(frame, out)
         except ProviderError as exc:
             self._own(exc)
             raise
@@ -357,6 +388,14 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
                 raise self._missing_terminal()
             self.done = True
         return out
+
+    def _step(self, frame: _T, out: list[StreamChunk]) -> None:
+        # The one place a frame's undecodable bytes (bad JSON, bad UTF-8 in a tool call's
+        # arguments, nesting too deep) become a ProtocolError, for every dialect.
+        try:
+            self._frame(frame, out)
+        except DECODE_ERRORS as exc:
+            raise self._adapter._protocol(decode_failure(self.unit, exc)) from exc
 
     def _missing_terminal(self) -> ProviderError:
         """The error for a stream that ended without its terminal event."""

@@ -159,6 +159,9 @@ class Faults:
       (a frame cut in half), then the rest of the stream as usual;
     - ``reject_prefill``: answer a request that asks to continue a trailing assistant
       message with the dialect's 400 (a provider or model without prefill);
+    - ``body``: answer every chat and embedding request 200 with exactly these bytes,
+      under the dialect's content type (a stream's when the request streams): hostile
+      or broken bodies on demand (nesting, bad UTF-8, a BOM); probes answer as usual;
     - ``probes_exempt``: model-listing probes ignore latency, hang, reset and outages
       (a refused port refuses them too).
 
@@ -188,6 +191,7 @@ class Faults:
         self.malformed_after: int | None = None
         self.reject_prefill = False
         self.probes_exempt = False
+        self.body: bytes | None = None
         self._seed = seed
         self._rng = random.Random(seed)
         self._steps: deque[Decision] = deque()
@@ -369,6 +373,7 @@ _FAULT_DEFAULTS: dict[str, Any] = {
     "malformed_after": None,
     "reject_prefill": False,
     "probes_exempt": False,
+    "body": None,
 }
 
 
@@ -1454,6 +1459,8 @@ class FaultyEndpoint:
             return self._error_response(401, None, None, None)
         if probe:
             return self._wire.probe(self.models, path)
+        if self.faults.body is not None:
+            return self._raw(self.faults.body, streamed=bool(_as_dict(body).get("stream")))
         try:
             model = request.match_info.get("deployment") or _as_dict(body).get("model") or ""
             if kind == "embed":
@@ -1508,6 +1515,11 @@ class FaultyEndpoint:
         if malformed:
             body = body[: len(body) // 2]  # a body cut short: valid HTTP, invalid JSON
         return web.Response(body=body, headers=self._wire.headers(200, None, self._request_id()), content_type="application/json")
+
+    def _raw(self, body: bytes, *, streamed: bool) -> web.Response:
+        self._counters.injected += 1
+        kind = ("application/x-ndjson" if self.dialect == "ollama" else "text/event-stream") if streamed else "application/json"
+        return web.Response(body=body, headers=self._wire.headers(200, None, self._request_id()), content_type=kind)
 
     def _error_response(
         self, status: int, message: str | None, code: str | None, retry_after: float | None, model: str | None = None
