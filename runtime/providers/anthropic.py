@@ -386,7 +386,7 @@ class AnthropicAdapter(Adapter):
             if kind == "text":
                 texts.append(block.text or "")
             elif kind == "tool_use" and block.name == OUTPUT_TOOL:
-                texts.append(_json_text(block.input))  # the forced output tool's input is the reply
+                texts.append(json_text(block.input))  # the forced output tool's input is the reply
                 output = True
             elif kind == "tool_use":
                 calls.append(ToolCall(id=block.id or "", name=block.name or "", arguments=json_text(block.input)))
@@ -547,7 +547,7 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
             block = event.content_block
             if block is not None and block.type == "tool_use" and block.name == OUTPUT_TOOL:
                 self._output_blocks.add(event.index if event.index is not None else -1)
-                whole = _json_text(block.input)
+                whole = json_text(block.input)
                 if whole != "{}":
                     out.append(StreamChunk(text=whole, model=self._model, id=self._id))
             elif block is not None and block.type == "tool_use":
