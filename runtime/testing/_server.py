@@ -31,6 +31,7 @@ import abc
 import asyncio
 import base64
 import hashlib
+import itertools
 import random
 import re
 import socket
@@ -162,6 +163,9 @@ class Faults:
     - ``body``: answer every chat and embedding request 200 with exactly these bytes,
       under the dialect's content type (a stream's when the request streams): hostile
       or broken bodies on demand (nesting, bad UTF-8, a BOM); probes answer as usual;
+    - ``trickle``: seconds between content-less chunks sent forever before any content
+      (OpenAI role openers and usage-only chunks, Anthropic ``ping`` and ``message_delta``
+      without a stop reason, Ollama empty messages), until the client leaves;
     - ``probes_exempt``: model-listing probes ignore latency, hang, reset and outages
       (a refused port refuses them too).
 
@@ -190,6 +194,7 @@ class Faults:
         self.stall_after: int | None = None
         self.malformed_after: int | None = None
         self.reject_prefill = False
+        self.trickle: float | None = None
         self.probes_exempt = False
         self.body: bytes | None = None
         self._seed = seed
@@ -372,6 +377,7 @@ _FAULT_DEFAULTS: dict[str, Any] = {
     "stall_after": None,
     "malformed_after": None,
     "reject_prefill": False,
+    "trickle": None,
     "probes_exempt": False,
     "body": None,
 }
@@ -559,6 +565,8 @@ class _Frames:
     terminal: bytes
     error: bytes
     content_type: str
+    #: frames that carry no content, sent in turn by the ``trickle`` fault
+    idle: list[bytes]
 
 
 class _Dialect(abc.ABC):
@@ -742,7 +750,9 @@ class _OpenAI(_Dialect):
         if prompt.include_usage:
             closing.append(b"data: " + _encode({**head, "choices": [], "usage": self._usage(reply, full=False)}) + b"\n\n")
         error = b"data: " + _encode(self.error(500, None, None, reply.model)) + b"\n\n"
-        return _Frames([first], content, closing, b"data: [DONE]\n\n", error, "text/event-stream; charset=utf-8")
+        usage_only = b"data: " + _encode({**head, "choices": [], "usage": self._usage(reply, full=False)}) + b"\n\n"
+        idle = [chunk({"role": "assistant", "content": ""}), usage_only]
+        return _Frames([first], content, closing, b"data: [DONE]\n\n", error, "text/event-stream; charset=utf-8", idle)
 
     def embed(self, body: dict[str, Any], model: str, dims: int) -> dict[str, Any]:
         raw = body.get("input")
@@ -925,7 +935,11 @@ class _Anthropic(_Dialect):
             ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": self._stop(reply), "stop_sequence": None}, "usage": usage}),
         ]
         error = ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
-        return _Frames(preamble, content, closing, ev("message_stop", {"type": "message_stop"}), error, "text/event-stream; charset=utf-8")
+        idle = [ev("ping", {"type": "ping"}), ev("message_delta", {"type": "message_delta", "delta": {}, "usage": usage})]
+        return _Frames(
+            preamble, content, closing, ev("message_stop", {"type": "message_stop"}), error,
+            "text/event-stream; charset=utf-8", idle,
+        )
 
     def probe(self, models: Sequence[str], path: str) -> web.Response:
         data = [
@@ -1054,7 +1068,8 @@ class _Ollama(_Dialect):
             **self._metrics(reply),
         }
         error = line({"error": "an error was encountered while running the model"})
-        return _Frames([], content, [], line(final), error, "application/x-ndjson")
+        idle = [line({"model": reply.model, "created_at": created, "message": {"role": "assistant", "content": ""}, "done": False})]
+        return _Frames([], content, [], line(final), error, "application/x-ndjson", idle)
 
     def embed(self, body: dict[str, Any], model: str, dims: int) -> dict[str, Any]:
         if not model:
@@ -1546,6 +1561,10 @@ class FaultyEndpoint:
         await resp.prepare(request)
         for frame in frames.preamble:
             await resp.write(frame)
+        if plan.trickle is not None:
+            for frame in itertools.cycle(frames.idle):  # only the client leaving (a cancel) ends this
+                await asyncio.sleep(plan.trickle)
+                await resp.write(frame)
         if malformed:
             await resp.write(self._broken(frames.content[0] if frames.content else frames.terminal))
             await resp.write_eof()
@@ -1598,19 +1617,20 @@ class _StreamFaults:
     stall: int | None
     malformed_after: int | None
     terminal: bool
+    trickle: float | None
 
     @classmethod
     def read(cls, faults: Faults) -> _StreamFaults:
         return cls(
             faults.chunk_delay, faults.cut_after, faults.stream_error_after, faults.end_after,
-            faults.stall_after, faults.malformed_after, not faults.no_terminal,
+            faults.stall_after, faults.malformed_after, not faults.no_terminal, faults.trickle,
         )
 
     @property
     def injects(self) -> bool:
         """Whether this stream misbehaves (a slow stream does not count)."""
         return not self.terminal or any(
-            n is not None for n in (self.cut, self.error, self.end, self.stall, self.malformed_after)
+            n is not None for n in (self.cut, self.error, self.end, self.stall, self.malformed_after, self.trickle)
         )
 
     def stop(self, sent: int) -> _StreamEnd | None:

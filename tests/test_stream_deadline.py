@@ -1,0 +1,72 @@
+"""A stream resolves by its deadline whatever the server sends, on the virtual clock.
+
+A server that trickles content-less chunks (role openers, usage-only chunks, pings,
+message_delta without a stop reason, empty Ollama messages) must not keep a stream alive:
+the first-chunk timeout counts to the first chunk with content, and the request's
+deadline bounds everything after it.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from runtime import AllEndpointsFailed, HealthPolicy, Runtime, StreamInterrupted, Timeout
+from runtime.testing import FaultyEndpoint
+
+pytestmark = pytest.mark.anyio
+
+QUIET = HealthPolicy(enabled=False)
+DIALECTS = ["openai", "anthropic", "ollama"]
+# The virtual clock jumps over sleeps, but socket I/O still takes real milliseconds.
+SLACK = 0.05
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_contentless_trickle_ends_by_the_deadline_with_timeout(dialect: str) -> None:
+    """Content-less chunks every 0.3 s: the stream fails with Timeout attempts by its 1.5 s deadline."""
+    async with FaultyEndpoint(dialect, name="trickle") as ep:
+        ep.faults.trickle = 0.3
+        async with Runtime([ep.endpoint(health=QUIET)]) as rt:
+            start = anyio.current_time()
+            with pytest.raises(AllEndpointsFailed) as info:
+                async with rt.stream("hi", timeout=1.5) as stream:
+                    async for _ in stream:
+                        pass
+            assert anyio.current_time() - start < 1.5 + SLACK
+            assert rt.status()[0].in_flight == 0
+    assert info.value.attempts and all(isinstance(a.error, Timeout) for a in info.value.attempts)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_contentless_trickle_fails_over_after_the_first_chunk_timeout(dialect: str) -> None:
+    """The trickling primary is abandoned at its first-chunk timeout; the backup serves the stream."""
+    async with FaultyEndpoint(dialect, name="primary") as primary, FaultyEndpoint(dialect, name="backup") as backup:
+        primary.faults.trickle = 0.1
+        endpoints = [
+            primary.endpoint(health=QUIET, priority=1, first_chunk_timeout=0.5),
+            backup.endpoint(health=QUIET, priority=2),
+        ]
+        async with Runtime(endpoints) as rt:
+            start = anyio.current_time()
+            async with rt.stream("hi", timeout=5) as stream:
+                text = "".join([chunk.text async for chunk in stream])
+            assert 0.5 <= anyio.current_time() - start < 1.0
+    assert text and stream.response.endpoint == "backup"
+    assert [type(a.error).__name__ for a in stream.response.attempts] == ["Timeout", "NoneType"]
+
+
+async def test_slow_chunks_after_content_cannot_outlive_the_deadline() -> None:
+    """Content arriving slower than the deadline allows: each chunk resets the idle timer, yet the
+    stream ends at its deadline with StreamInterrupted carrying the partial text and a Timeout."""
+    async with FaultyEndpoint("openai", name="slow", text=" ".join(["word"] * 50)) as ep:
+        ep.faults.chunk_delay = 0.3
+        async with Runtime([ep.endpoint(health=QUIET, idle_timeout=1.0)]) as rt:
+            start = anyio.current_time()
+            with pytest.raises(StreamInterrupted) as info:
+                async with rt.stream("hi", timeout=2.0) as stream:
+                    async for _ in stream:
+                        pass
+            assert anyio.current_time() - start < 2.0 + SLACK
+            assert rt.status()[0].in_flight == 0
+    assert info.value.partial and isinstance(info.value.cause, Timeout)
