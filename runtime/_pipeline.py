@@ -54,7 +54,7 @@ from .validation import call_options, chat_request, embed_request
 if TYPE_CHECKING:
     from ._stream import ReplyStream
 
-__all__ = ["Call", "ChatOptions", "EmbedOptions", "Pipeline", "chat_options", "embed_options", "takes"]
+__all__ = ["Call", "ChatOptions", "EmbedOptions", "Pipeline", "chat_options", "complete_options", "embed_options", "takes"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -157,6 +157,32 @@ def embed_options(
     return EmbedOptions(embed_request(inputs, model=model, dimensions=dimensions), timeout, endpoint)
 
 
+def complete_options(
+    prompt: str,
+    *,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    stop: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    endpoint: str | None = None,
+    cache: bool | None = None,
+    hedge: HedgePolicy | bool | None = None,
+    **params: Unpack[OpenAIParams],
+) -> ChatOptions:
+    """The keywords of ``complete`` and ``stream_complete``, declared once: ``prompt`` is the
+    text to continue; the others mean what they mean for :func:`chat_options`."""
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidRequest(f"prompt must be a non-empty string, got {prompt!r}", field="prompt")
+    options = chat_options(
+        prompt, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed,
+        timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, **params,
+    )
+    return msgspec.structs.replace(options, request=msgspec.structs.replace(options.request, kind="completion"))
+
+
 def takes(builder: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[Concatenate[S, P], R]]:
     """Give a method the parameters of ``builder`` (after ``self``), for type checkers and
     :func:`inspect.signature` alike; the method passes its arguments on to ``builder``."""
@@ -225,7 +251,8 @@ class Pipeline:
     async def whole(self, options: ChatOptions, deadline: float) -> ChatResponse:
         """One whole reply by ``deadline`` (loop time), as it came."""
         request, trim = options.request, options.trim
-        call = Call(self, "chat", request.model, options.endpoint, deadline)
+        completion = request.kind == "completion"
+        call = Call(self, "text_completion" if completion else "chat", request.model, options.endpoint, deadline, completion)
         call.start_span()
         key, hit = call.cached(request, options.cache)
         if hit is not None:
@@ -262,7 +289,8 @@ class Pipeline:
         """A streamed reply; the walk starts when the caller enters it."""
         from ._stream import ReplyStream
 
-        call = Call(self, "stream", options.request.model, options.endpoint, self.deadline(options.timeout))
+        request = options.request
+        call = Call(self, "stream", request.model, options.endpoint, self.deadline(options.timeout), request.kind == "completion")
         return ReplyStream(self, call, options)
 
     async def embed(self, options: EmbedOptions) -> EmbeddingResponse:
@@ -335,14 +363,18 @@ class Call:
     __slots__ = ("counted", "deadline", "model", "operation", "pipeline", "reservation", "route", "span", "started",
                  "tiers", "trail")
 
-    def __init__(self, pipeline: Pipeline, operation: str, model: str | None, endpoint: str | None, deadline: float) -> None:
+    def __init__(
+        self, pipeline: Pipeline, operation: str, model: str | None, endpoint: str | None, deadline: float,
+        completion: bool = False,
+    ) -> None:
         self.pipeline = pipeline
         self.operation = operation
         self.model = model
         self.started = asyncio.get_running_loop().time()
         self.deadline = deadline
-        self.tiers: list[Tier] = pipeline.routes.tiers(model, endpoint)
         self.route = endpoint or model
+        tiers = pipeline.routes.tiers(model, endpoint)
+        self.tiers: list[Tier] = _completion_tiers(tiers, endpoint, model) if completion else tiers
         self.trail: list[Attempt] = []
         self.counted = 0
         self.reservation: Any = None
@@ -529,6 +561,20 @@ def _budget_filter(budgets: dict[str, BudgetGuard]) -> Callable[[EndpointActor],
     if not budgets:
         return None
     return lambda actor: (guard := budgets.get(actor.name)) is None or not guard.exhausted()
+
+
+def _completion_tiers(tiers: list[Tier], endpoint: str | None, model: str | None) -> list[Tier]:
+    """The endpoints of ``tiers`` whose provider has a text-completion API, by tier;
+    :class:`InvalidRequest` naming the others when none has one."""
+    kept = [Tier(t.priority, able) for t in tiers if (able := [a for a in t.actors if a.client.completions])]
+    if not kept:
+        names = ", ".join(f"{a.name!r} ({a.provider})" for t in tiers for a in t.actors)
+        raise InvalidRequest(
+            f"no text-completion API on {names}: complete() needs an openai, azure, openai-compatible "
+            "or ollama endpoint; use chat() here",
+            field="endpoint" if endpoint is not None else "model",
+        )
+    return kept
 
 
 def _embeddings_filter(accept: Callable[[EndpointActor], bool] | None) -> Callable[[EndpointActor], bool]:

@@ -22,7 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._pipeline import Pipeline, chat_options, embed_options, takes
+from ._pipeline import Pipeline, chat_options, complete_options, embed_options, takes
 from ._stream import ReplyStream
 from .accounting import (
     BudgetGuard,
@@ -288,6 +288,27 @@ class Runtime:
         pipeline = self._pipeline_running()
         return await pipeline.embed(embed_options(*args, **kwargs))
 
+    @takes(complete_options)
+    async def complete(self, *args: Any, **kwargs: Any) -> ChatResponse:
+        """Continue ``prompt`` with a provider's text-completion API (OpenAI-dialect
+        ``/completions``, Ollama ``/api/generate``), with chat's routing and resilience.
+
+        Only endpoints whose provider has one are tried; when none of the route's has one
+        it is :class:`InvalidRequest`. The reply is a :class:`ChatResponse` (``text``,
+        ``finish_reason``, ``usage``, ...).
+        """
+        pipeline = self._pipeline_running()
+        return await pipeline.chat(complete_options(*args, **kwargs))
+
+    @takes(complete_options)
+    def stream_complete(self, *args: Any, **kwargs: Any) -> ReplyStream:
+        """Stream a text completion: ``async with rt.stream_complete(prompt) as s: ...``, as :meth:`stream`."""
+        pipeline = self._pipeline_running()
+        options = complete_options(*args, **kwargs)
+        if options.request.n not in (None, 1):
+            raise InvalidRequest("n > 1 cannot be streamed: use complete() to get every choice", field="n")
+        return pipeline.stream(options)
+
     # --- introspection ---------------------------------------------------------------------
 
     def status(self) -> list[EndpointStatus]:
@@ -367,6 +388,11 @@ class BlockingRuntime:
     def embed(self, *args: Any, **kwargs: Any) -> EmbeddingResponse:
         """Blocking :meth:`Runtime.embed`."""
         return self._portal.call(lambda: self.runtime.embed(*args, **kwargs))
+
+    @takes(complete_options)
+    def complete(self, *args: Any, **kwargs: Any) -> ChatResponse:
+        """Blocking :meth:`Runtime.complete`."""
+        return self._portal.call(lambda: self.runtime.complete(*args, **kwargs))
 
     @takes(chat_options)
     @contextmanager

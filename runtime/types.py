@@ -175,6 +175,9 @@ class ChatRequest(Struct):
     extra_body: dict[str, Any] | None = None
     extra_headers: dict[str, str] | None = None
     drop_unsupported: bool = False
+    #: ``"completion"``: a text completion of ``messages[0]``'s text (``Runtime.complete``),
+    #: sent to the provider's completion API instead of its chat API
+    kind: Literal["chat", "completion"] = "chat"
 
 
 class OpenAIParams(TypedDict, total=False):

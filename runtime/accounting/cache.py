@@ -78,6 +78,8 @@ def cache_key(route: str | None, request: ChatRequest) -> str:
     if any(value is not None for value in shaping):
         # Appended only when set, so the keys of plain requests stay what they were.
         canonical += (shaping,)
+    if request.kind != "chat":  # a text completion of a prompt is not a chat about it
+        canonical += (request.kind,)
     return hashlib.blake2b(_encoder.encode(canonical), digest_size=16).hexdigest()
 
 

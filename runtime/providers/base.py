@@ -164,7 +164,8 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
-        """The HTTP request of one chat attempt, streamed or not."""
+        """The HTTP request of one chat attempt, streamed or not (a text completion when
+        ``request.kind`` says so, on an adapter whose provider has :attr:`completions`)."""
 
     @abc.abstractmethod
     def parse_chat(self, body: bytes) -> ChatResponse:
@@ -192,6 +193,10 @@ class Adapter(abc.ABC):
             "or openai-compatible endpoint",
             endpoint=self.name,
         )
+
+    #: whether the provider has a text-completion API (``kind="completion"`` requests); the
+    #: runtime routes ``complete()`` by it
+    completions: ClassVar[bool] = False
 
     #: set by each adapter's ``__init__``: the token-free probe's URL and headers
     _probe_url: str
@@ -469,6 +474,11 @@ class ProviderClient:
     def embeddings(self) -> bool:
         """Whether this endpoint's provider has an embeddings API."""
         return self.adapter.embeddings
+
+    @property
+    def completions(self) -> bool:
+        """Whether this endpoint's provider has a text-completion API."""
+        return self.adapter.completions
 
     def _timeout(self, seconds: float, what: str) -> Timeout:
         return Timeout(f"no {what} within {seconds:g}s", endpoint=self._name, provider=self._provider)

@@ -52,8 +52,9 @@ class MockClient:
         self._name = endpoint.name
         self._model = endpoint.model or "mock"
 
-    #: the mock answers embeddings requests too
+    #: the mock answers embeddings and text-completion requests too
     embeddings = True
+    completions = True
 
     def __repr__(self) -> str:
         return f"<MockClient endpoint={self._name!r} model={self._model!r}>"

@@ -1,4 +1,4 @@
-"""The Ollama dialect: ``/api/chat``, ``/api/embed`` and ``/api/tags``.
+"""The Ollama dialect: ``/api/chat``, ``/api/generate``, ``/api/embed`` and ``/api/tags``.
 
 Default base ``http://127.0.0.1:11434`` (an IP literal: no resolver hop for a local
 server). No key is needed; one given (Ollama behind a proxy, or ollama.com) is sent as a
@@ -15,6 +15,10 @@ Bearer token. The translation, decided once here:
   numbered ``call_0``, ``call_1``… Ollama finishes a tool-calling turn with
   ``done_reason: "stop"``; it is reported as ``"tool_calls"``, the word the rest of the
   runtime uses for it.
+- A text completion (``kind="completion"``) goes to ``/api/generate`` with ``prompt``, the
+  same ``options`` and parameters; Ollama applies the model's prompt template there, as
+  its own ``/v1/completions`` does (``extra_body={"raw": True}`` sends the prompt as it
+  is). Its ``response`` text is read like a chat message's content, whole and streamed.
 - Streams are NDJSON (``application/x-ndjson``) ending with a ``done: true`` object that
   carries ``prompt_eval_count`` / ``eval_count`` (→ usage). An ``{"error": …}`` line inside
   an HTTP 200 stream raises :class:`NotFound` when it says a model was not found, else
@@ -73,6 +77,8 @@ class _MessageView(_View):
 class _ChatView(_View):
     model: str | None = None
     message: _MessageView | None = None
+    response: str | None = None  # /api/generate's text
+    thinking: str | None = None  # /api/generate's reasoning
     done: bool = False
     done_reason: str | None = None
     prompt_eval_count: int | None = None
@@ -123,6 +129,7 @@ class OllamaAdapter(Adapter):
 
     provider = "ollama"
     stream_content_types = ("application/x-ndjson",)
+    completions = True
     #: where requests go when the endpoint names no ``base_url``
     default_base_url = "http://127.0.0.1:11434"
 
@@ -131,6 +138,7 @@ class OllamaAdapter(Adapter):
         base = (endpoint.base_url or self.default_base_url).rstrip("/")
         self._model = endpoint.model
         self._chat_url = f"{base}/api/chat"
+        self._generate_url = f"{base}/api/generate"
         self._embed_url = f"{base}/api/embed"
         self._probe_url = f"{base}/api/tags"
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -141,11 +149,12 @@ class OllamaAdapter(Adapter):
 
     def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
         """``POST /api/chat``; ``stream`` is always sent, since Ollama streams by default."""
-        body: dict[str, Any] = {
-            "model": self._model,
-            "messages": [self._wire_message(m) for m in request.messages],
-            "stream": stream,
-        }
+        completion = request.kind == "completion"
+        body: dict[str, Any] = (
+            {"model": self._model, "prompt": request.messages[0].text, "stream": stream}
+            if completion
+            else {"model": self._model, "messages": [self._wire_message(m) for m in request.messages], "stream": stream}
+        )
         options: dict[str, Any] = {}
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
@@ -174,7 +183,8 @@ class OllamaAdapter(Adapter):
         apply_params(
             body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
         )
-        return HTTPRequest("POST", self._chat_url, with_extra_headers(self._headers, request), _encode(body))
+        url = self._generate_url if completion else self._chat_url
+        return HTTPRequest("POST", url, with_extra_headers(self._headers, request), _encode(body))
 
     def _wire_message(self, message: Message) -> Message | dict[str, Any]:
         content = message.content
@@ -236,14 +246,14 @@ class OllamaAdapter(Adapter):
         if calls and finish == "stop":
             finish = "tool_calls"
         return ChatResponse(
-            text=message.content or "",
+            text=message.content or view.response or "",
             finish_reason=finish,
             usage=_usage(view),
             model=view.model or self._model,
             endpoint=self.name,
             provider=self.provider,
             tool_calls=calls,
-            reasoning=message.thinking or None,
+            reasoning=message.thinking or view.thinking or None,
         )
 
     def stream_decoder(self) -> _ChatStreamDecoder:
@@ -304,7 +314,8 @@ class _ChatStreamDecoder(FramedDecoder[bytes]):
         if view.error is not None:
             raise self._ollama.error_line(view.error)
         message = view.message
-        text = reasoning = ""
+        text = view.response or ""  # /api/generate's line; /api/chat's is in message
+        reasoning = view.thinking or ""
         tools = None
         if message is not None:
             text = message.content or ""

@@ -30,6 +30,10 @@ Shared behaviour, decided once here:
   returned as it is, finish reason and all. A stream that ends with that finish reason
   delivers its chunks, the finish chunk included, then raises :class:`ContentFiltered`
   where the stream ends: the caller sees a refusal, not a short success.
+- A text completion (``kind="completion"``) goes to ``…/completions`` beside
+  ``…/chat/completions`` with ``prompt`` and ``max_tokens``; its choices' ``text`` is read
+  where a chat reply's content would be, whole and streamed. Of the parameters beyond the
+  common ones it takes penalties, ``logit_bias``, ``n`` and ``user``. DeepSeek has none.
 - ``Endpoint.headers`` go on every request, after the adapter's own, so they may
   override them (an Azure Entra ``Authorization`` header instead of ``api-key``, say).
 """
@@ -132,6 +136,7 @@ class _ChoiceLogprobsView(_View):
 class _ChoiceView(_View):
     index: int = 0
     message: _MessageView | None = None
+    text: str | None = None  # a text completion's choice
     finish_reason: str | None = None
     logprobs: _ChoiceLogprobsView | None = None
 
@@ -178,6 +183,7 @@ class _DeltaView(_View):
 class _ChunkChoiceView(_View):
     index: int = 0
     delta: _DeltaView | None = None
+    text: str | None = None  # a streamed text completion's choice
     finish_reason: str | None = None
 
 
@@ -207,6 +213,8 @@ _encode = msgspec.json.encode
 
 _INCLUDE_USAGE: dict[str, Any] = {"include_usage": True}
 _JSON_MODE: dict[str, Any] = {"type": "json_object"}
+# The parameters /completions takes as chat does (its logprobs is a count, not a switch: refused).
+_COMPLETION_RULES = rules_for(("presence_penalty", "frequency_penalty", "logit_bias", "n", "user"))
 # "Please try again in 6ms." / "in 20s." / "in 1m30s." in OpenAI's 429 messages
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))+)")
 _FILTER_CODES = frozenset({"content_filter", "ResponsibleAIPolicyViolation"})
@@ -232,8 +240,11 @@ def _usage(view: _UsageView) -> Usage:
     )
 
 
-def _choice_content(message: _MessageView) -> tuple[str, list[ToolCall]]:
-    """A choice's text (a refusal when there is no content) and its tool calls."""
+def _choice_content(choice: _ChoiceView) -> tuple[str, list[ToolCall]]:
+    """A choice's text (a refusal when there is no content; a text completion's ``text``) and its tool calls."""
+    message = choice.message
+    if message is None:
+        return choice.text or "", []
     calls = [
         ToolCall(
             id=call.id or f"call_{i}",
@@ -350,6 +361,7 @@ class OpenAIAdapter(Adapter):
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
     #: how the OpenAI parameters beyond the common ones go on the wire (runtime.providers.params)
     param_rules: ClassVar[Mapping[str, Rule]] = OPENAI_RULES
+    completions = True
 
     def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
         super().__init__(endpoint, api_key)
@@ -359,6 +371,8 @@ class OpenAIAdapter(Adapter):
         self._base = base
         self._model = endpoint.model
         self._chat_url, self._embed_url, self._probe_url = self._urls(base, endpoint)
+        # …/chat/completions → …/completions, the text-completion API beside it
+        self._completions_url = self._chat_url.replace("/chat/completions", "/completions", 1)
         auth = self._auth_headers(api_key)
         self._probe_headers: dict[str, str] = {**auth, **endpoint.headers}
         self._json_headers: dict[str, str] = {"Content-Type": "application/json", **auth, **endpoint.headers}
@@ -381,12 +395,18 @@ class OpenAIAdapter(Adapter):
 
     def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
         """``POST …/chat/completions`` with the endpoint's model and the request's options."""
-        body: dict[str, Any] = {"model": self._model, "messages": [_wire_message(m) for m in request.messages]}
+        completion = request.kind == "completion"
+        body: dict[str, Any] = (
+            {"model": self._model, "prompt": request.messages[0].text}
+            if completion
+            else {"model": self._model, "messages": [_wire_message(m) for m in request.messages]}
+        )
         if stream:
             body["stream"] = True
             body["stream_options"] = _INCLUDE_USAGE
         if request.max_tokens is not None:
-            body[self.max_tokens_field] = request.max_tokens
+            # the legacy completions API knows only max_tokens
+            body["max_tokens" if completion else self.max_tokens_field] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:
@@ -402,11 +422,11 @@ class OpenAIAdapter(Adapter):
         if request.seed is not None:
             body["seed"] = request.seed
         apply_params(
-            body, request, self.param_rules, endpoint=self.name, provider=self.provider,
-            drop=self.endpoint.drop_unsupported,
+            body, request, _COMPLETION_RULES if completion else self.param_rules, endpoint=self.name,
+            provider=self.provider, drop=self.endpoint.drop_unsupported,
         )
         headers = with_extra_headers(self._stream_headers if stream else self._json_headers, request)
-        return HTTPRequest("POST", self._chat_url, headers, _encode(body))
+        return HTTPRequest("POST", self._completions_url if completion else self._chat_url, headers, _encode(body))
 
     def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
         """``POST …/embeddings`` asking for float vectors (the SDKs default to base64)."""
@@ -431,7 +451,7 @@ class OpenAIAdapter(Adapter):
                 raise self._protocol("chat reply has no choices")
             choice = view.choices[0]
         message = choice.message or _MessageView()
-        text, calls = _choice_content(message)
+        text, calls = _choice_content(choice)
         finish = choice.finish_reason
         if finish == "content_filter" and not text and not calls:
             raise ContentFiltered(
@@ -443,7 +463,7 @@ class OpenAIAdapter(Adapter):
         choices: list[Choice] = []
         if len(view.choices) > 1:  # n > 1: every choice, in index order
             for other in sorted(view.choices, key=lambda c: c.index):
-                other_text, other_calls = _choice_content(other.message or _MessageView())
+                other_text, other_calls = _choice_content(other)
                 choices.append(
                     Choice(
                         index=other.index, text=other_text, finish_reason=other.finish_reason,
@@ -589,7 +609,8 @@ class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
             delta = choice.delta
             finish = choice.finish_reason
             if delta is None:
-                text = reasoning = ""
+                text = choice.text or ""
+                reasoning = ""
                 tools = None
             else:
                 text = delta.content or delta.refusal or ""
@@ -683,6 +704,7 @@ class DeepSeekAdapter(OpenAIAdapter):
     max_tokens_field = "max_tokens"
     param_rules = rules_for(("presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"))
     embeddings = False
+    completions = False  # only a beta fill-in-the-middle API, at another base URL
 
     def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
         """As OpenAI's, but ``json_schema`` becomes JSON mode with the schema in a system message:

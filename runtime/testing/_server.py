@@ -1,8 +1,8 @@
 """Fault-injecting local LLM endpoints on ``aiohttp.web``.
 
 A :class:`FaultyEndpoint` speaks one provider's wire format faithfully (OpenAI chat
-completions, Anthropic messages, Ollama chat; JSON and streams; embeddings; model
-listings) and misbehaves on demand. Its :class:`Faults` object is plain data that a test
+completions, Anthropic messages, Ollama chat; OpenAI and Ollama text completions; JSON
+and streams; embeddings; model listings) and misbehaves on demand. Its :class:`Faults` object is plain data that a test
 changes between requests; every request asks it, in one synchronous step, what to do
 (``Faults.decide(now, probe=...)``), then the endpoint does the I/O. Nothing here sleeps
 on the wall clock: latency, slow streams and outage windows follow the event loop's
@@ -84,7 +84,7 @@ Step = int | Literal["ok", "hang", "reset", "malformed"]
 ``"ok"`` (answer normally), ``"hang"``, ``"reset"`` or ``"malformed"``."""
 
 _Action = Literal["answer", "error", "hang", "reset", "malformed"]
-_Kind = Literal["chat", "embed", "probe"]
+_Kind = Literal["chat", "complete", "embed", "probe"]
 _StreamEnd = Literal["cut", "error", "end", "stall"]
 
 _encode = msgspec.json.encode
@@ -440,6 +440,7 @@ class _Prompt:
     stream: bool
     include_usage: bool = False
     prefill: str | None = None  # the assistant text the request asks to continue
+    completion: bool = False  # a text completion (/v1/completions, /api/generate), not a chat
 
 
 @dataclass(slots=True)
@@ -601,6 +602,28 @@ class _Dialect(abc.ABC):
         """The embeddings answer; a dialect without embeddings answers 404."""
         raise _BadRequest("this API has no embeddings", status=404)
 
+    def completion_prompt(self, body: dict[str, Any], model: str, limit: Any, stream: bool) -> _Prompt:
+        """A text-completion request's prompt (``body["prompt"]``, a string); ``limit`` its length cap."""
+        text = body.get("prompt")
+        if not isinstance(text, str):
+            raise _BadRequest("'prompt' must be a string", param="prompt")
+        if not model:
+            raise _BadRequest("you must provide a model parameter", param="model")
+        options = body.get("stream_options")
+        return _Prompt(
+            model=model, words=_words(text), last_user=text, tools=[], tool_result_last=False,
+            max_tokens=limit if isinstance(limit, int) and limit > 0 else None, stream=stream,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True, completion=True,
+        )
+
+    def completion(self, reply: _Reply) -> dict[str, Any]:
+        """The non-streamed answer of a text completion."""
+        raise NotImplementedError  # routed only for dialects that override it
+
+    def completion_frames(self, reply: _Reply, prompt: _Prompt) -> _Frames:
+        """The streamed answer of a text completion."""
+        raise NotImplementedError  # routed only for dialects that override it
+
     def headers(self, status: int, retry_after: float | None, request_id: str) -> dict[str, str]:
         headers = {}
         if retry_after is not None:
@@ -753,6 +776,31 @@ class _OpenAI(_Dialect):
         usage_only = b"data: " + _encode({**head, "choices": [], "usage": self._usage(reply, full=False)}) + b"\n\n"
         idle = [chunk({"role": "assistant", "content": ""}), usage_only]
         return _Frames([first], content, closing, b"data: [DONE]\n\n", error, "text/event-stream; charset=utf-8", idle)
+
+    def completion(self, reply: _Reply) -> dict[str, Any]:
+        choice = {"text": reply.text, "index": 0, "logprobs": None, "finish_reason": self._finish(reply)}
+        return {
+            "id": reply.id.replace("chatcmpl", "cmpl", 1),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": reply.model,
+            "choices": [choice],
+            "usage": self._usage(reply, full=False),
+        }
+
+    def completion_frames(self, reply: _Reply, prompt: _Prompt) -> _Frames:
+        head = {"id": reply.id.replace("chatcmpl", "cmpl", 1), "object": "text_completion", "created": int(time.time()), "model": reply.model}
+
+        def chunk(text: str, finish: str | None = None) -> bytes:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+            return b"data: " + _encode({**head, "choices": [choice]}) + b"\n\n"
+
+        closing = [chunk("", self._finish(reply))]
+        if prompt.include_usage:
+            closing.append(b"data: " + _encode({**head, "choices": [], "usage": self._usage(reply, full=False)}) + b"\n\n")
+        error = b"data: " + _encode(self.error(500, None, None, reply.model)) + b"\n\n"
+        content = [chunk(p) for p in reply.pieces]
+        return _Frames([], content, closing, b"data: [DONE]\n\n", error, "text/event-stream; charset=utf-8")
 
     def embed(self, body: dict[str, Any], model: str, dims: int) -> dict[str, Any]:
         raw = body.get("input")
@@ -1071,6 +1119,28 @@ class _Ollama(_Dialect):
         idle = [line({"model": reply.model, "created_at": created, "message": {"role": "assistant", "content": ""}, "done": False})]
         return _Frames([], content, [], line(final), error, "application/x-ndjson", idle)
 
+    def completion(self, reply: _Reply) -> dict[str, Any]:
+        return {
+            "model": reply.model,
+            "created_at": self._created(),
+            "response": reply.text,
+            "done": True,
+            "done_reason": self._done_reason(reply),
+            "context": list(range(1, reply.input_tokens + reply.output_tokens + 1)),
+            **self._metrics(reply),
+        }
+
+    def completion_frames(self, reply: _Reply, prompt: _Prompt) -> _Frames:
+        created = self._created()
+
+        def line(obj: dict[str, Any]) -> bytes:
+            return _encode(obj) + b"\n"
+
+        content = [line({"model": reply.model, "created_at": created, "response": p, "done": False}) for p in reply.pieces]
+        final = {**self.completion(reply), "response": ""}
+        error = line({"error": "an error was encountered while running the model"})
+        return _Frames([], content, [], line(final), error, "application/x-ndjson")
+
     def embed(self, body: dict[str, Any], model: str, dims: int) -> dict[str, Any]:
         if not model:
             raise _BadRequest("model is required")
@@ -1196,9 +1266,9 @@ class FaultyEndpoint:
 
     - openai: ``POST /v1/chat/completions``, ``/chat/completions`` and
       ``/openai/deployments/{deployment}/chat/completions`` (Azure), the same three for
-      ``embeddings``; probes ``GET /v1/models``, ``/models``, ``/openai/models``;
+      ``completions`` (text completions) and ``embeddings``; probes ``GET /v1/models``, ``/models``, ``/openai/models``;
     - anthropic: ``POST /v1/messages``; probe ``GET /v1/models``;
-    - ollama: ``POST /api/chat``, ``POST /api/embed``; probes ``GET /api/tags``,
+    - ollama: ``POST /api/chat``, ``POST /api/generate``, ``POST /api/embed``; probes ``GET /api/tags``,
       ``/api/version`` and ``/``.
 
     ``text`` is the reply (default ``"This is a reply from <name>."``), ``echo=True``
@@ -1384,6 +1454,7 @@ class FaultyEndpoint:
         if self.dialect == "openai":
             for prefix in ("/v1", "", "/openai/deployments/{deployment}"):
                 add("POST", prefix + "/chat/completions", self._chat)
+                add("POST", prefix + "/completions", self._complete)
                 add("POST", prefix + "/embeddings", self._embed)
             for path in ("/v1/models", "/models", "/openai/models"):
                 add("GET", path, self._probe)
@@ -1392,6 +1463,7 @@ class FaultyEndpoint:
             add("GET", "/v1/models", self._probe)
         else:
             add("POST", "/api/chat", self._chat)
+            add("POST", "/api/generate", self._complete)
             add("POST", "/api/embed", self._embed)
             for path in ("/api/tags", "/api/version", "/"):
                 add("GET", path, self._probe)
@@ -1402,6 +1474,9 @@ class FaultyEndpoint:
 
     async def _embed(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "embed")
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "complete")
 
     async def _probe(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "probe")
@@ -1481,7 +1556,7 @@ class FaultyEndpoint:
             if kind == "embed":
                 data = self._wire.embed(_as_dict(body), model, self.dimensions)
                 return self._ok(data, malformed=action == "malformed")
-            prompt = self._wire.prompt(_as_dict(body), model)
+            prompt = self._completion_prompt(_as_dict(body), model) if kind == "complete" else self._wire.prompt(_as_dict(body), model)
             if prompt.prefill is not None and self.faults.reject_prefill:
                 c.injected += 1
                 raise _BadRequest(self._wire.prefill_refusal)
@@ -1490,7 +1565,15 @@ class FaultyEndpoint:
         reply = self._reply(prompt)
         if prompt.stream:
             return await self._stream(request, reply, prompt, flight, malformed=action == "malformed")
-        return self._ok(self._wire.chat(reply), malformed=action == "malformed")
+        answer = self._wire.completion(reply) if prompt.completion else self._wire.chat(reply)
+        return self._ok(answer, malformed=action == "malformed")
+
+    def _completion_prompt(self, body: dict[str, Any], model: str) -> _Prompt:
+        if self.dialect == "ollama":  # streams unless told not to; the cap is an option
+            options = body.get("options")
+            limit = options.get("num_predict") if isinstance(options, dict) else None
+            return self._wire.completion_prompt(body, model, limit, body.get("stream") is not False)
+        return self._wire.completion_prompt(body, model, body.get("max_tokens"), body.get("stream") is True)
 
     def _reply(self, prompt: _Prompt) -> _Reply:
         n = self._serial
@@ -1548,7 +1631,7 @@ class FaultyEndpoint:
     async def _stream(
         self, request: web.Request, reply: _Reply, prompt: _Prompt, flight: _Flight, *, malformed: bool
     ) -> web.StreamResponse:
-        frames = self._wire.frames(reply, prompt)
+        frames = self._wire.completion_frames(reply, prompt) if prompt.completion else self._wire.frames(reply, prompt)
         # Read once, so a test changing the faults mid-stream affects the next stream only.
         plan = _StreamFaults.read(self.faults)
         if plan.injects:
