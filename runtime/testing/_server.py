@@ -800,7 +800,8 @@ class _OpenAI(_Dialect):
             closing.append(b"data: " + _encode({**head, "choices": [], "usage": self._usage(reply, full=False)}) + b"\n\n")
         error = b"data: " + _encode(self.error(500, None, None, reply.model)) + b"\n\n"
         content = [chunk(p) for p in reply.pieces]
-        return _Frames([], content, closing, b"data: [DONE]\n\n", error, "text/event-stream; charset=utf-8")
+        idle = [chunk("")]
+        return _Frames([], content, closing, b"data: [DONE]\n\n", error, "text/event-stream; charset=utf-8", idle)
 
     def embed(self, body: dict[str, Any], model: str, dims: int) -> dict[str, Any]:
         raw = body.get("input")
@@ -1139,7 +1140,8 @@ class _Ollama(_Dialect):
         content = [line({"model": reply.model, "created_at": created, "response": p, "done": False}) for p in reply.pieces]
         final = {**self.completion(reply), "response": ""}
         error = line({"error": "an error was encountered while running the model"})
-        return _Frames([], content, [], line(final), error, "application/x-ndjson")
+        idle = [line({"model": reply.model, "created_at": created, "response": "", "done": False})]
+        return _Frames([], content, [], line(final), error, "application/x-ndjson", idle)
 
     def embed(self, body: dict[str, Any], model: str, dims: int) -> dict[str, Any]:
         if not model:
