@@ -6,6 +6,7 @@
     llm-runtime chat PROMPT [--config F] [--model M] [--endpoint NAME] [--system S] [--max-tokens N]
                             [--temperature T] [--timeout S] [--stream]
     llm-runtime status [--config F] [--watch [--interval S] [--count N]]
+    llm-runtime serve [--config F] [--host H] [--port N] [--workers N]
     llm-runtime config check [FILE]
 
 Every command takes ``-v``/``-vv`` (INFO / DEBUG log lines on stderr), ``--trace
@@ -47,6 +48,7 @@ from ._runtime import Runtime
 from .config import RuntimeConfig, load_config
 from .endpoint.actor import EndpointStatus
 from .errors import AllEndpointsFailed, ConfigError, LLMError, ProviderError
+from .gateway.config import GatewayConfig
 from .policy import Endpoint
 from .providers import ADAPTERS, adapter_for
 from .types import Attempt, ChatResponse
@@ -256,6 +258,19 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=_positive_float, default=2.0, metavar="S",
                         help="seconds between probes with --watch (default: 2)")
     status.add_argument("--count", type=_positive_int, metavar="N", help="with --watch, stop after N refreshes")
+
+    serve = _command(
+        commands, "serve", _serve, help="run the OpenAI- and Anthropic-compatible gateway",
+        description=(
+            "Serve /v1/chat/completions, /v1/messages, /v1/embeddings and /v1/models over the configured "
+            "endpoints; print the base URL when ready; drain on SIGTERM. Settings: the [gateway] table."
+        ),
+    )
+    serve.add_argument("--host", help="address to bind (default: [gateway] host, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, metavar="N", help="port to bind; 0 picks a free one (default: [gateway] port, else 4000)")
+    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="processes sharing the port (default: 1)")
+    # A worker started by --workers: binds with SO_REUSEPORT. Not advertised.
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     config_cmd = commands.add_parser("config", help="configuration tools", description="Configuration tools.")
     config_sub = config_cmd.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
@@ -762,6 +777,18 @@ async def _watch_async(rt: Runtime, args: argparse.Namespace, console: Any) -> l
 # --- config check -----------------------------------------------------------------------------------
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .gateway.serve import resolved, serve, serve_workers
+
+    path = find_config(args.config)
+    config = resolved(load_config(path).gateway if path is not None else GatewayConfig(), args.host, args.port)
+    if args.workers > 1:
+        argv = [*(["--config", str(path)] if path is not None else []), "--host", config.host]
+        return serve_workers(argv, config, args.workers)
+    serve(load_runtime(args.config), config, reuse_port=args.worker, quiet=args.worker)
+    return EXIT_OK
+
+
 def _config_check(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else find_config(args.config)
     if path is not None:
@@ -781,7 +808,7 @@ def _config_check(args: argparse.Namespace) -> int:
     missing = [ep for ep in config.endpoints if ep.key_problem() is not None]
     out = sys.stdout
     if args.json:
-        data = msgspec.to_builtins(config)
+        data = _masked_builtins(config)
         data["endpoints"] = [
             {**ep.masked(), "key": _key_status(ep.api_key, ep.key_env, ep.key_problem())} for ep in config.endpoints
         ]
@@ -795,10 +822,17 @@ def _config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _masked_builtins(config: RuntimeConfig) -> dict[str, Any]:
+    """The configuration as plain data with the gateway's client keys masked."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    data["gateway"]["keys"] = [key.masked() for key in config.gateway.keys]
+    return data
+
+
 def _resolved_toml(config: RuntimeConfig) -> str:
     """The configuration with every default filled in, as TOML; keys masked, key status as comments."""
     lines: list[str] = []
-    data = msgspec.to_builtins(config)
+    data = _masked_builtins(config)
     del data["endpoints"]  # written from Endpoint.masked() below
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     for key, value in data.items():

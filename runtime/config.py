@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from .errors import ConfigError
+from .gateway.config import GatewayConfig
 from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
 
 __all__ = ["RuntimeConfig", "endpoints_from_env", "load_config", "parse_config"]
@@ -44,6 +45,8 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     hedge: HedgePolicy | None = None
     cache: CachePolicy | None = None
     budget: Budget | None = None
+    # Read by `llm-runtime serve` only; not a Runtime argument.
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
 
     def runtime_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`runtime.Runtime`."""

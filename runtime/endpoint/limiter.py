@@ -327,6 +327,13 @@ class Limiter:
         self._gate_tokens = self._gate(snapshot.remaining_tokens, snapshot.limit_tokens, snapshot.reset_tokens, now)
         self._replain()
 
+    def headroom(self, now: float) -> tuple[float | None, float | None]:
+        """Requests and tokens the RPM and TPM buckets would take now (None: no such limit),
+        for ``x-ratelimit-remaining-*`` headers."""
+        requests = None if self._requests is None else self._requests.capacity - self._requests._leak(now)
+        tokens = None if self._tokens is None else self._tokens.capacity - self._tokens._leak(now)
+        return requests, tokens
+
     def available_at(self, tokens: int, now: float) -> float:
         """Estimated loop time at which a request of ``tokens`` could be admitted, if no
         other request arrives first (``now``: at once). ``inf`` when only a release can

@@ -1,0 +1,286 @@
+"""The OpenAI wire format at the gateway's edge: request bodies in, replies and SSE chunks out.
+
+Bodies are decoded by msgspec into the structs below before anything is routed: a
+mistyped or unknown field is a 400 naming it. They translate into the runtime's own
+:class:`~runtime.types.Message` values and ``Runtime.chat`` keywords; replies translate
+back. Only what the library passes through is accepted, so nothing a client asks for is
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any, Literal
+
+import msgspec
+
+from ..types import (
+    ChatResponse,
+    EmbeddingResponse,
+    ImagePart,
+    Message,
+    StreamChunk,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+__all__ = ["DONE", "ChatCompletionBody", "ChunkWriter", "EmbeddingBody", "chat_call", "completion", "embedding_list"]
+
+_encode = msgspec.json.encode
+
+
+class _Wire(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Base of the request structs: unknown fields are refused, naming them."""
+
+
+class _ImageURL(_Wire):
+    url: str
+    detail: str | None = None
+
+
+class _TextPart(_Wire, tag="text", tag_field="type"):
+    text: str
+
+
+class _ImagePart(_Wire, tag="image_url", tag_field="type"):
+    image_url: _ImageURL
+
+
+class _Function(_Wire):
+    name: str
+    arguments: str = "{}"
+
+
+class _ToolCall(_Wire):
+    id: str
+    function: _Function
+    type: Literal["function"] = "function"
+
+
+class _Message(_Wire):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_TextPart | _ImagePart] | None = None
+    name: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+
+class _StreamOptions(_Wire):
+    include_usage: bool = False
+
+
+class ChatCompletionBody(_Wire):
+    """``POST /v1/chat/completions``: the parameters the runtime passes through."""
+
+    model: str
+    messages: list[_Message]
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    n: int | None = None
+    user: str | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class EmbeddingBody(_Wire):
+    """``POST /v1/embeddings``."""
+
+    model: str
+    input: str | list[str]
+    dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+# Body fields that are runtime keywords of the same name (the rest need translating).
+_PASSED = (
+    "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "tools", "tool_choice",
+    "response_format", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+    "top_logprobs", "n", "user", "parallel_tool_calls", "reasoning_effort", "metadata",
+)
+
+
+def chat_call(body: ChatCompletionBody) -> tuple[list[Message], dict[str, Any]]:
+    """The runtime messages and the ``chat``/``stream`` keywords of a request body."""
+    options: dict[str, Any] = {}
+    for name in _PASSED:
+        value = getattr(body, name)
+        if value is not None:
+            options[name] = value
+    return [_message(m) for m in body.messages], options
+
+
+def _message(m: _Message) -> Message:
+    content: str | list[TextPart | ImagePart] | None
+    if isinstance(m.content, list):
+        content = [
+            TextPart(text=p.text) if isinstance(p, _TextPart) else ImagePart(url=p.image_url.url, detail=p.image_url.detail)
+            for p in m.content
+        ]
+    else:
+        content = m.content
+    calls = [ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in m.tool_calls or ()]
+    return Message(
+        # "developer" is OpenAI's newer name for a system message.
+        role="system" if m.role == "developer" else m.role,
+        content=content,
+        name=m.name,
+        tool_calls=calls or None,
+        tool_call_id=m.tool_call_id,
+    )
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+    if usage.cached_input_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_input_tokens}
+    if usage.reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
+
+
+def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+
+
+def _logprobs(reply_logprobs: Any) -> dict[str, Any] | None:
+    if reply_logprobs is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": None,
+                "top_logprobs": [{"token": tok, "logprob": lp, "bytes": None} for tok, lp in t.top],
+            }
+            for t in reply_logprobs
+        ]
+    }
+
+
+def completion(reply: ChatResponse, request_id: str) -> bytes:
+    """A whole ``chat.completion`` document (every choice when ``n`` > 1)."""
+    if reply.choices:
+        choices = [
+            _choice(c.index, c.text, c.tool_calls, c.finish_reason, c.logprobs) for c in reply.choices
+        ]
+    else:
+        choices = [_choice(0, reply.text, reply.tool_calls, reply.finish_reason, reply.logprobs)]
+    message = choices[0]["message"]
+    if reply.reasoning:
+        message["reasoning_content"] = reply.reasoning
+    return _encode(
+        {
+            "id": reply.id or f"chatcmpl-{request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": reply.model,
+            "choices": choices,
+            "usage": _usage(reply.usage),
+        }
+    )
+
+
+def _choice(index: int, text: str, calls: list[ToolCall], finish: str | None, logprobs: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = _tool_calls(calls)
+    return {"index": index, "message": message, "finish_reason": finish or "stop", "logprobs": _logprobs(logprobs)}
+
+
+class ChunkWriter:
+    """Encodes one stream's ``chat.completion.chunk`` events, each ``data: {...}\\n\\n``."""
+
+    __slots__ = ("_head", "_include_usage", "_role_sent")
+
+    def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
+        self._head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        self._include_usage = include_usage
+        self._role_sent = False
+
+    def opening(self) -> bytes:
+        """Nothing: OpenAI streams open with their first chunk."""
+        return b""
+
+    def chunk(self, chunk: StreamChunk) -> bytes | None:
+        """The event for one runtime chunk, or None when it carries nothing for the client."""
+        if chunk.model:
+            self._head["model"] = chunk.model
+        delta: dict[str, Any] = {}
+        if not self._role_sent:
+            delta["role"] = "assistant"
+            self._role_sent = True
+        if chunk.text:
+            delta["content"] = chunk.text
+        if chunk.reasoning:
+            delta["reasoning_content"] = chunk.reasoning
+        if chunk.tool_calls:
+            delta["tool_calls"] = [_tool_delta(d) for d in chunk.tool_calls]
+        if not delta and chunk.finish_reason is None:
+            return None
+        body: dict[str, Any] = {
+            **self._head,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason, "logprobs": None}],
+        }
+        if self._include_usage:
+            body["usage"] = None
+        return b"data: " + _encode(body) + b"\n\n"
+
+    def closing(self, reply: ChatResponse) -> bytes:
+        """The usage event (with ``stream_options.include_usage``), then ``[DONE]``."""
+        if not self._include_usage:
+            return DONE
+        return b"data: " + _encode({**self._head, "choices": [], "usage": _usage(reply.usage)}) + b"\n\n" + DONE
+
+
+def _tool_delta(d: ToolCallDelta) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": d.index}
+    if d.id:
+        out["id"] = d.id
+        out["type"] = "function"
+    out["function"] = {"name": d.name, "arguments": d.arguments} if d.name else {"arguments": d.arguments}
+    return out
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def embedding_list(reply: EmbeddingResponse, encoding: str) -> bytes:
+    """The ``list`` of embeddings; base64 is little-endian float32, as OpenAI sends it."""
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if encoding == "base64" else v,
+        }
+        for i, v in enumerate(reply.vectors)
+    ]
+    tokens = reply.usage.input_tokens
+    return _encode(
+        {"object": "list", "data": data, "model": reply.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )

@@ -1,0 +1,452 @@
+"""The gateway server: ``aiohttp.web`` routes over one running :class:`~runtime.Runtime`.
+
+Every chat, stream and embedding goes through ``rt.chat``, ``rt.stream`` and ``rt.embed``;
+the gateway adds only its edge: keys, decoding, the client's dialect, and the process's
+lifecycle. A request's way through:
+
+edge (request id, per-process cap, draining) → key (constant-time lookup) → body (size
+limit, read timeout) → msgspec decode (400 naming the field) → route (404 unknown, 403
+not allowed for the key) → key limits and budget (429 + Retry-After) → the runtime →
+the reply in the dialect, with ``x-request-id``, ``x-llm-endpoint``, ``x-llm-attempts``,
+``x-llm-cost-usd`` and the key's ``x-ratelimit-*``.
+
+A stream is answered with SSE only once the runtime has its first chunk of content, so
+failover before it is invisible and a failure before it is an ordinary error response.
+After it, a failure is the dialect's error event and the connection closes: the stream
+never ends with ``[DONE]`` or ``message_stop`` after a cut. A client that leaves cancels
+its handler (``handler_cancellation``), which closes the upstream stream or request and
+frees the endpoint's slot and the key's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+from aiohttp import web
+
+from .._pipeline import DEFAULT_REPLY_RESERVE
+from .._runtime import ReplyStream, Runtime
+from ..accounting import estimate_request_tokens
+from ..errors import InvalidRequest, LLMError
+from ..types import ChatRequest, ChatResponse
+from . import openai_wire
+from .config import GatewayConfig
+from .dialect import Dialect, Failure, error_body, error_event, failure_of
+from .faces import FACES, Call, Face, decode
+from .keys import ClientKey, Grant, KeyRing
+from .prometheus import exposition
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger("runtime.gateway")
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_JSON = "application/json"
+# The request id, set by the edge for every handler.
+_RID = web.RequestKey("rid", str)
+
+
+class Gateway:
+    """An OpenAI- and Anthropic-compatible HTTP server in front of a running runtime.
+
+    ::
+
+        async with Runtime(endpoints) as rt, Gateway(rt, GatewayConfig(port=0)) as gw:
+            openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="...")
+
+    The runtime's lifecycle stays the caller's. Leaving the ``async with`` drains: ready
+    turns false, the port stops accepting, requests in flight get the runtime's
+    ``shutdown_grace``, then the server closes.
+    """
+
+    def __init__(self, runtime: Runtime, config: GatewayConfig | None = None) -> None:
+        self.rt = runtime
+        self.config = config or GatewayConfig()
+        self.keys = KeyRing(self.config.keys)
+        self.routes = _routes(runtime)
+        self.draining = False
+        self.counts: dict[tuple[str, int], int] = {}
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._runner: web.AppRunner | None = None
+        self._sites: list[web.TCPSite] = []
+        self.host = self.config.host
+        self.port = self.config.port
+
+    def __repr__(self) -> str:
+        state = "draining" if self.draining else "serving" if self._runner else "stopped"
+        return f"<Gateway [{state} | {self.base_url} | in flight {self._in_flight}]>"
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` (the OpenAI clients' ``base_url`` is this plus ``/v1``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this process is serving now."""
+        return self._in_flight
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The ``aiohttp`` application (routes and the edge middleware)."""
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._edge])
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
+        app.router.add_get("/health/live", self._live)
+        app.router.add_get("/health/ready", self._ready)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self, *, reuse_port: bool = False) -> None:
+        """Listen on the configured host and port (0 picks a free port; :attr:`port` tells)."""
+        if not self.keys and self.host not in _LOOPBACK:
+            logger.warning("no gateway keys configured: listening on 127.0.0.1 only, not %s", self.host)
+            self.host = "127.0.0.1"
+        # keepalive_timeout is also how long a connection may take to send a request
+        # head: aiohttp closes a connection still waiting for one when it expires.
+        runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None,
+            keepalive_timeout=self.config.header_timeout, shutdown_timeout=self.rt.shutdown_grace,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_port=reuse_port or None)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._sites = runner, [site]
+        if self.port == 0:
+            self.port = runner.addresses[0][1]
+
+    async def drain(self) -> None:
+        """Stop taking requests: ready turns false, the port closes, requests in flight
+        finish within the runtime's ``shutdown_grace``. Then the server is closed."""
+        self.draining = True
+        for site in self._sites:
+            await site.stop()
+        # The grace period is owed to the requests in flight, even if the caller is cancelled.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.rt.shutdown_grace) as waited:
+            await self._idle.wait()
+        if waited.cancelled_caught:
+            logger.warning("drain: %d requests still in flight after %gs", self._in_flight, self.rt.shutdown_grace)
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the server at once (requests in flight are cancelled)."""
+        runner, self._runner = self._runner, None
+        self._sites = []
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.drain()
+
+    # --- the edge ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _edge(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 128 and given.isascii() and given.isprintable() else secrets.token_hex(12)
+        request[_RID] = rid
+        dialect = _dialect_of(request)
+        if self.draining and not request.path.startswith("/health"):
+            response: web.StreamResponse = self._failure(rid, dialect, Failure(503, "draining", "the gateway is shutting down", retry_after=1))
+        elif self._in_flight >= self.config.max_concurrency:
+            why = f"this gateway process is serving its limit of {self.config.max_concurrency} requests"
+            response = self._failure(rid, dialect, Failure(503, "overloaded", why, retry_after=1))
+        else:
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method
+                status = exc.status
+                words = {404: "unknown path", 405: "method not allowed"}.get(status, exc.reason)
+                response = self._failure(rid, dialect, Failure(status, "not_found" if status == 404 else "invalid_request", f"{words}: {request.method} {request.path}"))
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+        if not response.prepared:
+            response.headers["x-request-id"] = rid
+            if self.draining:
+                response.force_close()
+        resource = request.match_info.route.resource
+        key = (resource.canonical if resource is not None else "other", response.status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return response
+
+    def _failure(self, rid: str, dialect: Dialect, failure: Failure, extra: dict[str, str] | None = None) -> web.Response:
+        headers = {"x-request-id": rid, **failure.headers(), **(extra or {})}
+        return web.Response(status=failure.status, body=error_body(dialect, failure), content_type=_JSON, headers=headers)
+
+    def _authenticate(self, request: web.Request) -> ClientKey | Failure | None:
+        """The caller's key (None when no keys are configured), or why it is refused."""
+        if not self.keys:
+            return None
+        auth = request.headers.get("Authorization", "")
+        presented = auth[7:] if auth[:7].lower() == "bearer " else request.headers.get("x-api-key")
+        found = self.keys.find(presented)
+        if found is None:
+            return Failure(401, "invalid_api_key", "missing or unknown gateway key (send it as Authorization: Bearer KEY or x-api-key)")
+        return found
+
+    async def _body(self, request: web.Request) -> bytes | Failure:
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return Failure(413, "request_too_large", f"the body is larger than {self.config.max_body_bytes} bytes", "body")
+        except TimeoutError:
+            return Failure(408, "timeout", f"the body was not received within {self.config.body_timeout:g}s", "body")
+
+    def _routing(self, model: str, client: ClientKey | None) -> dict[str, Any] | Failure:
+        """``model=``/``endpoint=`` for the runtime, or 404/403."""
+        routing = self.routes.get(model)
+        if routing is None:
+            known = ", ".join(self.routes)
+            return Failure(404, "model_not_found", f"no route named {model!r}; routes: {known}", "model")
+        if client is not None and not client.allows(model):
+            return Failure(403, "model_not_allowed", f"gateway key {client.name!r} may not use {model!r}", "model")
+        return routing
+
+    def _admit(self, client: ClientKey | None, call: Call) -> Grant | Failure | None:
+        if client is None:
+            return None
+        tokens = 1
+        if client.counts_tokens:
+            prompt = ChatRequest(messages=call.messages, model=call.model, tools=call.options.get("tools"))
+            tokens = estimate_request_tokens(prompt) + (call.max_tokens or DEFAULT_REPLY_RESERVE)
+        granted = client.admit(tokens, _now())
+        if isinstance(granted, float):
+            why = f"gateway key {client.name!r} is over its {client.limiter.last_refusal or 'rate'} limit"
+            return Failure(429, "rate_limit_exceeded", why, retry_after=granted)
+        return granted
+
+    def _reply_headers(self, rid: str, client: ClientKey | None, endpoint: str, attempts: int, cost: float | None) -> dict[str, str]:
+        headers = {"x-request-id": rid, "x-llm-endpoint": endpoint, "x-llm-attempts": str(attempts)}
+        if cost is not None:
+            headers["x-llm-cost-usd"] = f"{cost:.8f}"
+        if client is not None:
+            headers.update(client.headers(_now()))
+        return headers
+
+    # --- chat in either dialect ----------------------------------------------------------------
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat(request, FACES["openai"])
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat(request, FACES["anthropic"])
+
+    async def _chat(self, request: web.Request, face: Face) -> web.StreamResponse:
+        rid = request[_RID]
+        client = self._authenticate(request)
+        if isinstance(client, Failure):
+            return self._failure(rid, face.dialect, client)
+        raw = await self._body(request)
+        if isinstance(raw, Failure):
+            return self._failure(rid, face.dialect, raw)
+        try:
+            call = face.decode(raw)
+        except InvalidRequest as exc:
+            return self._failure(rid, face.dialect, failure_of(exc))
+        routing = self._routing(call.model, client)
+        if isinstance(routing, Failure):
+            return self._failure(rid, face.dialect, routing)
+        try:
+            grant = self._admit(client, call)
+        except LLMError as exc:  # the key's budget is spent
+            return self._failure(rid, face.dialect, failure_of(exc))
+        if isinstance(grant, Failure):
+            return self._failure(rid, face.dialect, grant, client.headers(_now()) if client else None)
+        settled = False
+        try:
+            if call.stream:
+                response, reply = await self._stream(request, face, call, routing, client)
+            else:
+                reply = await self.rt.chat(call.messages, **routing, **call.options)
+                headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), reply.cost_usd)
+                response = web.Response(body=face.reply(reply, rid), content_type=_JSON, headers=headers)
+            if client is not None and grant is not None and reply is not None:
+                client.settle(grant, reply.usage.input_tokens + reply.usage.output_tokens, reply.cost_usd, _now())
+                settled = True
+            return response
+        except LLMError as exc:
+            return self._failure(rid, face.dialect, failure_of(exc))
+        finally:
+            if not settled and client is not None and grant is not None:
+                client.release(grant, _now())
+
+    async def _stream(
+        self, request: web.Request, face: Face, call: Call, routing: dict[str, Any], client: ClientKey | None
+    ) -> tuple[web.StreamResponse, ChatResponse | None]:
+        """Answer with SSE once the runtime has content; (response, the whole reply or None after a cut)."""
+        rid = request[_RID]
+        stream: ReplyStream = self.rt.stream(call.messages, **routing, **call.options)
+        async with stream:
+            headers = {"x-request-id": rid, "x-llm-endpoint": stream.endpoint or "", "Cache-Control": "no-cache"}
+            if client is not None:
+                headers.update(client.headers(_now()))
+            response = web.StreamResponse(headers=headers)
+            response.content_type = "text/event-stream"
+            await response.prepare(request)
+            writer = face.writer(rid, call)
+            try:
+                opening = writer.opening()
+                if opening:
+                    await response.write(opening)
+                async for chunk in stream:
+                    data = writer.chunk(chunk)
+                    if data is not None:
+                        await response.write(data)
+            except LLMError as exc:
+                # After content the only honest end is an error event, then the connection
+                # closes without the body's last chunk: even a client that ignores the event
+                # sees a cut, never a clean end.
+                await response.write(error_event(face.dialect, failure_of(exc)))
+                response.force_close()
+                if request.transport is not None:
+                    request.transport.close()
+                return response, None
+            reply = stream.response
+            await response.write(writer.closing(reply))
+        await response.write_eof()
+        return response, reply
+
+    # --- embeddings, models, operations ---------------------------------------------------------
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        rid = request[_RID]
+        client = self._authenticate(request)
+        if isinstance(client, Failure):
+            return self._failure(rid, "openai", client)
+        raw = await self._body(request)
+        if isinstance(raw, Failure):
+            return self._failure(rid, "openai", raw)
+        try:
+            body = decode(raw, openai_wire.EmbeddingBody)
+        except InvalidRequest as exc:
+            return self._failure(rid, "openai", failure_of(exc))
+        routing = self._routing(body.model, client)
+        if isinstance(routing, Failure):
+            return self._failure(rid, "openai", routing)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        grant: Grant | Failure | None = None
+        if client is not None:
+            granted = client.admit(sum(len(t) for t in texts) // 4 + 1, _now())
+            if isinstance(granted, float):
+                return self._failure(rid, "openai", Failure(429, "rate_limit_exceeded", f"gateway key {client.name!r} is over its limit", retry_after=granted))
+            grant = granted
+        try:
+            reply = await self.rt.embed(texts, dimensions=body.dimensions, **routing)
+        except LLMError as exc:
+            if client is not None and isinstance(grant, Grant):
+                client.release(grant, _now())
+            return self._failure(rid, "openai", failure_of(exc))
+        if client is not None and isinstance(grant, Grant):
+            client.settle(grant, reply.usage.input_tokens, reply.cost_usd, _now())
+        headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), reply.cost_usd)
+        return web.Response(body=openai_wire.embedding_list(reply, body.encoding_format), content_type=_JSON, headers=headers)
+
+    def _visible(self, request: web.Request) -> list[str] | Failure:
+        client = self._authenticate(request)
+        if isinstance(client, Failure):
+            return client
+        return [r for r in self.routes if client is None or client.allows(r)]
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        visible = self._visible(request)
+        if isinstance(visible, Failure):
+            return self._failure(request[_RID], "openai", visible)
+        data = [_model_entry(r) for r in visible]
+        return web.Response(body=msgspec.json.encode({"object": "list", "data": data}), content_type=_JSON)
+
+    async def _model(self, request: web.Request) -> web.StreamResponse:
+        visible = self._visible(request)
+        if isinstance(visible, Failure):
+            return self._failure(request[_RID], "openai", visible)
+        name = request.match_info["model"]
+        if name not in visible:
+            return self._failure(request[_RID], "openai", Failure(404, "model_not_found", f"no route named {name!r}", "model"))
+        return web.Response(body=msgspec.json.encode(_model_entry(name)), content_type=_JSON)
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"live": True})
+
+    def ready(self) -> bool:
+        """True when not draining and some endpoint can take traffic."""
+        return not self.draining and any(s.state in ("healthy", "degraded") for s in self.rt.status())
+
+    async def _ready(self, request: web.Request) -> web.StreamResponse:
+        ready = self.ready()
+        return web.json_response({"ready": ready, "draining": self.draining}, status=200 if ready else 503)
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        client = self._authenticate(request)
+        if isinstance(client, Failure):
+            return self._failure(request[_RID], "openai", client)
+        body = {
+            "endpoints": self.rt.status(),
+            "gateway": {"in_flight": self._in_flight, "draining": self.draining, "keys": [_key_status(k) for k in self.keys.keys]},
+        }
+        return web.Response(body=msgspec.json.encode(body), content_type=_JSON)
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        client = self._authenticate(request)
+        if isinstance(client, Failure):
+            return self._failure(request[_RID], "openai", client)
+        text = exposition(self.rt.usage(), self.rt.status(), self.counts, self._in_flight, self.keys.keys)
+        return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _dialect_of(request: web.Request) -> Dialect:
+    return "anthropic" if request.path.startswith("/v1/messages") else "openai"
+
+
+def _routes(rt: Runtime) -> dict[str, dict[str, Any]]:
+    """Every name a client may put in ``model``: groups and models route by ``model=``,
+    endpoint names pin ``endpoint=`` (a model or group of the same name wins)."""
+    routes: dict[str, dict[str, Any]] = {}
+    for ep in rt.endpoints:
+        for name in (*ep.groups, ep.model):
+            if name:
+                routes.setdefault(name, {"model": name})
+    for ep in rt.endpoints:
+        routes.setdefault(ep.name, {"endpoint": ep.name})
+    return routes
+
+
+def _model_entry(route: str) -> dict[str, Any]:
+    return {"id": route, "object": "model", "created": 0, "owned_by": "llm-runtime"}
+
+
+def _key_status(key: ClientKey) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": key.name, "in_flight": key.limiter.in_flight}
+    if key.budget is not None:
+        out["budget_remaining"] = key.budget.remaining()
+    return out
