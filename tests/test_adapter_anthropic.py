@@ -381,7 +381,8 @@ def test_images_and_json_schema() -> None:
     assert [(t["name"], t["input_schema"]) for t in body["tools"]] == [("structured_output", schema)]
     assert body["tool_choice"] == {"type": "tool", "name": "structured_output"}
     plain = ChatRequest(messages=[Message(role="user", content="x")], response_format={"type": "json_object"})
-    assert "tools" not in msgspec.json.decode(anthropic().chat_request(plain, stream=False).body or b"")
+    json_mode = msgspec.json.decode(anthropic().chat_request(plain, stream=False).body or b"")
+    assert [(t["name"], t["input_schema"]) for t in json_mode["tools"]] == [("structured_output", {"type": "object"})]
 
 
 def test_bad_tool_arguments_are_refused_before_sending() -> None:

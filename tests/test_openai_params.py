@@ -158,3 +158,21 @@ async def test_refused_parameter_on_the_only_endpoint_sends_nothing() -> None:
             with pytest.raises(InvalidRequest, match=r"logprobs is not supported by ollama \(endpoint 'local'\)"):
                 await rt.chat("hi", logprobs=True)
         assert local.stats.requests == 0
+
+
+def test_parameters_without_an_equivalent_follow_the_refusal_rule() -> None:
+    """seed on Anthropic and a forced tool_choice on Ollama are refused (or dropped with drop_unsupported);
+    Ollama's tool_choice "none" sends no tools, "auto" is its default."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(InvalidRequest, match=r"seed is not supported by anthropic \(endpoint 'ep'\)") as info:
+        body_of("anthropic", ChatRequest(messages=HI, seed=7))
+    assert info.value.field == "seed"
+    assert "seed" not in body_of("anthropic", ChatRequest(messages=HI, seed=7), drop_unsupported=True)[0]
+    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        with pytest.raises(InvalidRequest, match="tool_choice is not supported by ollama") as info:
+            body_of("ollama", ChatRequest(messages=HI, tools=tools, tool_choice=choice))
+        assert info.value.field == "tool_choice"
+    dropped, _ = body_of("ollama", ChatRequest(messages=HI, tools=tools, tool_choice="required", drop_unsupported=True))
+    assert dropped["tools"] == tools and "tool_choice" not in dropped
+    assert "tools" not in body_of("ollama", ChatRequest(messages=HI, tools=tools, tool_choice="none"))[0]
+    assert body_of("ollama", ChatRequest(messages=HI, tools=tools, tool_choice="auto"))[0]["tools"] == tools

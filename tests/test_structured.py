@@ -279,3 +279,12 @@ async def test_repair_must_be_a_count() -> None:
             with pytest.raises(InvalidRequest) as info:
                 await rt.chat("hi", response_format=Person, repair=bad)  # type: ignore[arg-type]
             assert info.value.field == "repair"
+
+
+async def test_json_object_mode_on_anthropic_is_the_output_tool_with_any_object() -> None:
+    """response_format json_object on Anthropic: the forced output tool takes any object; the reply is its JSON."""
+    body = wire_body("anthropic", ChatRequest(messages=[Message(role="user", content="x")], response_format={"type": "json_object"}))
+    assert [(t["name"], t["input_schema"]) for t in body["tools"]] == [(OUTPUT_TOOL, {"type": "object"})]
+    async with FaultyEndpoint("anthropic", name="a") as ep, runtime_for(ep) as rt:
+        reply = await rt.chat("x", response_format={"type": "json_object"})
+    assert (reply.text, reply.finish_reason, reply.parsed) == ("{}", "stop", None)

@@ -17,8 +17,9 @@ requests, decided once here:
   consecutive results sharing one turn, as the API wants.
 - ``response_format`` ``json_schema`` becomes a forced tool (``structured_output``, the
   schema as its ``input_schema``); its call comes back as the reply's text (the input as
-  JSON), finish reason ``"stop"``, in whole replies and streams. ``json_object`` has no
-  Anthropic equivalent and is not sent. ``stop`` becomes ``stop_sequences``, ``user``
+  JSON), finish reason ``"stop"``, in whole replies and streams. ``json_object`` is the
+  same tool with ``{"type": "object"}`` as its schema. ``seed`` has no equivalent: refused
+  unless ``drop_unsupported``. ``stop`` becomes ``stop_sequences``, ``user``
   ``metadata.user_id``.
 
 Answers: finish reasons are normalised to the OpenAI words (``end_turn`` and
@@ -78,7 +79,7 @@ from .base import (
     parse_rfc3339_delay,
     undecodable,
 )
-from .params import Rule, apply_params, with_extra_headers
+from .params import Rule, apply_params, unsupported, with_extra_headers
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
 
 __all__ = ["API_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicAdapter"]
@@ -193,6 +194,7 @@ _PARAM_RULES: dict[str, Rule] = {
     "reasoning_effort": _thinking,
 }
 _decode_json = msgspec.json.decode
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def _finish(reason: str | None) -> str | None:
@@ -246,16 +248,17 @@ def _tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def _force_output_tool(body: dict[str, Any], fmt: dict[str, Any]) -> None:
-    """``json_schema`` as a forced tool whose input is the reply (works on every Claude model).
+    """``json_schema`` as a forced tool whose input is the reply (works on every Claude model);
+    ``json_object`` the same with any object as the schema.
 
     With tools of the caller's own the model must still call one of them or the output
     tool (``any``), unless the caller chose the tool choice.
     """
     spec = fmt.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else fmt.get("schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else _ANY_OBJECT if fmt.get("type") == "json_object" else None
     if not isinstance(schema, dict):
         return
-    name = spec.get("name", "response") if isinstance(spec, dict) else "response"
+    name = spec.get("name", "response") if isinstance(spec, dict) else "JSON"
     tool = {
         "name": OUTPUT_TOOL,
         "description": f"Give your answer as a {name} object: call this tool with the answer as its input.",
@@ -317,8 +320,10 @@ class AnthropicAdapter(Adapter):
         if request.tool_choice is not None:
             body["tool_choice"] = _tool_choice(request.tool_choice)
         fmt = request.response_format
-        if fmt is not None and fmt.get("type") == "json_schema":
+        if fmt is not None and fmt.get("type") in ("json_schema", "json_object"):
             _force_output_tool(body, fmt)
+        if request.seed is not None:
+            unsupported("seed", request, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported)
         apply_params(
             body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
         )

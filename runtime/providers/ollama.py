@@ -7,7 +7,9 @@ Bearer token. The translation, decided once here:
 - ``max_tokens`` → ``options.num_predict``; ``temperature``, ``top_p``, ``stop`` and ``seed``
   go under ``options`` too. ``response_format`` ``json_object`` → ``format: "json"``,
   ``json_schema`` → ``format: <the schema>``. Tools are sent in the OpenAI shape, which
-  Ollama reads; ``tool_choice`` has no Ollama equivalent and is not sent.
+  Ollama reads; ``tool_choice`` ``"auto"`` is Ollama's way anyway, ``"none"`` sends no
+  tools, and ``"required"`` or a named tool (no equivalent) is refused unless
+  ``drop_unsupported``.
 - Images must be inline: ``data:`` URLs become the message's ``images`` (base64); an
   ``https://`` image is refused with :class:`InvalidRequest`.
 - Tool calls come with ``arguments`` as a JSON object; they become
@@ -47,7 +49,7 @@ from ..types import (
     Usage,
 )
 from .base import Adapter, HTTPRequest, body_snippet, build_error, decode_error_body, json_text, undecodable
-from .params import Rule, apply_params, in_options, with_extra_headers
+from .params import Rule, apply_params, in_options, unsupported, with_extra_headers
 from .streams import FramedDecoder, NDJSONDecoder
 
 __all__ = ["OllamaAdapter"]
@@ -168,8 +170,12 @@ class OllamaAdapter(Adapter):
             options["seed"] = request.seed
         if options:
             body["options"] = options
-        if request.tools:
+        choice = request.tool_choice
+        if request.tools and choice != "none":  # "none": the model may call nothing, so it is offered nothing
             body["tools"] = request.tools
+        if choice is not None and choice not in ("auto", "none"):
+            # Ollama cannot be made to call a tool: "required" or a named tool has no equivalent
+            unsupported("tool_choice", request, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported)
         fmt = request.response_format
         if fmt is not None:
             kind = fmt.get("type")

@@ -37,7 +37,7 @@ from .._logging import logger
 from ..errors import InvalidRequest
 from ..types import ChatRequest
 
-__all__ = ["OPENAI_RULES", "PARAMS", "Rule", "apply_params", "as_is", "in_options", "with_extra_headers"]
+__all__ = ["OPENAI_RULES", "PARAMS", "Rule", "apply_params", "as_is", "in_options", "unsupported", "with_extra_headers"]
 
 #: The parameters this module translates, in the order they are applied.
 PARAMS = (
@@ -98,17 +98,24 @@ def apply_params(
         rule = rules.get(name)
         if rule is not None:
             rule(body, value, request)
-        elif drop or request.drop_unsupported:
-            logger.debug("dropped %s: %s has no equivalent (endpoint %r)", name, provider, endpoint)
         else:
-            raise InvalidRequest(
-                f"{name} is not supported by {provider} (endpoint {endpoint!r}); "
-                "pass drop_unsupported=True (or set it on the endpoint) to drop it",
-                field=name,
-                endpoint=endpoint,
-            )
+            unsupported(name, request, endpoint=endpoint, provider=provider, drop=drop)
     if request.extra_body:
         body.update(request.extra_body)
+
+
+def unsupported(name: str, request: ChatRequest, *, endpoint: str, provider: str, drop: bool) -> None:
+    """A parameter the provider has no equivalent for: dropped (with a DEBUG line) when the
+    endpoint's ``drop`` or the request's ``drop_unsupported`` says so, else refused."""
+    if drop or request.drop_unsupported:
+        logger.debug("dropped %s: %s has no equivalent (endpoint %r)", name, provider, endpoint)
+        return
+    raise InvalidRequest(
+        f"{name} is not supported by {provider} (endpoint {endpoint!r}); "
+        "pass drop_unsupported=True (or set it on the endpoint) to drop it",
+        field=name,
+        endpoint=endpoint,
+    )
 
 
 def with_extra_headers(headers: Mapping[str, str], request: ChatRequest) -> Mapping[str, str]:
