@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import socket
 import subprocess
@@ -33,11 +34,8 @@ __all__ = ["event_loop", "serve", "serve_workers"]
 
 def event_loop() -> str:
     """``uvloop`` when it is installed (the ``uvloop`` extra), else ``asyncio``."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
+    # Looked up, not imported: the extra may be absent (and then has no type stubs either).
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
 async def _serve(rt: Runtime, config: GatewayConfig, announce: Callable[[Gateway], None], reuse_port: bool) -> None:
