@@ -41,6 +41,7 @@ import msgspec
 from ..errors import (
     AuthenticationFailed,
     BadRequest,
+    ContentFiltered,
     ContextWindowExceeded,
     InvalidRequest,
     NotFound,
@@ -67,9 +68,9 @@ from ..types import (
     Usage,
 )
 from .base import (
+    CONTENT_FILTER_CODES,
     Adapter,
     HTTPRequest,
-    body_snippet,
     build_error,
     decode_error_body,
     error_class_for_status,
@@ -128,12 +129,19 @@ class _UsageView(_View):
     cache_creation_input_tokens: int | None = None
 
 
+class _ErrorView(_View):
+    type: str | None = None
+    message: str | None = None
+
+
 class _MessageView(_View):
+    type: str = ""
     id: str | None = None
     model: str | None = None
     content: list[_BlockView] = []
     stop_reason: str | None = None
     usage: _UsageView | None = None
+    error: _ErrorView | None = None
 
 
 class _DeltaView(_View):
@@ -142,11 +150,6 @@ class _DeltaView(_View):
     partial_json: str | None = None
     thinking: str | None = None
     stop_reason: str | None = None
-
-
-class _ErrorView(_View):
-    type: str | None = None
-    message: str | None = None
 
 
 class _EventView(_View):
@@ -382,6 +385,9 @@ class AnthropicAdapter(Adapter):
     def parse_chat(self, body: bytes) -> ChatResponse:
         """A whole Message: text blocks joined, tool_use blocks as tool calls, thinking as reasoning."""
         view = _message_decoder.decode(body)
+        if view.type == "error" or view.error is not None:
+            # An error object under a 2xx status is still an error, never an empty reply.
+            raise self.error_event(view.error)
         texts: list[str] = []
         thoughts: list[str] = []
         calls: list[ToolCall] = []
@@ -443,7 +449,7 @@ class AnthropicAdapter(Adapter):
             elif isinstance(error, str):
                 message = error
         if message is None:
-            message = body_snippet(body) if doc is None else ""
+            message = self.snippet(body) if doc is None else ""
         cls: type[ProviderError] | None = None
         by_type = _ERROR_TYPES.get(etype or "")
         if by_type is not None and by_type is not BadRequest and error_class_for_status(status) in (BadRequest, ServerError):
@@ -454,10 +460,10 @@ class AnthropicAdapter(Adapter):
         """The error an ``event: error`` inside a stream means, by its ``error.type``."""
         etype = error.type if error is not None else None
         message = (error.message if error is not None else None) or "error event in the stream"
-        cls = _ERROR_TYPES.get(etype or "", ServerError)
+        cls = ContentFiltered if etype in CONTENT_FILTER_CODES else _ERROR_TYPES.get(etype or "", ServerError)
         if cls is BadRequest and looks_like_context_overflow(message):
             cls = ContextWindowExceeded
-        return cls(self.redact(message), endpoint=self.name, provider=self.provider, code=etype, error_type=etype)
+        return self.error(cls, message, code=etype, error_type=etype)
 
     def rate_limit(self, headers: Mapping[str, str]) -> RateLimitSnapshot | None:
         """``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``; resets are RFC 3339

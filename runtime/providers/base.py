@@ -29,6 +29,7 @@ from ..errors import (
     AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
+    ContentFiltered,
     ContextWindowExceeded,
     InvalidRequest,
     LLMError,
@@ -49,8 +50,8 @@ __all__ = [
     "HTTPRequest",
     "ProviderClient",
     "StreamDecoder",
+    "CONTENT_FILTER_CODES",
     "DECODE_ERRORS",
-    "body_snippet",
     "build_error",
     "decode_error_body",
     "decode_failure",
@@ -93,6 +94,13 @@ def json_text(raw: msgspec.Raw) -> str:
 
 _A = TypeVar("_A", bound="Adapter")
 _R = TypeVar("_R")
+_E = TypeVar("_E", bound=ProviderError)
+_X = TypeVar("_X", bound=BaseException)
+
+#: Provider codes that mean the content policy refused the request (OpenAI's
+#: ``content_policy_violation``, Azure's ``content_filter`` and its inner
+#: ``ResponsibleAIPolicyViolation``): :class:`ContentFiltered` on every dialect.
+CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "ResponsibleAIPolicyViolation"})
 
 
 def undecodable(what: str) -> Callable[[Callable[[_A, bytes], _R]], Callable[[_A, bytes], _R]]:
@@ -105,7 +113,7 @@ def undecodable(what: str) -> Callable[[Callable[[_A, bytes], _R]], Callable[[_A
             try:
                 return method(self, body)
             except DECODE_ERRORS as exc:
-                raise self._protocol(decode_failure(what, exc)) from exc
+                raise self._protocol(decode_failure(what, exc)) from self.scrub(exc)
 
         return parse
 
@@ -208,7 +216,69 @@ class Adapter(abc.ABC):
 
     def _protocol(self, message: str) -> ProtocolError:
         """A ProtocolError for this endpoint, with the key redacted from ``message``."""
-        return ProtocolError(self.redact(message), endpoint=self.name, provider=self.provider)
+        return self.error(ProtocolError, message)
+
+    def error(
+        self,
+        cls: type[_E],
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+        rate_limit: RateLimitSnapshot | None = None,
+    ) -> _E:
+        """An error of this endpoint, every string copied out of the response redacted:
+        the one place errors are made from what a provider sent."""
+        redact = self.redact
+        return cls(
+            redact(message),
+            endpoint=self.name,
+            provider=self.provider,
+            status=status,
+            retry_after=retry_after,
+            code=redact(code) if code else code,
+            error_type=redact(error_type) if error_type else error_type,
+            rate_limit=rate_limit,
+        )
+
+    def snippet(self, body: bytes, limit: int = 300) -> str:
+        """The start of a body that is not JSON (an HTML page from a proxy, say), on one
+        line, the key redacted before the cut so no part of it can survive there."""
+        key = self._api_key or ""
+        text = self.redact(body[: limit + 4 * len(key)].decode("utf-8", "replace"))
+        text = " ".join(text.split())
+        return text[:limit] + "…" if len(text) > limit or len(body) > limit + 4 * len(key) else text
+
+    def scrub(self, exc: _X) -> _X:
+        """``exc`` and its chain with the key taken out of what they carry (their text,
+        the bytes a UnicodeDecodeError holds, the request headers of an aiohttp error),
+        so the library exception can stay the ``__cause__`` without leaking it."""
+        key = self._api_key
+        if not key:
+            return exc
+        raw = key.encode()
+        stars = b"*" * len(raw)  # the same length: a decode error's positions stay right
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, str):
+                return self.redact(value)
+            return value.replace(raw, stars) if isinstance(value, bytes) else value
+
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            current.args = tuple(clean(a) for a in current.args)
+            if isinstance(current, UnicodeDecodeError):
+                current.object = clean(current.object)
+            elif isinstance(current, aiohttp.ClientResponseError):
+                info = current.request_info
+                masked = {k: ("***" if key in v else v) for k, v in info.headers.items()}
+                current.request_info = aiohttp.RequestInfo(info.url, info.method, masked, info.real_url)  # type: ignore[arg-type]
+            current = current.__cause__ or current.__context__
+        return exc
 
     @abc.abstractmethod
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -343,7 +413,9 @@ def build_error(
     """
     if cls is None:
         cls = error_class_for_status(status)
-        if cls is BadRequest and looks_like_context_overflow(f"{code or ''} {message}"):
+        if cls is BadRequest and (code in CONTENT_FILTER_CODES or error_type in CONTENT_FILTER_CODES):
+            cls = ContentFiltered
+        elif cls is BadRequest and looks_like_context_overflow(f"{code or ''} {message}"):
             cls = ContextWindowExceeded
         verdict = should_retry_header(headers)
         if verdict is True and cls is BadRequest and status not in (400, 413, 422):
@@ -351,13 +423,12 @@ def build_error(
         elif verdict is False and cls is RateLimited:
             cls = AuthenticationFailed
     header_delay = parse_retry_after(headers)
-    return cls(
-        adapter.redact(message) or f"HTTP {status}",
-        endpoint=adapter.name,
-        provider=adapter.provider,
+    return adapter.error(
+        cls,
+        message or f"HTTP {status}",
         status=status,
         retry_after=header_delay if header_delay is not None else retry_after,
-        code=adapter.redact(code) if code else code,
+        code=code,
         error_type=error_type,
         rate_limit=adapter.rate_limit(headers),
     )
@@ -381,13 +452,6 @@ def decode_error_body(body: bytes) -> Any:
         return msgspec.json.decode(body.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\t", b" "))
     except (msgspec.DecodeError, RecursionError):
         return None
-
-
-def body_snippet(body: bytes, limit: int = 300) -> str:
-    """The start of a body that is not JSON (an HTML page from a proxy, say), on one line."""
-    text = body[:limit].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text + "…" if len(body) > limit else text
 
 
 def header_int(headers: Mapping[str, str], name: str) -> int | None:
@@ -499,9 +563,9 @@ class ProviderClient:
             raise
         except Exception as exc:
             raise InvalidRequest(
-                f"the request cannot be written for endpoint {self._name!r}: {type(exc).__name__}: {exc}",
+                self.adapter.redact(f"the request cannot be written for endpoint {self._name!r}: {type(exc).__name__}: {exc}"),
                 endpoint=self._name,
-            ) from exc
+            ) from self.adapter.scrub(exc)
 
     async def _fail(self, resp: aiohttp.ClientResponse) -> ProviderError:
         body = await resp.read()
@@ -544,7 +608,7 @@ class ProviderClient:
         except TimeoutError as exc:
             raise self._timeout(timeout, what) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise self._connection(exc) from exc
+            raise self._connection(exc) from self.adapter.scrub(exc)
 
     async def stream(
         self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float
@@ -610,7 +674,7 @@ class ChunkStream:
             translated = self._translate(exc)
             if translated is exc:
                 raise
-            raise translated from exc
+            raise translated from client.adapter.scrub(exc)
 
     @property
     def rate_limit(self) -> RateLimitSnapshot | None:
@@ -641,7 +705,7 @@ class ChunkStream:
             translated = self._translate(exc, self._chars)
             if translated is exc:
                 raise
-            raise translated from exc
+            raise translated from self._client.adapter.scrub(exc)
         if not data or decoder.done:
             self._ended = True
             self._close()

@@ -48,7 +48,7 @@ from ..types import (
     ToolCallDelta,
     Usage,
 )
-from .base import Adapter, HTTPRequest, body_snippet, build_error, decode_error_body, json_text, undecodable
+from .base import Adapter, HTTPRequest, build_error, decode_error_body, json_text, undecodable
 from .params import Rule, apply_params, in_options, unsupported, with_extra_headers
 from .streams import FramedDecoder, NDJSONDecoder
 
@@ -284,24 +284,28 @@ class OllamaAdapter(Adapter):
     # --- errors -----------------------------------------------------------------------
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-        """The one error an HTTP error response (``{"error": "…"}``) means; the status decides."""
+        """The one error an HTTP error response (``{"error": "…"}``) means; the status decides.
+        A proxy in front of Ollama may send ``{"error": {"message", "code"}}``: its code is
+        read too (a content-filter code is :class:`ContentFiltered`, as on every dialect)."""
         doc = decode_error_body(body)
         message: str | None = None
+        code: str | None = None
         if isinstance(doc, dict):
             error = doc.get("error")
             if isinstance(error, str):
                 message = error
-            elif isinstance(error, dict) and isinstance(error.get("message"), str):
-                message = error["message"]
+            elif isinstance(error, dict):
+                message = error["message"] if isinstance(error.get("message"), str) else None
+                code = error["code"] if isinstance(error.get("code"), str) else None
         if message is None:
-            message = body_snippet(body) if doc is None else ""
-        return build_error(self, status, headers, message)
+            message = self.snippet(body) if doc is None else ""
+        return build_error(self, status, headers, message, code=code)
 
     def error_line(self, message: str) -> ProviderError:
         """The error an ``{"error": …}`` object under HTTP 200 means (mid-stream, typically)."""
         lowered = message.lower()
         cls: type[ProviderError] = NotFound if "not found" in lowered and "model" in lowered else ServerError
-        return cls(self.redact(message) or "error line in the reply", endpoint=self.name, provider=self.provider)
+        return self.error(cls, message or "error line in the reply")
 
 
 class _ChatStreamDecoder(FramedDecoder[bytes]):

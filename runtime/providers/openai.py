@@ -75,9 +75,9 @@ from ..types import (
     Usage,
 )
 from .base import (
+    CONTENT_FILTER_CODES,
     Adapter,
     HTTPRequest,
-    body_snippet,
     build_error,
     decode_error_body,
     error_class_for_status,
@@ -217,7 +217,6 @@ _JSON_MODE: dict[str, Any] = {"type": "json_object"}
 _COMPLETION_RULES = rules_for(("presence_penalty", "frequency_penalty", "logit_bias", "n", "user"))
 # "Please try again in 6ms." / "in 20s." / "in 1m30s." in OpenAI's 429 messages
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))+)")
-_FILTER_CODES = frozenset({"content_filter", "ResponsibleAIPolicyViolation"})
 
 
 def _usage(view: _UsageView) -> Usage:
@@ -316,7 +315,7 @@ def _error_fields(doc: Any) -> tuple[str | None, str | None, str | None, bool]:
     etype = error.get("type")
     inner = error.get("innererror") or error.get("inner_error")
     inner_code = inner.get("code") if isinstance(inner, dict) else None
-    filtered = code in _FILTER_CODES or inner_code in _FILTER_CODES
+    filtered = code in CONTENT_FILTER_CODES or inner_code in CONTENT_FILTER_CODES
     return (
         message if isinstance(message, str) else (None if message is None else str(message)),
         None if code is None else str(code),
@@ -334,7 +333,7 @@ def _class_for_code(code: str | None, etype: str | None, message: str) -> type[P
             return ContextWindowExceeded
         return cls
     key = f"{code or ''} {etype or ''}"
-    if "content_filter" in key:
+    if code in CONTENT_FILTER_CODES or etype in CONTENT_FILTER_CODES or "content_filter" in key:
         return ContentFiltered
     if "insufficient_quota" in key:
         return AuthenticationFailed
@@ -516,7 +515,7 @@ class OpenAIAdapter(Adapter):
         doc = decode_error_body(body)
         message, code, etype, filtered = _error_fields(doc)
         if message is None:
-            message = body_snippet(body) if doc is None else ""
+            message = self.snippet(body) if doc is None else ""
         cls: type[ProviderError] | None = None
         if filtered:
             cls = ContentFiltered
@@ -537,14 +536,7 @@ class OpenAIAdapter(Adapter):
             message = error.message or ""
             code = None if error.code is None else str(error.code)
             etype = error.type
-        cls = _class_for_code(code, etype, message)
-        return cls(
-            self.redact(message) or "error event in the reply",
-            endpoint=self.name,
-            provider=self.provider,
-            code=self.redact(code) if code else None,
-            error_type=etype,
-        )
+        return self.error(_class_for_code(code, etype, message), message or "error event in the reply", code=code, error_type=etype)
 
     def rate_limit(self, headers: Mapping[str, str]) -> RateLimitSnapshot | None:
         """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``; resets are Go durations."""

@@ -395,7 +395,7 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
         try:
             self._frame(frame, out)
         except DECODE_ERRORS as exc:
-            raise self._adapter._protocol(decode_failure(self.unit, exc)) from exc
+            raise self._adapter._protocol(decode_failure(self.unit, exc)) from self._adapter.scrub(exc)
 
     def _missing_terminal(self) -> ProviderError:
         """The error for a stream that ended without its terminal event."""

@@ -163,6 +163,7 @@ class Faults:
     - ``body``: answer every chat and embedding request 200 with exactly these bytes,
       under the dialect's content type (a stream's when the request streams): hostile
       or broken bodies on demand (nesting, bad UTF-8, a BOM); probes answer as usual;
+      ``body_status`` is the status they come with (default 200; a 500 with an HTML page, say);
     - ``trickle``: seconds between content-less chunks sent forever before any content
       (OpenAI role openers and usage-only chunks, Anthropic ``ping`` and ``message_delta``
       without a stop reason, Ollama empty messages), until the client leaves;
@@ -197,6 +198,7 @@ class Faults:
         self.trickle: float | None = None
         self.probes_exempt = False
         self.body: bytes | None = None
+        self.body_status = 200
         self._seed = seed
         self._rng = random.Random(seed)
         self._steps: deque[Decision] = deque()
@@ -380,6 +382,7 @@ _FAULT_DEFAULTS: dict[str, Any] = {
     "trickle": None,
     "probes_exempt": False,
     "body": None,
+    "body_status": 200,
 }
 
 
@@ -1619,7 +1622,8 @@ class FaultyEndpoint:
     def _raw(self, body: bytes, *, streamed: bool) -> web.Response:
         self._counters.injected += 1
         kind = ("application/x-ndjson" if self.dialect == "ollama" else "text/event-stream") if streamed else "application/json"
-        return web.Response(body=body, headers=self._wire.headers(200, None, self._request_id()), content_type=kind)
+        status = self.faults.body_status
+        return web.Response(status=status, body=body, headers=self._wire.headers(status, None, self._request_id()), content_type=kind)
 
     def _error_response(
         self, status: int, message: str | None, code: str | None, retry_after: float | None, model: str | None = None
