@@ -9,7 +9,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench redis-server
 install: $(BIN)/.installed
 
 demo: install
@@ -19,7 +19,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# The shared-state tests start their own redis-server on a free port; Debian's package
+# brings the binary (installed here when missing and we are root, as on CI).
+redis-server:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } \
+		|| { echo "redis-server is missing: apt-get install redis-server (as root)" >&2; exit 1; }
+
+test: lint redis-server
 	$(BIN)/python -m pytest
 
 bench: install

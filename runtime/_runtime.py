@@ -11,14 +11,15 @@ then everything is cancelled and the session closed.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -34,6 +35,7 @@ from .accounting import (
     token_counter,
 )
 from .actors import ChildSpec, Supervisor
+from .cluster import SharedPolicy
 from .dispatch.dispatcher import Dispatcher, RouteTable
 from .endpoint.actor import EndpointActor, EndpointStatus
 from .errors import ConfigError, InvalidRequest
@@ -42,7 +44,18 @@ from .providers import make_client
 from .telemetry import resolve_providers
 from .types import ChatResponse, EmbeddingResponse, StreamChunk
 
+if TYPE_CHECKING:
+    from .cluster._state import SharedState
+
 __all__ = ["BlockingRuntime", "ReplyStream", "Runtime"]
+
+def _shared_state(shared: SharedPolicy | str | None, rng: random.Random) -> SharedState | None:
+    if shared is None:
+        return None
+    from .cluster._state import SharedState
+
+    return SharedState(SharedPolicy.coerce(shared), rng=rng)
+
 
 class Runtime:
     """A supervised fleet of LLM endpoints behind ``chat``, ``stream`` and ``embed``.
@@ -51,6 +64,9 @@ class Runtime:
     ``retry``, ``hedge``, ``cache`` and ``budget`` are the policies of
     :mod:`runtime.policy`; ``hedge``, ``cache`` and ``budget`` are off when None.
     ``shutdown_grace`` bounds how long leaving ``async with`` waits for requests in flight.
+    ``shared`` (a :class:`~runtime.cluster.SharedPolicy` or a ``redis://`` URL) shares
+    breakers, rate limits, concurrency, throttles and budgets with every process on the
+    same Redis; None keeps all state in this process.
     """
 
     def __init__(
@@ -66,6 +82,7 @@ class Runtime:
         max_restarts: int = 3,
         restart_within: float = 60.0,
         seed: int | None = None,
+        shared: SharedPolicy | str | None = None,
     ) -> None:
         endpoints = list(endpoints)
         if not endpoints:
@@ -101,9 +118,13 @@ class Runtime:
         self.ledger = UsageLedger()
         self.metrics = Metrics()
         self.cache = ResponseCache(cache) if cache is not None else None
-        self.budget_guard = BudgetGuard(budget) if budget is not None else None
+        # [shared]: breakers, limiters and budgets shared through Redis (redis-py is imported
+        # only then); without it, everything is in-process.
+        self._shared = _shared_state(shared, self._rng)
+        new_guard: Callable[..., BudgetGuard] = BudgetGuard if self._shared is None else self._shared.budget_guard
+        self.budget_guard = new_guard(budget) if budget is not None else None
         self._endpoint_budgets = {
-            ep.name: BudgetGuard(ep.budget, scope=ep.name) for ep in endpoints if ep.budget is not None
+            ep.name: new_guard(ep.budget, scope=ep.name) for ep in endpoints if ep.budget is not None
         }
         for name, guard in self._endpoint_budgets.items():
             self.metrics.observe_budget(guard.remaining, scope=name)
@@ -152,6 +173,8 @@ class Runtime:
                 await anyio.to_thread.run_sync(token_counter, model)
             self._supervisor = Supervisor(max_restarts=self._max_restarts, within=self._restart_within)
             await self._tg.start(self._supervisor.run)
+            if self._shared is not None:
+                await self._tg.start(self._shared.run)
             actors = [self._build_actor(ep) for ep in self.endpoints]
             self._routes = RouteTable(actors)
             self._pipeline = self._build_pipeline(self._routes)
@@ -184,12 +207,16 @@ class Runtime:
     def _build_actor(self, endpoint: Endpoint) -> EndpointActor:
         assert self._session is not None
         storage = self._breaker_storage.get(endpoint.name)
+        shared = self._shared
         actor = EndpointActor(
             endpoint,
             make_client(endpoint, self._session),
-            breaker_storage=storage,
+            breaker_storage=storage if shared is None else shared.breaker_storage(endpoint),
+            limiter=None if shared is None else shared.limiter(endpoint),
             rng=self._rng,
         )
+        if shared is not None:
+            shared.attach(actor)
         self._breaker_storage[endpoint.name] = actor.breaker.storage
         self._actors[endpoint.name] = actor
         return actor
@@ -236,6 +263,8 @@ class Runtime:
         at the scope level it was entered at)."""
         tg, self._tg = self._tg, None
         try:
+            if self._shared is not None:
+                await self._shared.aclose()
             if tg is not None:
                 if self._supervisor is not None:
                     with anyio.CancelScope(shield=True):
@@ -322,7 +351,11 @@ class Runtime:
                 )
                 for ep in self.endpoints
             ]
-        return [self._actors[ep.name].status() for ep in self.endpoints]
+        statuses = [self._actors[ep.name].status() for ep in self.endpoints]
+        if self._shared is not None:
+            shared = self._shared.describe()
+            statuses = [msgspec.structs.replace(status, shared=shared) for status in statuses]
+        return statuses
 
     def usage(self) -> UsageReport:
         """Requests, tokens, cost, errors and cache hits: overall, by endpoint, by model and by day."""

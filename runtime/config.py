@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from .cluster.policy import SharedPolicy
 from .errors import ConfigError
 from .gateway.config import GatewayConfig
 from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
@@ -47,6 +48,7 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     budget: Budget | None = None
     # Read by `llm-runtime serve` only; not a Runtime argument.
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    shared: SharedPolicy | None = None
 
     def runtime_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`runtime.Runtime`."""
@@ -58,6 +60,7 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
             "hedge": self.hedge,
             "cache": self.cache,
             "budget": self.budget,
+            "shared": self.shared,
         }
 
 

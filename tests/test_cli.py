@@ -345,7 +345,7 @@ def test_status_json_shape_and_exit_codes(config: Path, fleet: Fleet, capsys: py
     primary = doc["endpoints"][0]
     assert set(primary) == {
         "name", "provider", "model", "state", "breaker", "in_flight", "latency_ms", "last_error", "priority",
-        "retry_at", "url", "health", "up", "probe_ok", "probe_ms", "error",
+        "retry_at", "shared", "url", "health", "up", "probe_ok", "probe_ms", "error",
     }
     assert (primary["name"], primary["health"], primary["up"], primary["url"]) == (
         "primary", "healthy", True, fleet["primary"].base_url,

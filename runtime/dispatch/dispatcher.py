@@ -289,6 +289,8 @@ class Dispatcher:
                 await anyio.sleep(max(MIN_CAPACITY_WAIT, wait_until - now))
                 continue
             actor, permit = picked
+            if actor.confirm is not None and not await actor.confirm(permit):
+                continue  # shared state refused it (and undid the permit): choose again
             # Only an attempt that is about to go out spends the retry budget; waiting for
             # capacity or backing off spends nothing.
             if attempts and not self.retry_budget.try_spend(now):
@@ -437,7 +439,7 @@ class Dispatcher:
                     continue
                 exclude = {r[0].name for r in racers} | failed.keys()
                 picked = self.choose(tiers, tokens, now, exclude, min_window, accept)
-                if picked is None:
+                if picked is None or (picked[0].confirm is not None and not await picked[0].confirm(picked[1])):
                     continue
                 racers.append((picked[0], picked[1], now))
                 tg.start_soon(race, len(racers) - 1, picked[0], min(picked[0].endpoint.timeout, deadline - now))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -67,6 +67,7 @@ class EndpointStatus(FrozenStruct, frozen=True):
     last_error: str | None = None
     priority: int = 1
     retry_at: float | None = None
+    shared: str | None = None  # with [shared]: "redis <url>", or why this process runs on local state
 
 
 class EndpointStatistics(FrozenStruct, frozen=True):
@@ -98,6 +99,7 @@ class EndpointActor(Actor):
         client: ProviderClient | Any,
         *,
         breaker_storage: BreakerStorage | None = None,
+        limiter: Limiter | None = None,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(endpoint.name)
@@ -116,7 +118,10 @@ class EndpointActor(Actor):
             storage=breaker_storage,
             rng=self._rng,
         )
-        self.limiter = Limiter(endpoint.rpm, endpoint.tpm, endpoint.max_concurrency)
+        self.limiter = limiter if limiter is not None else Limiter(endpoint.rpm, endpoint.tpm, endpoint.max_concurrency)
+        # With shared state ([shared]), the dispatcher awaits this after a local admission:
+        # the cluster-wide check (one Redis call at most); False means refused and undone.
+        self.confirm: Callable[[Permit], Awaitable[bool]] | None = None
         self.latency = LatencyTracker()
         self._schedule = ProbeSchedule(endpoint.health, self._rng)
         self._slow_call = endpoint.breaker.slow_call
@@ -248,6 +253,10 @@ class EndpointActor(Actor):
             reason=reason,
             **figures,
         )
+
+    def notice(self) -> None:
+        """State changed outside this actor (another process, through shared state): re-read it."""
+        self._wake.set()
 
     def mark_failed(self, reason: str) -> None:
         """The supervisor gave up on this endpoint's actor: route around it from now on."""

@@ -713,6 +713,10 @@ class Breaker:
         self._announce(moved)
         return moved is not None
 
+    def announce(self, transition: Transition | None) -> None:
+        """Announce a transition a shared storage made after its step returned (Redis's answer)."""
+        self._announce(transition)
+
     # --- internals -----------------------------------------------------------------------
 
     def _announce(self, transition: Transition | None) -> None:

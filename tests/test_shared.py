@@ -1,0 +1,198 @@
+"""Shared state on a real redis-server, in one process: configuration, the hot path's Redis
+calls, the shared limiter, breaker and budget, and Redis failing under a running runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from runtime import Budget, BudgetExceeded, ConfigError, HealthPolicy, NoEndpointAvailable, Runtime
+from runtime.cluster import SharedPolicy
+from runtime.cluster.server import RedisServer
+from runtime.config import parse_config
+from runtime.testing import FaultyEndpoint
+
+QUIET = HealthPolicy(enabled=False)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    """Real time: Redis's clock runs the shared buckets, so the loop's clock must not jump."""
+    return ("asyncio", {})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    """One redis-server for the module; each test uses its own key prefix."""
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own."""
+    return f"t-{request.node.name}"[:60].replace("[", "-").replace("]", "")
+
+
+@pytest.fixture
+async def local() -> AsyncIterator[FaultyEndpoint]:
+    """A fault-injecting OpenAI endpoint on 127.0.0.1."""
+    async with FaultyEndpoint("openai", name="local") as ep:
+        yield ep
+
+
+def _policy(server: RedisServer, prefix: str, **overrides: Any) -> SharedPolicy:
+    return SharedPolicy(url=server.url, prefix=prefix, **{"sync_interval": 0.05, **overrides})
+
+
+def _evalsha_calls(server: RedisServer) -> int:
+    stats = redis.Redis.from_url(server.url).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_shared_table_is_validated_and_names_the_key() -> None:
+    """[shared] parses into a SharedPolicy; bad values and unknown keys name the key."""
+    base: dict[str, Any] = {"endpoints": [{"name": "a", "provider": "mock"}]}
+    config = parse_config({**base, "shared": {"url": "redis://10.0.0.5:6380/2", "on_unavailable": "refuse"}})
+    assert config.shared == SharedPolicy(url="redis://10.0.0.5:6380/2", on_unavailable="refuse")
+    assert config.runtime_kwargs()["shared"] is config.shared
+    assert parse_config(base).shared is None
+    for table, key in (
+        ({"url": "http://x"}, "shared.url"),
+        ({"on_unavailable": "maybe"}, "shared.on_unavailable"),
+        ({"timeout": 0}, "shared.timeout"),
+        ({"prefix": "a{b}"}, "shared.prefix"),
+        ({"bogus": 1}, "shared.bogus"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config({**base, "shared": table})
+        assert info.value.key == key, (table, info.value.key)
+
+
+def test_password_in_the_url_never_shows() -> None:
+    """A password in the Redis URL is masked in the policy's repr and in errors."""
+    policy = SharedPolicy(url="redis://user:s3cret@10.0.0.5:6380/0")
+    assert "s3cret" not in repr(policy)
+    with pytest.raises(ConfigError) as info:
+        SharedPolicy(url="http://user:s3cret@host/")
+    assert "s3cret" not in str(info.value)
+
+
+def test_without_shared_no_shared_store_is_loaded() -> None:
+    """A runtime without [shared] loads none of the Redis-backed stores and opens no connection.
+    (redis-py itself may be in sys.modules: pybreaker imports it whenever it is installed.)"""
+    code = (
+        "import sys, runtime; "
+        "runtime.Runtime([runtime.Endpoint(name='a', provider='mock')]); "
+        "print(any(m.startswith('runtime.cluster._') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# --- the hot path -------------------------------------------------------------------------------
+
+
+async def test_no_round_trip_without_limits_one_admission_with(
+    server: RedisServer, prefix: str, local: FaultyEndpoint
+) -> None:
+    """An endpoint without limits never calls Redis on a request; one with limits makes one
+    admission call per request (plus its batched release, off the request path)."""
+    policy = _policy(server, prefix, sync_interval=3600)
+    free = local.endpoint(name="free", health=QUIET)
+    async with Runtime([free], shared=policy) as rt:
+        await rt.chat("warm up")
+        before = _evalsha_calls(server)
+        for _ in range(20):
+            await rt.chat("hi")
+        assert _evalsha_calls(server) == before
+    limited = local.endpoint(name="limited", health=QUIET, rpm=1000, max_concurrency=10)
+    async with Runtime([limited], shared=policy) as rt:
+        await rt.chat("warm up")
+        await asyncio.sleep(0.05)
+        before = _evalsha_calls(server)
+        for _ in range(20):
+            await rt.chat("hi")
+        await asyncio.sleep(0.05)  # the writer sends the releases
+        assert _evalsha_calls(server) - before == 40
+        assert rt.status()[0].shared == f"redis {server.url}"
+
+
+async def test_rpm_is_one_bucket_for_two_runtimes(server: RedisServer, prefix: str, local: FaultyEndpoint) -> None:
+    """Two runtimes on one Redis share one RPM bucket: together they get rpm, not 2 × rpm."""
+    endpoint = local.endpoint(name="shared-rpm", health=QUIET, rpm=10)
+    policy = _policy(server, prefix)
+    async with Runtime([endpoint], shared=policy) as a, Runtime([endpoint], shared=policy) as b:
+        results = await asyncio.gather(
+            *(rt.chat("hi", timeout=0.3) for rt in (a, b) for _ in range(10)), return_exceptions=True
+        )
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, NoEndpointAvailable)]
+    assert len(ok) == 10 and len(refused) == 10
+    assert local.stats.requests == 10
+
+
+async def test_redis_down_serves_locally_and_says_so_once(
+    local: FaultyEndpoint, caplog: pytest.LogCaptureFixture, span_exporter: Any
+) -> None:
+    """With Redis unreachable, requests still succeed on local state; one WARNING, one span,
+    and status() says why."""
+    dead = RedisServer()  # never started: its port refuses connections
+    try:
+        endpoint = local.endpoint(name="alone", health=QUIET, rpm=100)
+        with caplog.at_level(logging.WARNING, logger="runtime"):
+            async with Runtime([endpoint], shared=SharedPolicy(url=dead.url, reconnect_max=0.05)) as rt:
+                for _ in range(5):
+                    assert (await rt.chat("hi")).text
+                await asyncio.sleep(0.2)  # several reconnection attempts fail meanwhile
+                shared = rt.status()[0].shared
+        assert shared is not None and shared.startswith("local state: redis") and "unavailable" in shared
+        warnings = [r for r in caplog.records if r.name == "runtime.shared" and r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        spans = [s for s in span_exporter.get_finished_spans() if s.name == "shared unavailable"]
+        assert len(spans) == 1
+    finally:
+        dead.close()
+
+
+async def test_refuse_mode_names_the_cause(local: FaultyEndpoint) -> None:
+    """on_unavailable = "refuse": a request gets NoEndpointAvailable naming Redis, and nothing is sent."""
+    dead = RedisServer()
+    try:
+        policy = SharedPolicy(url=dead.url, on_unavailable="refuse")
+        async with Runtime([local.endpoint(name="r", health=QUIET, rpm=100)], shared=policy) as rt:
+            with pytest.raises(NoEndpointAvailable, match=r"shared state at redis://127\.0\.0\.1:\d+/0 is unavailable"):
+                await rt.chat("hi")
+        assert local.stats.requests == 0
+    finally:
+        dead.close()
+
+
+async def test_budget_spent_in_one_runtime_is_refused_in_the_other(
+    server: RedisServer, prefix: str, local: FaultyEndpoint
+) -> None:
+    """A daily token budget is one total for every runtime on the Redis."""
+    endpoint = local.endpoint(name="b", health=QUIET)
+    policy = _policy(server, prefix)
+    budget = Budget(daily_tokens=60)
+    async with Runtime([endpoint], shared=policy, budget=budget) as a, Runtime(
+        [endpoint], shared=policy, budget=budget
+    ) as b:
+        with pytest.raises(BudgetExceeded):
+            for _ in range(20):
+                await a.chat("hi", max_tokens=5)
+        await asyncio.sleep(0.2)  # b's periodic sync reads the total
+        with pytest.raises(BudgetExceeded):
+            await b.chat("hi", max_tokens=5)
