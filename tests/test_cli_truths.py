@@ -204,3 +204,20 @@ def test_parser_shape_takes_common_flags_before_or_after_the_command() -> None:
     assert (before.verbose, before.json, before.trace) == (2, True, None)
     assert (after.verbose, after.json, after.trace) == (1, False, "console")
     assert isinstance(before, argparse.Namespace) and callable(before.handler)
+
+
+@pytest.mark.anyio
+async def test_prompt_every_endpoint_calls_too_long_is_context_window_exceeded() -> None:
+    """What the README states: when endpoints answer that the prompt is too long, the next one is tried,
+    and ContextWindowExceeded itself (not AllEndpointsFailed) is raised when none is left."""
+    from runtime import ContextWindowExceeded
+
+    too_long = "This model's maximum context length is 8192 tokens."
+    async with FaultyEndpoint("openai", name="a") as a, FaultyEndpoint("ollama", name="b") as b:
+        a.faults.fail_next(1, 400, message=too_long, code="context_length_exceeded")
+        b.faults.fail_next(1, 400, message="input length exceeds the context length")
+        async with Runtime([a.endpoint(priority=1), b.endpoint(priority=2)]) as rt:
+            with pytest.raises(ContextWindowExceeded) as info:
+                await rt.chat("a long prompt")
+        assert (a.stats.requests, b.stats.requests) == (1, 1)
+    assert info.value.endpoint == "b"
