@@ -8,6 +8,7 @@
     llm-runtime status [--config F] [--watch [--interval S] [--count N]]
     llm-runtime serve [--config F] [--host H] [--port N] [--workers N]
     llm-runtime config check [FILE]
+    llm-runtime bench list | run [NAME|FILE ...] [--system S] [--out DIR] | report DIR ...
 
 Every command takes ``-v``/``-vv`` (INFO / DEBUG log lines on stderr), ``--trace
 console|FILE`` (every span to stderr, or to FILE as JSON lines) and ``--json`` (the
@@ -284,6 +285,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("file", nargs="?", metavar="FILE", help="the file (default: discovered like the other commands)")
+    from .harness.command import add_bench
+
+    add_bench(commands, _command, _Parser)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Test support: fault-injecting local LLM endpoints and a fast-forwarding event loop."""
 
 from ._clock import VirtualClockLoop as VirtualClockLoop
+from ._server import Arrival as Arrival
 from ._server import Decision as Decision
 from ._server import Dialect as Dialect
 from ._server import Faults as Faults
@@ -10,6 +11,7 @@ from ._server import ServerStats as ServerStats
 from ._server import Step as Step
 
 __all__ = [
+    "Arrival",
     "Decision",
     "Dialect",
     "FaultyEndpoint",

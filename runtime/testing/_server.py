@@ -48,6 +48,7 @@ from aiohttp import web
 from ..policy import KEY_REQUIRED, Endpoint
 
 __all__ = [
+    "Arrival",
     "Decision",
     "Dialect",
     "FaultyEndpoint",
@@ -384,6 +385,17 @@ _FAULT_DEFAULTS: dict[str, Any] = {
     "body": None,
     "body_status": 200,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One request as the endpoint saw it: when (loop clock), what (``chat``, ``embed``,
+    ``probe``), its parsed JSON body (None for probes) and what the faults decided."""
+
+    at: float
+    kind: str
+    body: Any
+    decision: Decision
 
 
 # ---------------------------------------------------------------------------------------
@@ -1317,6 +1329,8 @@ class FaultyEndpoint:
         """The parsed JSON body of the last chat or embedding request (None if unparsable)."""
         self.last_headers: dict[str, str] = {}
         """The headers of the last chat or embedding request."""
+        self.observer: Callable[[Arrival], None] | None = None
+        """Called with every request as it is decided (probes too): what a benchmark records."""
         self._host = host
         self._port = port
         self._wire = _DIALECTS[self.dialect]
@@ -1535,6 +1549,8 @@ class FaultyEndpoint:
 
         assert self._loop is not None
         decision = self.faults.decide(self._loop.time(), probe=probe)
+        if self.observer is not None:
+            self.observer(Arrival(at=self._loop.time(), kind=kind, body=body, decision=decision))
         if decision.delay > 0:
             await asyncio.sleep(decision.delay)
         action = decision.action
