@@ -35,7 +35,7 @@ from .accounting.cost import ModelPrice
 from .dispatch.dispatcher import Dispatcher, Outcome, RouteTable, Tier
 from .endpoint.actor import EndpointActor
 from .errors import AllEndpointsFailed, InvalidRequest, LLMError
-from .policy import HedgePolicy
+from .policy import ON_INTERRUPT, ON_INTERRUPT_RULE, HedgePolicy, OnInterrupt
 from .structured import OutputSchema, output_schema
 from .structured import finish as finish_structured
 from .telemetry import NO_SPAN, activate, end_span, start_span
@@ -79,6 +79,8 @@ class ChatOptions(msgspec.Struct, frozen=True):
     #: an invalid reply is sent back to its endpoint to be repaired
     output: OutputSchema | None = None
     repair: int = 0
+    #: what a stream does when it fails after content reached the caller (None: the runtime's default)
+    on_interrupt: OnInterrupt | None = None
 
     @property
     def route(self) -> str | None:
@@ -113,6 +115,7 @@ def chat_options(
     hedge: HedgePolicy | bool | None = None,
     trim: bool = False,
     repair: int = 0,
+    on_interrupt: OnInterrupt | None = None,
     **params: Unpack[OpenAIParams],
 ) -> ChatOptions:
     """The keywords of ``chat`` and ``stream``, declared once.
@@ -130,9 +133,13 @@ def chat_options(
     ``response_format`` may be a msgspec Struct, dataclass or TypedDict type or a JSON
     schema: the reply is then checked and ``reply.parsed`` holds it
     (:mod:`runtime.structured`), and ``repair`` is how many times an invalid reply is
-    sent back, with what was wrong, to the endpoint that wrote it.
+    sent back, with what was wrong, to the endpoint that wrote it. ``on_interrupt`` (streams
+    only) says what a stream that fails after content reached the caller does: ``"raise"``,
+    ``"restart"`` or ``"continue"`` (:mod:`runtime._recovery`); None takes the runtime's.
     """
     call_options(timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, trim=trim)
+    if on_interrupt is not None and on_interrupt not in ON_INTERRUPT:
+        raise InvalidRequest(f"on_interrupt {ON_INTERRUPT_RULE}, got {on_interrupt!r}", field="on_interrupt")
     output = output_schema(response_format)
     if isinstance(repair, bool) or not isinstance(repair, int) or repair < 0:
         raise InvalidRequest(f"repair must be an integer >= 0, got {repair!r}", field="repair")
@@ -141,7 +148,7 @@ def chat_options(
         stop=stop, tools=tools, tool_choice=tool_choice,
         response_format=output.wire if output is not None else response_format, seed=seed, params=params,
     )
-    return ChatOptions(request, timeout, endpoint, cache, hedge, trim, output, repair)
+    return ChatOptions(request, timeout, endpoint, cache, hedge, trim, output, repair, on_interrupt)
 
 
 def embed_options(
@@ -214,6 +221,7 @@ class Pipeline:
         ledger: UsageLedger,
         metrics: Metrics,
         count_prompt: bool,
+        on_interrupt: OnInterrupt = "raise",
     ) -> None:
         self.routes = routes
         self.dispatcher = dispatcher
@@ -228,6 +236,7 @@ class Pipeline:
         # Counting prompt tokens costs microseconds per request; do it only when a TPM
         # limit, a context window or a budget will read the count.
         self.count_prompt = count_prompt
+        self.on_interrupt = on_interrupt
         self.accept = _budget_filter(endpoint_budgets)
         self.accept_embeddings = _embeddings_filter(self.accept)
 
@@ -236,6 +245,11 @@ class Pipeline:
     async def chat(self, options: ChatOptions) -> ChatResponse:
         """A whole reply, from the cache or the best endpoint; parsed (and repaired on the
         endpoint that wrote it) when the options ask for typed output."""
+        if options.on_interrupt is not None:
+            raise InvalidRequest(
+                "on_interrupt is for stream(): a whole reply reaches the caller only once it is complete",
+                field="on_interrupt",
+            )
         deadline = self.deadline(options.timeout)
         reply = await self.whole(options, deadline)
         output = options.output

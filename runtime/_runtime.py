@@ -39,7 +39,16 @@ from .cluster import SharedPolicy
 from .dispatch.dispatcher import Dispatcher, RouteTable
 from .endpoint.actor import EndpointActor, EndpointStatus
 from .errors import ConfigError, InvalidRequest
-from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
+from .policy import (
+    ON_INTERRUPT,
+    ON_INTERRUPT_RULE,
+    Budget,
+    CachePolicy,
+    Endpoint,
+    HedgePolicy,
+    OnInterrupt,
+    RetryPolicy,
+)
 from .providers import make_client
 from .telemetry import resolve_providers
 from .types import ChatResponse, EmbeddingResponse, StreamChunk
@@ -67,6 +76,8 @@ class Runtime:
     ``shared`` (a :class:`~runtime.cluster.SharedPolicy` or a ``redis://`` URL) shares
     breakers, rate limits, concurrency, throttles and budgets with every process on the
     same Redis; None keeps all state in this process.
+    ``on_interrupt`` is what a stream that fails after content reached the caller does by
+    default (``"raise"``, ``"restart"`` or ``"continue"``; see the README's streams section).
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class Runtime:
         restart_within: float = 60.0,
         seed: int | None = None,
         shared: SharedPolicy | str | None = None,
+        on_interrupt: OnInterrupt = "raise",
     ) -> None:
         endpoints = list(endpoints)
         if not endpoints:
@@ -96,6 +108,9 @@ class Runtime:
             seen.add(ep.name)
         if not (timeout > 0):
             raise ConfigError(f"must be > 0, got {timeout!r}", key="timeout")
+        if on_interrupt not in ON_INTERRUPT:
+            raise ConfigError(f"{ON_INTERRUPT_RULE}, got {on_interrupt!r}", key="on_interrupt")
+        self.on_interrupt: OnInterrupt = on_interrupt
         self.endpoints = endpoints
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -202,6 +217,7 @@ class Runtime:
             # Counting prompt tokens costs microseconds per request; do it only when a TPM
             # limit, a context window or a budget will read the count.
             count_prompt=self.budget is not None or any(ep.tpm or ep.context_window or ep.budget for ep in endpoints),
+            on_interrupt=self.on_interrupt,
         )
 
     def _build_actor(self, endpoint: Endpoint) -> EndpointActor:
@@ -462,6 +478,16 @@ class BlockingStream:
     def response(self) -> ChatResponse:
         """The whole reply once the stream has ended."""
         return self._stream.response
+
+    @property
+    def restarts(self) -> int:
+        """:attr:`ReplyStream.restarts`."""
+        return self._stream.restarts
+
+    @property
+    def continuations(self) -> int:
+        """:attr:`ReplyStream.continuations`."""
+        return self._stream.continuations
 
 
 async def _open_stream(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ReplyStream:

@@ -2,25 +2,31 @@
 
 The call owns the request's state (deadline, span, budget reservation, attempt trail);
 the stream owns what only a stream has: the open chunk stream, the permit of the
-endpoint serving it (settled exactly once, on every way out), and the reply assembled
-from the chunks.
+endpoint serving it (settled exactly once, on every way out), the reply assembled
+from the chunks, and what it does when the answer fails after content reached the
+caller (:mod:`runtime._recovery`): raise, restart, or continue the answer elsewhere.
+A recovery is another walk of the same call, with the same deadline, trail and span.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
+from typing import NamedTuple
 
 import anyio
 import msgspec
 
+from ._assembly import PartialReply
 from ._pipeline import Call, ChatOptions, Pipeline
+from ._recovery import Mode, Recovery, recoverable
 from .accounting import replay_as_stream
+from .dispatch.dispatcher import Outcome
 from .endpoint.actor import EndpointActor, Permit
 from .errors import InvalidRequest, LLMError, StreamInterrupted, Timeout
 from .providers.base import ChunkStream
-from .types import ChatResponse, StreamChunk, ToolCall, Usage
+from .types import ChatRequest, ChatResponse, StreamChunk
 
 __all__ = ["ReplyStream"]
 
@@ -30,12 +36,25 @@ __all__ = ["ReplyStream"]
 MAX_HELD = 32
 
 
+class _Opened(NamedTuple):
+    """What an attempt hands over: the open stream, the chunks up to its first content, how
+    it recovered an interrupted answer (None for the first answer) and the request it sent."""
+
+    chunks: ChunkStream
+    held: list[StreamChunk]
+    mode: Mode | None
+    sent: ChatRequest
+
+
 class ReplyStream:
     """A streamed reply: an async context manager and an async iterator of :class:`StreamChunk`.
 
     Entering it chooses an endpoint and waits for the first chunk that carries content,
-    failing over transparently until then. Leaving it early closes the HTTP response and
-    releases the endpoint's concurrency slot and limiter reservation.
+    failing over transparently until then. After that a failure raises
+    :class:`StreamInterrupted`, or, with ``on_interrupt`` ``"restart"`` or ``"continue"``,
+    is recovered: ``restarts`` and ``continuations`` count how often. Leaving it early
+    closes the HTTP response and releases the endpoint's concurrency slot and limiter
+    reservation.
     """
 
     def __init__(self, pipeline: Pipeline, call: Call, options: ChatOptions) -> None:
@@ -46,22 +65,28 @@ class ReplyStream:
         self._buffer: list[StreamChunk] = []
         self._actor: EndpointActor | None = None
         self._permit: Permit | None = None
-        self._text: list[str] = []
-        self._reasoning: list[str] = []
-        self._tool_calls: dict[int, list[str]] = {}
-        self._tool_ids: dict[int, tuple[str, str]] = {}
-        self._usage: Usage | None = None
-        self._finish: str | None = None
-        self._model: str | None = None
-        self._id: str | None = None
+        self._answer = PartialReply()
+        self._recovery = Recovery(options.on_interrupt or pipeline.on_interrupt)
+        self._trim_lead = False  # drop the continuation's leading whitespace (see _continued)
         self._response: ChatResponse | None = None
         self._ended = False
         self._cache_key: str | None = None
         self._first_at = 0.0
+        self._tokens = self._window = 0
 
     def __repr__(self) -> str:
         where = self._actor.name if self._actor else "unopened"
-        return f"<ReplyStream [{where} | {'ended' if self._ended else 'open'} | {len(''.join(self._text))} chars]>"
+        return f"<ReplyStream [{where} | {'ended' if self._ended else 'open'} | {len(self._answer.text)} chars]>"
+
+    @property
+    def restarts(self) -> int:
+        """How many times the answer failed after content and a new one began (``on_interrupt="restart"``)."""
+        return self._recovery.restarts
+
+    @property
+    def continuations(self) -> int:
+        """How many times the answer failed after content and another endpoint continued it."""
+        return self._recovery.continuations
 
     async def __aenter__(self) -> ReplyStream:
         call, request, trim = self._call, self._options.request, self._options.trim
@@ -73,36 +98,50 @@ class ReplyStream:
             self._ended = True
             return self
         pipeline = self._pipeline
-
-        async def attempt(actor: EndpointActor, timeout: float) -> tuple[ChunkStream, list[StreamChunk]]:
-            first = min(actor.first_chunk_timeout, timeout)
-            until = asyncio.get_running_loop().time() + first
-            chunks = await actor.client.stream(
-                pipeline.fit(request, actor) if trim else request,
-                first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout,
-            )
-            try:
-                return chunks, await _first_content(chunks, until, first, actor.name)
-            except BaseException:
-                await chunks.aclose()
-                raise
-
         try:
-            tokens, window = call.reserve(request, trim)
+            self._tokens, self._window = call.reserve(request, trim)
             outcome = await call.dispatch(
-                attempt, tokens=tokens, window=window, settle=False, hedge=pipeline.hedge_for(self._options.hedge)
+                self._attempt(None), tokens=self._tokens, window=self._window, settle=False,
+                hedge=pipeline.hedge_for(self._options.hedge),
             )
         except BaseException as exc:
             call.fail(exc)
             raise
-        self._chunks, self._buffer = outcome.value
-        self._actor, self._permit = outcome.actor, outcome.permit
+        self._serve(outcome)
+        self._buffer = outcome.value.held
         actor = outcome.actor
-        self._first_at = anyio.current_time()
         pipeline.metrics.record_ttfc(
             self._first_at - call.started, endpoint=actor.name, provider=actor.provider, model=actor.model
         )
         return self
+
+    def _attempt(self, partial: str | None) -> Callable[[EndpointActor, float], Awaitable[_Opened]]:
+        """The attempt the dispatcher runs on each endpoint it picks. ``partial`` is None for
+        the first answer; for a recovery it is the text the caller has ("" when it cannot
+        be continued), and :class:`Recovery` says what each endpoint is sent."""
+        pipeline, request, trim, recovery = self._pipeline, self._options.request, self._options.trim, self._recovery
+
+        async def attempt(actor: EndpointActor, timeout: float) -> _Opened:
+            sent = pipeline.fit(request, actor) if trim else request
+            mode: Mode | None = None
+            if partial is not None:
+                sent, mode = recovery.request_for(actor, sent, partial or None)
+            first = min(actor.first_chunk_timeout, timeout)
+            until = asyncio.get_running_loop().time() + first
+            chunks = await actor.client.stream(sent, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout)
+            try:
+                return _Opened(chunks, await _first_content(chunks, until, first, actor.name), mode, sent)
+            except BaseException:
+                await chunks.aclose()
+                raise
+
+        return attempt
+
+    def _serve(self, outcome: Outcome[_Opened]) -> None:
+        """Take over the stream an attempt opened, with its endpoint's permit."""
+        self._chunks = outcome.value.chunks
+        self._actor, self._permit = outcome.actor, outcome.permit
+        self._first_at = anyio.current_time()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -113,80 +152,129 @@ class ReplyStream:
         return self
 
     async def __anext__(self) -> StreamChunk:
-        if self._buffer:
-            chunk = self._buffer.pop(0)
-            if self._chunks is not None:
-                self._absorb(chunk)
-            return chunk
-        chunks = self._chunks
-        if self._ended or chunks is None:
-            raise StopAsyncIteration
-        try:
-            async with asyncio.timeout_at(self._call.deadline):
-                chunk = await chunks.__anext__()
-        except StopAsyncIteration:
-            self._complete()
-            raise
-        except TimeoutError as exc:
-            raise self._interrupted(Timeout("the request's deadline passed mid-stream", endpoint=self.endpoint)) from exc
-        except LLMError as exc:
-            raise self._interrupted(exc) from exc
-        self._absorb(chunk)
+        while True:
+            if self._buffer:
+                chunk = self._buffer.pop(0)
+                return self._take(chunk) if self._chunks is not None else chunk
+            chunks = self._chunks
+            if self._ended or chunks is None:
+                raise StopAsyncIteration
+            try:
+                async with asyncio.timeout_at(self._call.deadline):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                self._complete()
+                raise
+            except TimeoutError as exc:
+                cause = Timeout("the request's deadline passed mid-stream", endpoint=self.endpoint)
+                raise self._interrupted(self._failed(cause)) from exc
+            except LLMError as exc:
+                error = await self._recover(exc)
+                if error is not None:
+                    raise error from exc
+                continue  # the new answer (or the continuation) is in the buffer
+            return self._take(chunk)
+
+    def _take(self, chunk: StreamChunk) -> StreamChunk:
+        """Add a chunk to the answer on its way to the caller."""
+        if self._trim_lead and chunk.text:
+            text = chunk.text.lstrip()
+            self._trim_lead = not text
+            chunk = msgspec.structs.replace(chunk, text=text)
+        self._answer.add(chunk)
         return chunk
 
-    def _absorb(self, chunk: StreamChunk) -> None:
-        if chunk.text:
-            self._text.append(chunk.text)
-        if chunk.reasoning:
-            self._reasoning.append(chunk.reasoning)
-        if chunk.tool_calls:
-            for delta in chunk.tool_calls:
-                parts = self._tool_calls.setdefault(delta.index, [])
-                if delta.arguments:
-                    parts.append(delta.arguments)
-                old_id, old_name = self._tool_ids.get(delta.index, ("", ""))
-                self._tool_ids[delta.index] = (delta.id or old_id, delta.name or old_name)
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        if chunk.finish_reason is not None:
-            self._finish = chunk.finish_reason
-        if chunk.model:
-            self._model = chunk.model
-        if chunk.id:
-            self._id = chunk.id
-
-    def _interrupted(self, cause: LLMError) -> StreamInterrupted:
-        self._ended = True
-        call = self._call
+    def _failed(self, cause: LLMError) -> LLMError:
+        """Settle the serving endpoint's permit with ``cause`` and say so in the trail."""
         actor = self._settle(cause)
         if actor is not None:
-            call.attempt_failed(actor.name, cause, anyio.current_time() - self._first_at)
-        partial = "".join(self._text)
+            self._call.attempt_failed(actor.name, cause, anyio.current_time() - self._first_at)
+        return cause
+
+    async def _recover(self, cause: LLMError) -> StreamInterrupted | None:
+        """The answer failed after content reached the caller: run the request again as the
+        policy says. None when a new answer or the continuation is ready in the buffer;
+        else the :class:`StreamInterrupted` to raise."""
+        self._failed(cause)
+        recovery, call, chunks = self._recovery, self._call, self._chunks
+        if not recovery.active or not recoverable(cause) or chunks is None:
+            return self._interrupted(cause)
+        await chunks.aclose()
+        answer = self._answer
+        failed_on = self.endpoint
+        # A tool call cut half-way cannot be prefilled: only text is continued.
+        partial = answer.text if not answer.has_tool_calls else ""
+        while True:
+            start = len(call.trail)
+            recovery.begin()
+            try:
+                outcome = await call.dispatch(self._attempt(partial), tokens=self._tokens, window=self._window, settle=False)
+            except LLMError as exc:
+                recovery.label(call.trail, start)
+                if recovery.refused_prefill(exc, getattr(exc, "endpoint", None)):
+                    continue  # that endpoint gets the request again as a restart
+                return self._interrupted(cause, f"; no endpoint could take over: {exc}")
+            except BaseException as exc:  # the caller left (a cancel) while the answer was recovered
+                self._ended = True
+                call.fail(exc)
+                raise
+            recovery.label(call.trail, start)
+            break
+        opened = outcome.value
+        self._serve(outcome)
+        if opened.mode == "continue":
+            self._continued(partial, opened.sent)
+            self._buffer = opened.held
+        else:
+            recovery.restarts += 1
+            self._answer = PartialReply()
+            # The marker the caller gets before the new answer: everything before it is void.
+            self._buffer = [StreamChunk(restart=True), *opened.held]
+        self._record(failed_on, opened.mode or "restart", cause)
+        return None
+
+    def _record(self, failed_on: str | None, mode: Mode, cause: LLMError) -> None:
+        """The request span and the metrics say that the answer from ``failed_on`` was recovered."""
+        span, pipeline = self._call.span, self._pipeline
+        failed = pipeline.routes.by_name.get(failed_on) if failed_on else None
+        if span.is_recording():
+            span.add_event(
+                "stream.restart",
+                {"endpoint": failed_on or "", "error.type": type(cause).__name__, "recovery": mode,
+                 "to_endpoint": self.endpoint or ""},
+            )
+            span.set_attribute("llm_runtime.stream.restarts", self.restarts + self.continuations)
+        pipeline.metrics.record_restart(
+            mode, endpoint=failed_on, provider=failed.provider if failed else None, model=failed.model if failed else None
+        )
+
+    def _continued(self, partial: str, sent: ChatRequest) -> None:
+        """Another endpoint continues the answer: the caller's text stays one answer. A
+        provider that refused trailing whitespace in the prefill got the partial without
+        it; the caller has it already, so the continuation's own leading whitespace goes."""
+        self._recovery.continuations += 1
+        prefill = sent.messages[-1].text
+        self._trim_lead = len(prefill) < len(partial)
+
+    def _interrupted(self, cause: LLMError, why: str = "") -> StreamInterrupted:
+        """End the stream with :class:`StreamInterrupted` carrying the text of the answer so far."""
+        self._ended = True
+        self._failed(cause)
+        partial = self._answer.text
         error = StreamInterrupted(
-            f"the stream from {self.endpoint!r} failed after {len(partial)} characters: {cause}",
+            f"the stream from {self.endpoint!r} failed after {len(partial)} characters: {cause}{why}",
             partial=partial,
             cause=cause,
             endpoint=self.endpoint,
         )
-        call.fail(error)
+        self._call.fail(error)
         return error
 
     def _complete(self) -> None:
         self._ended = True
         actor = self._actor
         assert actor is not None
-        reply = ChatResponse(
-            text="".join(self._text),
-            finish_reason=self._finish,
-            usage=self._usage or Usage(),
-            model=self._model or "",
-            id=self._id,
-            tool_calls=[
-                ToolCall(id=self._tool_ids[i][0], name=self._tool_ids[i][1], arguments="".join(self._tool_calls[i]) or "{}")
-                for i in sorted(self._tool_calls)
-            ],
-            reasoning="".join(self._reasoning) or None,
-        )
+        reply = self._answer.reply()
         usage = reply.usage
         self._settle(None, usage.input_tokens + usage.output_tokens or None)
         self._call.account(reply, actor, self._options.request)

@@ -4,7 +4,7 @@
 
     llm-runtime demo [--duration S] [--rate N] [--seed N]
     llm-runtime chat PROMPT [--config F] [--model M] [--endpoint NAME] [--system S] [--max-tokens N]
-                            [--temperature T] [--timeout S] [--stream]
+                            [--temperature T] [--timeout S] [--stream [--on-interrupt raise|restart|continue]]
     llm-runtime status [--config F] [--watch [--interval S] [--count N]]
     llm-runtime serve [--config F] [--host H] [--port N] [--workers N]
     llm-runtime config check [FILE]
@@ -50,7 +50,7 @@ from .config import RuntimeConfig, load_config
 from .endpoint.actor import EndpointStatus
 from .errors import AllEndpointsFailed, ConfigError, LLMError, ProviderError
 from .gateway.config import GatewayConfig
-from .policy import Endpoint
+from .policy import ON_INTERRUPT, Endpoint
 from .providers import ADAPTERS, adapter_for
 from .types import Attempt, ChatResponse
 
@@ -247,6 +247,11 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (0-2)")
     chat.add_argument("--timeout", type=_positive_float, metavar="S", help="deadline of the whole request in seconds")
     chat.add_argument("--stream", action="store_true", help="print the reply as it arrives")
+    chat.add_argument(
+        "--on-interrupt", choices=ON_INTERRUPT, metavar="POLICY",
+        help="with --stream, when the answer fails mid-way: raise (default), restart it elsewhere, "
+        "or continue it on an endpoint that can",
+    )
 
     status = _command(
         commands, "status", _status, help="probe every endpoint and print their states",
@@ -437,6 +442,8 @@ def _chat(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise UsageError("the prompt is empty")
+    if args.on_interrupt is not None and not args.stream:
+        raise UsageError("--on-interrupt is for --stream: a whole reply is printed only once it is complete")
     rt = load_runtime(args.config)
     endpoints = rt.endpoints
     try:
@@ -471,8 +478,16 @@ async def _chat_async(rt: Runtime, prompt: str, args: argparse.Namespace) -> Cha
         printing = not args.json
         printed = False
         try:
-            async with rt.stream(prompt, **options) as stream:
+            async with rt.stream(prompt, on_interrupt=args.on_interrupt, **options) as stream:
                 async for chunk in stream:
+                    if chunk.restart:
+                        # A terminal cannot take back what it printed: end the line, say it is void.
+                        if printing and printed:
+                            sys.stdout.write("\n")
+                            printed = False
+                        print(f"{PROG}: the answer failed mid-way and restarted on {stream.endpoint!r}; "
+                              "the text above is void", file=sys.stderr)
+                        continue
                     if printing and chunk.text:
                         sys.stdout.write(chunk.text)
                         sys.stdout.flush()
@@ -493,6 +508,7 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
         "elapsed": round(attempt.elapsed, 6),
         "hedge": attempt.hedge,
         "cancelled": attempt.cancelled,
+        "recovery": attempt.recovery,
     }
 
 

@@ -31,7 +31,7 @@ import msgspec
 from .cluster.policy import SharedPolicy
 from .errors import ConfigError
 from .gateway.config import GatewayConfig
-from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, RetryPolicy
+from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, OnInterrupt, RetryPolicy
 
 __all__ = ["RuntimeConfig", "endpoints_from_env", "load_config", "parse_config"]
 
@@ -49,6 +49,7 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     # Read by `llm-runtime serve` only; not a Runtime argument.
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     shared: SharedPolicy | None = None
+    on_interrupt: OnInterrupt = "raise"
 
     def runtime_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`runtime.Runtime`."""
@@ -61,6 +62,7 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
             "cache": self.cache,
             "budget": self.budget,
             "shared": self.shared,
+            "on_interrupt": self.on_interrupt,
         }
 
 

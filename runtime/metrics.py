@@ -17,6 +17,9 @@ name                               kind                unit    attributes
 ``llm_runtime.tokens``             counter             1       ``direction`` (``input`` | ``output``),
                                                                ``endpoint``, ``provider``, ``model``
 ``llm_runtime.cost``               counter             USD     ``endpoint``, ``provider``, ``model``
+``llm_runtime.stream.restarts``    counter             1       ``endpoint``, ``provider``, ``model`` (whose
+                                                               stream failed after content), ``recovery``
+                                                               (``restart`` | ``continue``)
 ``llm_runtime.cache.hits``         counter             1       (none)
 ``llm_runtime.cache.misses``       counter             1       (none)
 ``llm_runtime.budget.remaining``   observable gauge    1       ``scope`` (``runtime`` or an endpoint name),
@@ -64,6 +67,7 @@ INSTRUMENT_NAMES: Final = (
     "llm_runtime.time_to_first_chunk",
     "llm_runtime.tokens",
     "llm_runtime.cost",
+    "llm_runtime.stream.restarts",
     "llm_runtime.cache.hits",
     "llm_runtime.cache.misses",
     "llm_runtime.budget.remaining",
@@ -97,6 +101,9 @@ class _Instruments:
         )
         self.tokens = meter.create_counter("llm_runtime.tokens", unit="1", description="Tokens in and out")
         self.cost = meter.create_counter("llm_runtime.cost", unit="USD", description="Cost of replies")
+        self.restarts = meter.create_counter(
+            "llm_runtime.stream.restarts", unit="1", description="Streams recovered after content reached the caller"
+        )
         self.cache_hits = meter.create_counter("llm_runtime.cache.hits", unit="1", description="Response cache hits")
         self.cache_misses = meter.create_counter(
             "llm_runtime.cache.misses", unit="1", description="Response cache misses"
@@ -240,6 +247,15 @@ class Metrics:
             return
         self._instruments.ttfc.record(
             seconds, self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model))
+        )
+
+    def record_restart(self, recovery: str, *, endpoint: str | None, provider: str | None, model: str | None) -> None:
+        """Count one stream recovered (restarted or continued) after ``endpoint``'s answer failed mid-way."""
+        if not metrics_enabled():
+            return
+        self._instruments.restarts.add(
+            1,
+            self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model), ("recovery", recovery)),
         )
 
     def record_cache(self, hit: bool) -> None:

@@ -25,6 +25,8 @@ __all__ = [
     "Endpoint",
     "HealthPolicy",
     "HedgePolicy",
+    "ON_INTERRUPT",
+    "OnInterrupt",
     "Price",
     "Provider",
     "RetryPolicy",
@@ -32,6 +34,14 @@ __all__ = [
 
 Provider = Literal["openai", "azure", "anthropic", "ollama", "deepseek", "openai-compatible", "mock"]
 PROVIDERS: tuple[str, ...] = ("openai", "azure", "anthropic", "ollama", "deepseek", "openai-compatible", "mock")
+
+OnInterrupt = Literal["raise", "restart", "continue"]
+"""What a stream does when its answer fails after content reached the caller: raise
+:class:`~runtime.errors.StreamInterrupted`, restart the answer elsewhere, or have another
+endpoint continue it (see the README's streams section)."""
+ON_INTERRUPT: tuple[OnInterrupt, ...] = ("raise", "restart", "continue")
+#: what an error about a bad ``on_interrupt`` says it must be
+ON_INTERRUPT_RULE = "must be one of " + ", ".join(repr(v) for v in ON_INTERRUPT)
 
 # The variable each provider's key is read from when the endpoint names none.
 DEFAULT_KEY_ENV: dict[str, str] = {
@@ -172,6 +182,11 @@ class Endpoint(_Config, frozen=True):
     health: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
     #: drop request parameters this provider has no equivalent for, instead of refusing them
     drop_unsupported: bool = False
+    #: whether this endpoint can continue a trailing assistant message (stream recovery with
+    #: ``on_interrupt="continue"``); None: the provider's default (anthropic and ollama can,
+    #: the OpenAI family cannot). True on an OpenAI-dialect endpoint (vLLM and servers like it)
+    #: sends ``continue_final_message: true, add_generation_prompt: false``.
+    prefill: bool | None = None
 
     def __post_init__(self) -> None:
         name = self.name

@@ -134,13 +134,18 @@ class RateLimitSnapshot(FrozenStruct, frozen=True):
 
 class Attempt(FrozenStruct, frozen=True):
     """One try at one endpoint: the endpoint's name, the error it ended with (None on success
-    or when it was cancelled because a hedged twin answered first), seconds spent."""
+    or when it was cancelled because a hedged twin answered first), seconds spent.
+
+    ``recovery`` says how the attempt recovered a stream that failed after content reached
+    the caller: ``"restart"`` (a new answer) or ``"continue"`` (the partial answer continued).
+    """
 
     endpoint: str
     error: Any = None
     elapsed: float = 0.0
     hedge: bool = False
     cancelled: bool = False
+    recovery: Literal["restart", "continue"] | None = None
 
 
 class ChatRequest(Struct):
@@ -247,7 +252,12 @@ class ChatResponse(Struct):
 
 class StreamChunk(Struct):
     """One piece of a streamed reply. Text, reasoning and tool-call fragments are deltas;
-    ``usage`` and ``finish_reason`` arrive once, near the end."""
+    ``usage`` and ``finish_reason`` arrive once, near the end.
+
+    ``restart`` marks the chunk (it carries nothing else) a stream with
+    ``on_interrupt="restart"`` yields when its answer failed mid-way and a new answer
+    begins: every chunk before it is void.
+    """
 
     text: str = ""
     reasoning: str = ""
@@ -256,6 +266,7 @@ class StreamChunk(Struct):
     usage: Usage | None = None
     model: str | None = None
     id: str | None = None
+    restart: bool = False
 
 
 class EmbeddingRequest(Struct):

@@ -193,7 +193,8 @@ def test_chat_json_after_failover_names_each_attempts_error(
     first, second = reply["attempts"]
     assert first["endpoint"] == "primary" and first["error"]["type"] == "ConnectionFailed"
     assert "primary" in first["error"]["message"]
-    assert second == {"endpoint": "backup", "error": None, "elapsed": second["elapsed"], "hedge": False, "cancelled": False}
+    assert second == {"endpoint": "backup", "error": None, "elapsed": second["elapsed"], "hedge": False, "cancelled": False,
+                      "recovery": None}
 
 
 def test_chat_stream_cut_midway_keeps_the_text_and_reports_it(

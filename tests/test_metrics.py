@@ -18,6 +18,7 @@ def test_every_documented_instrument_is_exported(metric_reader: InMemoryMetricRe
     m.record_request("primary", "openai", "gpt-4o-mini", Usage(input_tokens=10, output_tokens=2), 0.0001, 0.25)
     m.record_error("RateLimited", endpoint="primary")
     m.record_ttfc(0.05, endpoint="primary")
+    m.record_restart("restart", endpoint="primary", provider="openai", model="gpt-4o-mini")
     m.record_cache(True)
     m.record_cache(False)
     m.observe_budget(lambda: {"daily_tokens": 900.0})

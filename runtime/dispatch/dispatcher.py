@@ -245,11 +245,18 @@ class Dispatcher:
         """
         clock = asyncio.get_running_loop().time
         now = clock()
-        self.retry_budget.record_request(now)
-        if self.hedge_budget is not None:
-            self.hedge_budget.record_request(now)
         attempts: list[Attempt] = [] if trail is None else trail
+        # A trail that already holds attempts is a request walking on (a stream restarting
+        # after its answer failed): those attempts count against max_attempts and the retry
+        # budget, their endpoints are tried again only after backoff, and it is no new request.
         failed: dict[str, int] = {}
+        for earlier in attempts:
+            if earlier.error is not None and getattr(earlier.error, "retryable", False):
+                failed[earlier.endpoint] = failed.get(earlier.endpoint, 0) + 1
+        if not attempts:
+            self.retry_budget.record_request(now)
+            if self.hedge_budget is not None:
+                self.hedge_budget.record_request(now)
         min_window = prompt_tokens
         raise_if_none: LLMError | None = None
         retry = self.retry

@@ -277,6 +277,7 @@ class AnthropicAdapter(Adapter):
     """Anthropic's Messages API for one endpoint (see the module docstring for the translation)."""
 
     embeddings = False
+    prefill = True
 
     provider = "anthropic"
     #: where requests go when the endpoint names no ``base_url``
@@ -374,6 +375,11 @@ class AnthropicAdapter(Adapter):
             else:
                 out.append({"role": role, "content": content or ""})
         return "\n\n".join(system), out
+
+    def _prefill_text(self, partial: str) -> str:
+        # The API refuses a final assistant message that ends in whitespace; the caller
+        # already has that whitespace, so the continuation's own leading space is dropped.
+        return partial.rstrip()
 
     def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
         """Always refused: Anthropic has no embeddings API."""

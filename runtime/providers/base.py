@@ -42,7 +42,15 @@ from ..errors import (
     Timeout,
 )
 from ..policy import Endpoint
-from ..types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, RateLimitSnapshot, StreamChunk
+from ..types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Message,
+    RateLimitSnapshot,
+    StreamChunk,
+)
 
 __all__ = [
     "Adapter",
@@ -205,6 +213,24 @@ class Adapter(abc.ABC):
     #: whether the provider has a text-completion API (``kind="completion"`` requests); the
     #: runtime routes ``complete()`` by it
     completions: ClassVar[bool] = False
+
+    #: whether the provider continues a trailing assistant message (a prefill); the
+    #: endpoint's ``prefill`` setting overrides it
+    prefill: ClassVar[bool] = False
+
+    def continuation(self, request: ChatRequest, partial: str) -> ChatRequest | None:
+        """The request asking this endpoint to continue ``partial``, the start of an assistant
+        answer to ``request``, so that only the rest is streamed; None when it cannot."""
+        able = self.endpoint.prefill
+        if not (self.prefill if able is None else able) or not partial.strip():
+            return None
+        return msgspec.structs.replace(
+            request, messages=[*request.messages, Message(role="assistant", content=self._prefill_text(partial))]
+        )
+
+    def _prefill_text(self, partial: str) -> str:
+        """The partial answer as this provider accepts it for a prefill."""
+        return partial
 
     #: set by each adapter's ``__init__``: the token-free probe's URL and headers
     _probe_url: str
@@ -609,6 +635,10 @@ class ProviderClient:
             raise self._timeout(timeout, what) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise self._connection(exc) from self.adapter.scrub(exc)
+
+    def continuation(self, request: ChatRequest, partial: str) -> ChatRequest | None:
+        """The request asking this endpoint to continue ``partial`` (None: it cannot)."""
+        return self.adapter.continuation(request, partial)
 
     async def stream(
         self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float

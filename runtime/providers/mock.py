@@ -106,6 +106,10 @@ class MockClient:
         """Always healthy."""
         await asyncio.sleep(0)
 
+    def continuation(self, request: ChatRequest, partial: str) -> ChatRequest | None:
+        """None: a canned answer cannot continue anything, so a recovered stream restarts."""
+        return None
+
     async def stream(self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float) -> MockStream:
         """The mock reply as a stream of word chunks, then a finish chunk with usage."""
         await asyncio.sleep(0)

@@ -132,6 +132,7 @@ class OllamaAdapter(Adapter):
     provider = "ollama"
     stream_content_types = ("application/x-ndjson",)
     completions = True
+    prefill = True  # a trailing assistant message is continued, not answered
     #: where requests go when the endpoint names no ``base_url``
     default_base_url = "http://127.0.0.1:11434"
 

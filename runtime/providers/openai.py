@@ -215,6 +215,8 @@ _INCLUDE_USAGE: dict[str, Any] = {"include_usage": True}
 _JSON_MODE: dict[str, Any] = {"type": "json_object"}
 # The parameters /completions takes as chat does (its logprobs is a count, not a switch: refused).
 _COMPLETION_RULES = rules_for(("presence_penalty", "frequency_penalty", "logit_bias", "n", "user"))
+# vLLM's way to continue the final assistant message; it refuses the first without the second.
+_CONTINUE: dict[str, Any] = {"continue_final_message": True, "add_generation_prompt": False}
 # "Please try again in 6ms." / "in 20s." / "in 1m30s." in OpenAI's 429 messages
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))+)")
 
@@ -426,6 +428,15 @@ class OpenAIAdapter(Adapter):
         )
         headers = with_extra_headers(self._stream_headers if stream else self._json_headers, request)
         return HTTPRequest("POST", self._completions_url if completion else self._chat_url, headers, _encode(body))
+
+    def continuation(self, request: ChatRequest, partial: str) -> ChatRequest | None:
+        """With ``prefill`` on the endpoint (vLLM and servers like it): the partial answer as a
+        trailing assistant message, and the flags that make the server continue it rather
+        than answer it."""
+        continued = super().continuation(request, partial)
+        if continued is None:
+            return None
+        return msgspec.structs.replace(continued, extra_body={**(request.extra_body or {}), **_CONTINUE})
 
     def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
         """``POST …/embeddings`` asking for float vectors (the SDKs default to base64)."""

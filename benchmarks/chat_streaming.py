@@ -1,0 +1,235 @@
+"""Should ``chat()`` stream upstream and assemble the reply? What it buys, and what it costs.
+
+A whole-response request learns that its provider went silent or stalled only when its
+one timeout fires, and that timeout must be long enough for the longest honest answer.
+A streamed one can watch each chunk: a first-chunk timeout for a silent provider and an
+idle timeout for one that stalls mid-answer. This program measures both sides in one run.
+
+Detection (part 1) runs on :class:`~runtime.testing.VirtualClockLoop` against the local
+fault-injecting endpoint, so the seconds are the loop's and exact, and the minutes of
+waiting take milliseconds: for each fault, the loop time from sending the request to the
+typed error (or the reply), whole (``timeout``) and streamed (``first_chunk_timeout``,
+``idle_timeout``), with the runtime's defaults and with tighter stream timeouts.
+
+Cost (part 2) runs on the real clock against ``python -m runtime.testing.server`` in its
+own process: per-request latency at concurrency 1 (modes alternating in blocks) and
+throughput at concurrency 64, for ``rt.chat()`` against the same reply streamed and
+assembled (``rt.stream`` read to the end, ``stream.response``), for a short and a long
+reply, each beside a bare aiohttp call of the same kind.
+
+    python benchmarks/chat_streaming.py [--requests 2000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import msgspec
+
+from runtime import Endpoint, HealthPolicy, LLMError, Runtime
+from runtime.providers import make_client
+from runtime.providers.base import ProviderClient
+from runtime.testing import FaultyEndpoint, VirtualClockLoop
+from runtime.types import ChatRequest, Message
+
+REQUEST = ChatRequest(messages=[Message(role="user", content="Tell a story")], max_tokens=400)
+BLOCK = 50
+ROUNDS = 5
+SHORT = "The answer is short."
+LONG = " ".join(f"word{i}" for i in range(128))
+
+
+# --- part 1: detection, on the virtual clock ---------------------------------------------------
+
+
+async def whole(client: ProviderClient, timeout: float) -> str:
+    try:
+        reply, _ = await client.chat(REQUEST, timeout)
+    except LLMError as exc:
+        return type(exc).__name__
+    return f"reply ({len(reply.text.split())} words)"
+
+
+async def streamed(client: ProviderClient, first: float, idle: float) -> str:
+    try:
+        stream = await client.stream(REQUEST, first_chunk_timeout=first, idle_timeout=idle)
+        words = 0
+        try:
+            async for chunk in stream:
+                words += bool(chunk.text)
+        finally:
+            await stream.aclose()
+    except LLMError as exc:
+        return type(exc).__name__
+    return f"reply ({words} words)"
+
+
+# Each fault as the provider shows it to a whole request and to a streamed one: a model
+# that stalls mid-generation never finishes the whole body either, and a 90-second
+# generation answers a whole request after 90 seconds.
+FAULTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
+    # accepts the request and never answers
+    "silent provider": ({"hang": True}, {"hang": True}),
+    # three words, then nothing more on an open connection
+    "stall after 3 chunks": ({"hang": True}, {"chunk_delay": 0.05, "stall_after": 3}),
+    # an honest 90-second answer: 90 words, one a second
+    "slow honest answer (90 s)": ({"latency": 90.0}, {"chunk_delay": 1.0}),
+}
+SETTINGS = {
+    "defaults (timeout 60, first chunk 60, idle 30)": (60.0, 60.0, 30.0),
+    "tight stream timeouts (timeout 60, first chunk 10, idle 5)": (60.0, 10.0, 5.0),
+}
+
+
+async def detection() -> None:
+    loop = asyncio.get_running_loop()
+    text = " ".join(f"w{i}" for i in range(90))
+    async with aiohttp.ClientSession() as session, FaultyEndpoint("openai", name="ep", text=text) as ep:
+        client = make_client(ep.endpoint(), session)
+        assert isinstance(client, ProviderClient)
+        for label, (timeout, first, idle) in SETTINGS.items():
+            print(f"\n{label}: loop seconds until the outcome")
+            print(f"  {'fault':<28}{'whole chat()':>26}{'streamed + assembled':>30}")
+            for fault, (as_whole, as_stream) in FAULTS.items():
+                set_faults(ep, as_whole)
+                t0 = loop.time()
+                a = await whole(client, timeout)
+                t1 = loop.time()
+                set_faults(ep, as_stream)
+                b = await streamed(client, first, idle)
+                t2 = loop.time()
+                print(f"  {fault:<28}{f'{t1 - t0:6.2f} s {a}':>26}{f'{t2 - t1:6.2f} s {b}':>30}")
+
+
+def set_faults(ep: FaultyEndpoint, knobs: dict[str, object]) -> None:
+    ep.faults.clear()
+    for name, value in knobs.items():
+        setattr(ep.faults, name, value)
+
+
+# --- part 2: cost, on the real clock -------------------------------------------------------------
+
+
+def start_server(text: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.testing.server", "--dialect", "openai", "--port", "0", "--text", text],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    base_url = proc.stdout.readline().strip()
+    if not base_url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"the local server did not start: {base_url!r}")
+    return proc, base_url
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def cost(text: str, requests: int, concurrency: int) -> None:
+    proc, base_url = start_server(text)
+    try:
+        await measure(base_url, len(text.split()), requests, concurrency)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def measure(base_url: str, words: int, requests: int, concurrency: int) -> None:
+    url = f"{base_url}/chat/completions"
+    payload = {"model": "bench", "messages": [{"role": "user", "content": "Tell a story"}], "max_tokens": 400}
+    stream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"content-type": "application/json"}
+    endpoint = Endpoint(
+        name="e", provider="openai-compatible", model="bench", base_url=base_url, health=HealthPolicy(enabled=False)
+    )
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, Runtime([endpoint], seed=1) as rt:
+
+        async def bare_whole() -> None:
+            async with session.post(url, data=msgspec.json.encode(payload), headers=headers) as resp:
+                msgspec.json.decode(await resp.read())
+
+        async def bare_stream() -> None:
+            async with session.post(url, data=msgspec.json.encode(stream_payload), headers=headers) as resp:
+                async for _ in resp.content:
+                    pass
+
+        async def chat() -> None:
+            await rt.chat("Tell a story", max_tokens=400)
+
+        async def assembled() -> None:
+            async with rt.stream("Tell a story", max_tokens=400) as s:
+                async for _ in s:
+                    pass
+            assert s.response.text
+
+        modes: dict[str, Callable[[], Awaitable[None]]] = {
+            "bare whole": bare_whole, "bare stream": bare_stream, "chat()": chat, "streamed": assembled,
+        }
+        for fn in modes.values():
+            for _ in range(50):
+                await fn()
+        samples: dict[str, list[float]] = {name: [] for name in modes}
+        clock = time.perf_counter
+        for _ in range(max(1, requests // BLOCK)):
+            for name, fn in modes.items():
+                for _ in range(BLOCK):
+                    t0 = clock()
+                    await fn()
+                    samples[name].append(clock() - t0)
+        print(f"\nreply of {words} words ({words} content chunks when streamed), concurrency 1, {requests} requests per mode")
+        print(f"  {'mode':<14}{'median µs':>12}{'p99 µs':>12}")
+        for name, s in samples.items():
+            print(f"  {name:<14}{statistics.median(s) * 1e6:>12.1f}{pct(s, 0.99) * 1e6:>12.1f}")
+        added = statistics.median(samples["streamed"]) - statistics.median(samples["chat()"])
+        bare_added = statistics.median(samples["bare stream"]) - statistics.median(samples["bare whole"])
+        print(f"  streamed costs {added * 1e6:.0f} µs more than chat() per request (median); "
+              f"a bare stream costs {bare_added * 1e6:.0f} µs more than a bare whole call")
+        rates: dict[str, list[float]] = {"chat()": [], "streamed": []}
+        for _ in range(ROUNDS):
+            for name in rates:
+                rates[name].append(await throughput(modes[name], max(concurrency * 4, requests // ROUNDS), concurrency))
+        ratios = [s / c for s, c in zip(rates["streamed"], rates["chat()"], strict=True)]
+        print(f"  concurrency {concurrency}: chat() {statistics.median(rates['chat()']):.0f} req/s, streamed "
+              f"{statistics.median(rates['streamed']):.0f} req/s ({statistics.median(ratios):.2f}× chat())")
+
+
+async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await fn()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    print("part 1: time to detect a silent or stalled provider (virtual clock)")
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        runner.run(detection())
+    print("\npart 2: cost per request (real clock, server in its own process)")
+    for text in (SHORT, LONG):
+        asyncio.run(cost(text, args.requests, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
