@@ -35,3 +35,4 @@ bench: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/tokens.py
+	$(BIN)/python benchmarks/gateway.py

@@ -6,7 +6,7 @@
     llm-runtime chat PROMPT [--config F] [--model M] [--endpoint NAME] [--system S] [--max-tokens N]
                             [--temperature T] [--timeout S] [--stream [--on-interrupt raise|restart|continue]]
     llm-runtime status [--config F] [--watch [--interval S] [--count N]]
-    llm-runtime serve [--config F] [--host H] [--port N] [--workers N]
+    llm-runtime serve [--config F] [--host H] [--port N] [--workers N] [--loop auto|asyncio|uvloop]
     llm-runtime config check [FILE]
     llm-runtime bench list | run [NAME|FILE ...] [--system S] [--out DIR] | report DIR ...
 
@@ -275,6 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: [gateway] host, else 127.0.0.1)")
     serve.add_argument("--port", type=int, metavar="N", help="port to bind; 0 picks a free one (default: [gateway] port, else 4000)")
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="processes sharing the port (default: 1)")
+    serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                       help="event loop (default: auto, uvloop when installed)")
     # A worker started by --workers: binds with SO_REUSEPORT. Not advertised.
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
@@ -804,8 +806,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = resolved(load_config(path).gateway if path is not None else GatewayConfig(), args.host, args.port)
     if args.workers > 1:
         argv = [*(["--config", str(path)] if path is not None else []), "--host", config.host]
-        return serve_workers(argv, config, args.workers)
-    serve(load_runtime(args.config), config, reuse_port=args.worker, quiet=args.worker)
+        return serve_workers(argv, config, args.workers, args.loop)
+    serve(load_runtime(args.config), config, loop=args.loop, reuse_port=args.worker, quiet=args.worker)
     return EXIT_OK
 
 

@@ -320,6 +320,7 @@ async def test_anthropic_tools_and_errors() -> None:
             message = await client.messages.create(model="claude", max_tokens=64, tools=tools, messages=messages)
             async with client.messages.stream(model="claude", max_tokens=64, tools=tools, messages=messages) as s:
                 final = await s.get_final_message()
+            listed = [m.id async for m in client.models.list()]
             with pytest.raises(anthropic.NotFoundError) as unknown:
                 await client.messages.create(model="nope", max_tokens=8, messages=messages)
             with pytest.raises(anthropic.BadRequestError) as bad:
@@ -327,7 +328,7 @@ async def test_anthropic_tools_and_errors() -> None:
     use = message.content[0]
     assert message.stop_reason == "tool_use" and use.type == "tool_use" and use.input == {"city": "Paris", "days": 1}
     assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "Paris", "days": 1}
-    assert unknown.value.body["error"]["type"] == "not_found_error"
+    assert unknown.value.body["error"]["type"] == "not_found_error" and listed == ["claude-3-5-haiku-latest", "claude"]
     assert "top_k" in bad.value.body["error"]["message"]
 
 

@@ -26,16 +26,24 @@ import anyio
 import msgspec
 
 from .._runtime import Runtime
+from ..errors import ConfigError
 from .config import GatewayConfig
 from .server import Gateway
 
 __all__ = ["event_loop", "serve", "serve_workers"]
 
 
-def event_loop() -> str:
-    """``uvloop`` when it is installed (the ``uvloop`` extra), else ``asyncio``."""
+def event_loop(choice: str = "auto") -> str:
+    """The loop to run: ``auto`` is ``uvloop`` when it is installed (the ``uvloop`` extra),
+    else ``asyncio``; asking for ``uvloop`` without it installed is a ConfigError."""
+    if choice == "asyncio":
+        return "asyncio"
     # Looked up, not imported: the extra may be absent (and then has no type stubs either).
-    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    if importlib.util.find_spec("uvloop") is not None:
+        return "uvloop"
+    if choice == "uvloop":
+        raise ConfigError("uvloop is not installed: pip install 'llm-runtime[uvloop]'", key="loop")
+    return "asyncio"
 
 
 async def _serve(rt: Runtime, config: GatewayConfig, announce: Callable[[Gateway], None], reuse_port: bool) -> None:
@@ -53,9 +61,9 @@ async def _serve(rt: Runtime, config: GatewayConfig, announce: Callable[[Gateway
             await gateway.drain()
 
 
-def serve(rt: Runtime, config: GatewayConfig, *, reuse_port: bool = False, quiet: bool = False) -> None:
+def serve(rt: Runtime, config: GatewayConfig, *, loop: str = "auto", reuse_port: bool = False, quiet: bool = False) -> None:
     """Serve in this process until SIGTERM or SIGINT; prints the base URL when ready."""
-    loop = event_loop()
+    loop = event_loop(loop)
 
     def announce(gateway: Gateway) -> None:
         print(gateway.base_url, flush=True)
@@ -66,10 +74,10 @@ def serve(rt: Runtime, config: GatewayConfig, *, reuse_port: bool = False, quiet
     anyio.run(_serve, rt, config, announce, reuse_port, backend="asyncio", backend_options={"use_uvloop": loop == "uvloop"})
 
 
-def serve_workers(argv: Sequence[str], config: GatewayConfig, workers: int) -> int:
+def serve_workers(argv: Sequence[str], config: GatewayConfig, workers: int, loop: str = "auto") -> int:
     """Start ``workers`` processes of ``serve`` on one port; forward SIGTERM/SIGINT; wait for them."""
     port = config.port or _free_port(config.host)
-    command = [sys.executable, "-m", "runtime", "serve", *argv, "--port", str(port), "--worker"]
+    command = [sys.executable, "-m", "runtime", "serve", *argv, "--port", str(port), "--loop", loop, "--worker"]
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
 
     def forward(signum: int, frame: Any) -> None:
@@ -84,7 +92,7 @@ def serve_workers(argv: Sequence[str], config: GatewayConfig, workers: int) -> i
             forward(signal.SIGTERM, None)
             return max((child.wait() for child in children), default=1) or 1
         print(urls[0], flush=True)
-        print(f"llm-runtime: {workers} gateway workers ready at {urls[0]}/v1 ({event_loop()})", file=sys.stderr, flush=True)
+        print(f"llm-runtime: {workers} gateway workers ready at {urls[0]}/v1 ({event_loop(loop)})", file=sys.stderr, flush=True)
         return max(child.wait() for child in children)
     finally:
         for sig, handler in previous.items():

@@ -380,7 +380,10 @@ class Gateway:
         if isinstance(visible, Failure):
             return self._failure(request[_RID], "openai", visible)
         data = [_model_entry(r) for r in visible]
-        return web.Response(body=msgspec.json.encode({"object": "list", "data": data}), content_type=_JSON)
+        # One document both clients read: OpenAI's list, with Anthropic's paging fields.
+        page = {"object": "list", "data": data, "has_more": False, "first_id": visible[0] if visible else None,
+                "last_id": visible[-1] if visible else None}
+        return web.Response(body=msgspec.json.encode(page), content_type=_JSON)
 
     async def _model(self, request: web.Request) -> web.StreamResponse:
         visible = self._visible(request)
@@ -442,7 +445,11 @@ def _routes(rt: Runtime) -> dict[str, dict[str, Any]]:
 
 
 def _model_entry(route: str) -> dict[str, Any]:
-    return {"id": route, "object": "model", "created": 0, "owned_by": "llm-runtime"}
+    """A route as a model entry in both dialects (OpenAI's object/owned_by, Anthropic's type/display_name)."""
+    return {
+        "id": route, "object": "model", "created": 0, "owned_by": "llm-runtime",
+        "type": "model", "display_name": route, "created_at": "1970-01-01T00:00:00Z",
+    }
 
 
 def _key_status(key: ClientKey) -> dict[str, Any]:

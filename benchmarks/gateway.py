@@ -1,0 +1,275 @@
+"""What the gateway costs: the openai client direct to an upstream vs through ``llm-runtime serve``.
+
+Three processes, side by side in one run: a local OpenAI-compatible upstream
+(``python -m runtime.testing.server``), the gateway (``python -m runtime serve`` over one
+endpoint on that upstream, with ``--loop uvloop`` and, for comparison, ``--loop asyncio``),
+and this one, the client (the official ``openai.AsyncOpenAI``). The same requests go
+
+  (a) direct: the openai client to the upstream,
+  (b) through the gateway (uvloop), (c) through the gateway (asyncio),
+  (d) through LiteLLM's proxy, when ``litellm`` is installed.
+
+Concurrency 1: the modes alternate in blocks of 50 requests, so drift on a shared
+machine hits them alike; median and p99 latency and what each adds over (a).
+Concurrency 64: throughput as a ratio of (a)'s, rounds alternating. Memory: the gateway
+process's resident set size (``/proc/PID/status``) before and after ``--memory-requests``
+requests sent by a bare aiohttp client at concurrency 64 (the openai client costs more
+CPU per request than the gateway and would only slow the count). All three processes
+share the machine's cores: read the ratios and the added microseconds.
+
+    python benchmarks/gateway.py [--requests 2000] [--concurrency 64] [--memory-requests 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+MESSAGES = [{"role": "user", "content": "Say hi"}]
+BLOCK = 50
+ROUNDS = 5
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """A child process and the URL it prints on its first line."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"{' '.join(args)} did not start: {url!r}")
+    return proc, url
+
+
+def gateway_config(directory: Path, upstream: str) -> Path:
+    path = directory / "runtime.toml"
+    path.write_text(
+        "[[endpoints]]\n"
+        'name = "up"\nprovider = "openai-compatible"\nmodel = "bench"\n'
+        f'base_url = "{upstream}"\ntimeout = 30\n'
+        "[endpoints.health]\nenabled = false\n"
+        "[gateway]\nport = 0\nmax_concurrency = 4096\n"
+    )
+    return path
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int) -> None:
+    samples: dict[str, list[float]] = {name: [] for name in modes}
+    clock = time.perf_counter
+    for _ in range(max(1, requests // BLOCK)):
+        for name, fn in modes.items():
+            for _ in range(BLOCK):
+                t0 = clock()
+                await fn()
+                samples[name].append(clock() - t0)
+    base_med, base_p99 = statistics.median(samples["direct"]), pct(samples["direct"], 0.99)
+    print(f"{'mode':<18}{'median µs':>11}{'p99 µs':>11}{'added p50 µs':>14}{'added p99 µs':>14}")
+    for name, s in samples.items():
+        med, p99 = statistics.median(s), pct(s, 0.99)
+        print(f"{name:<18}{med * 1e6:>11.0f}{p99 * 1e6:>11.0f}{(med - base_med) * 1e6:>14.0f}{(p99 - base_p99) * 1e6:>14.0f}")
+
+
+async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await fn()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0)
+
+
+async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int, concurrency: int) -> None:
+    rates: dict[str, list[float]] = {name: [] for name in modes}
+    per_round = max(concurrency * 4, requests // ROUNDS)
+    for _ in range(ROUNDS):
+        for name, fn in modes.items():
+            rates[name].append(await throughput(fn, per_round, concurrency))
+    for name, series in rates.items():
+        ratios = [r / b for r, b in zip(series, rates["direct"], strict=True)]
+        print(
+            f"{name:<18}{statistics.median(series):>9.0f} req/s   {statistics.median(ratios):>5.2f}× direct "
+            f"(rounds {min(ratios):.2f}–{max(ratios):.2f})"
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def memory(url: str, pid: int, total: int, concurrency: int, budget_s: float) -> None:
+    """RSS of the gateway before and after ``total`` requests (or as many as fit in ``budget_s``)."""
+    body = msgspec.json.encode({"model": "up", "messages": MESSAGES, "max_tokens": 16})
+    headers = {"content-type": "application/json"}
+    sent = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker(share: int, deadline: float) -> None:
+            nonlocal sent
+            for _ in range(share):
+                if time.perf_counter() > deadline:
+                    return
+                async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+                sent += 1
+
+        await asyncio.gather(*(worker(20, math.inf) for _ in range(concurrency)))  # warm up
+        before, sent = rss_kib(pid), 0
+        t0 = time.perf_counter()
+        deadline = t0 + budget_s
+        marks = []
+        step = max(1, total // 10 // concurrency)
+        while sent < total and time.perf_counter() < deadline:
+            await asyncio.gather(*(worker(step, deadline) for _ in range(concurrency)))
+            marks.append((sent, rss_kib(pid)))
+        elapsed = time.perf_counter() - t0
+    after = rss_kib(pid)
+    trail = ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in marks)
+    cut = "" if sent >= total else f" (the {budget_s:.0f}s time budget ended the run)"
+    print(f"gateway RSS {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after {sent} requests in {elapsed:.0f}s{cut}: "
+          f"growth {(after - before) / 1024:+.1f} MiB")
+    print(f"  RSS in MiB after n requests: {trail}")
+
+
+def bare_modes(session: aiohttp.ClientSession, urls: dict[str, tuple[str, str]]) -> dict[str, Callable[[], Awaitable[None]]]:
+    """A bare aiohttp client per target (name -> (chat URL, model)): the cheapest client there is."""
+    headers = {"content-type": "application/json"}
+
+    def mode(url: str, model: str) -> Callable[[], Awaitable[None]]:
+        body = msgspec.json.encode({"model": model, "messages": MESSAGES, "max_tokens": 16})
+
+        async def call() -> None:
+            async with session.post(url, data=body, headers=headers) as resp:
+                msgspec.json.decode(await resp.read())
+
+        return call
+
+    return {name: mode(url, model) for name, (url, model) in urls.items()}
+
+
+async def cpu_table(modes: dict[str, Callable[[], Awaitable[None]]], pids: dict[str, int], upstream_pid: int, n: int) -> None:
+    """CPU each server process spends per request, at concurrency 16 (bare client)."""
+    for name, fn in modes.items():
+        pid = pids.get(name)
+        c0, u0 = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(upstream_pid)
+        await throughput(fn, n, 16)
+        gw = (cpu_seconds(pid) - c0) / n * 1e6 if pid else 0.0
+        up = (cpu_seconds(upstream_pid) - u0) / n * 1e6
+        print(f"{name:<18} gateway {gw:>6.0f} µs/req   upstream {up:>6.0f} µs/req")
+
+
+def litellm_proxy(upstream: str, directory: Path) -> tuple[subprocess.Popen[str], str] | None:
+    exe = shutil.which("litellm")
+    if exe is None:
+        print("litellm is not installed: mode (d), LiteLLM's proxy, skipped")
+        return None
+    config = directory / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: up\n    litellm_params:\n"
+        f"      model: openai/bench\n      api_base: {upstream}\n      api_key: x\n"
+    )
+    port = "4111"
+    proc = subprocess.Popen([exe, "--config", str(config), "--port", port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def run(args: argparse.Namespace) -> None:
+    import openai
+
+    procs: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            upstream_proc, upstream = start([sys.executable, "-m", "runtime.testing.server", "--port", "0"])
+            procs.append(upstream_proc)
+            config = gateway_config(Path(tmp), upstream)
+            gateways: dict[str, str] = {}
+            pids: dict[str, int] = {}
+            for loop in ("uvloop", "asyncio"):
+                proc, url = start([sys.executable, "-m", "runtime", "serve", "--config", str(config), "--loop", loop])
+                procs.append(proc)
+                gateways[f"gateway ({loop})"], pids[loop] = url, proc.pid
+            lite = litellm_proxy(upstream, Path(tmp))
+            if lite is not None:
+                procs.append(lite[0])
+            clients = {"direct": openai.AsyncOpenAI(base_url=upstream, api_key="x", max_retries=0)}
+            for name, url in gateways.items():
+                clients[name] = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+            if lite is not None:
+                clients["litellm proxy"] = openai.AsyncOpenAI(base_url=lite[1], api_key="x", max_retries=0)
+
+            def mode(client: openai.AsyncOpenAI, model: str) -> Callable[[], Awaitable[None]]:
+                async def call() -> None:
+                    await client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16)  # type: ignore[arg-type]
+
+                return call
+
+            modes = {name: mode(c, "bench" if name == "direct" else "up") for name, c in clients.items()}
+            targets = {"direct": (upstream + "/chat/completions", "bench")}
+            targets.update({name: (url + "/v1/chat/completions", "up") for name, url in gateways.items()})
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            bare = bare_modes(session, targets)
+            for fn in (*modes.values(), *bare.values()):
+                for _ in range(100):
+                    await fn()
+            print(f"client, gateway and upstream on {os.cpu_count()} cores; openai {openai.__version__}")
+            print(f"\nopenai client, concurrency 1, {args.requests} requests per mode (alternating blocks of {BLOCK})")
+            await latency_table(modes, args.requests)
+            print(f"\nopenai client, concurrency {args.concurrency}, throughput ({ROUNDS} alternating rounds)")
+            await throughput_table(modes, args.requests * 2, args.concurrency)
+            print(f"\nbare aiohttp client, concurrency 1, {args.requests} requests per mode")
+            await latency_table(bare, args.requests)
+            print(f"\nbare aiohttp client, concurrency {args.concurrency}, throughput ({ROUNDS} alternating rounds)")
+            await throughput_table(bare, args.requests * 2, args.concurrency)
+            print("\nCPU per request of each server process (bare client, concurrency 16)")
+            await cpu_table(bare, {f"gateway ({loop})": pid for loop, pid in pids.items()}, upstream_proc.pid, args.requests)
+            for c in clients.values():
+                await c.close()
+            await session.close()
+            print(f"\nmemory over {args.memory_requests} requests (bare aiohttp client, concurrency {args.concurrency})")
+            await memory(gateways["gateway (uvloop)"], pids["uvloop"], args.memory_requests, args.concurrency, args.memory_seconds)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--memory-requests", type=int, default=100_000)
+    parser.add_argument("--memory-seconds", type=float, default=240.0, help="time budget of the memory run")
+    asyncio.run(run(parser.parse_args()))
