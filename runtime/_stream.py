@@ -26,6 +26,7 @@ from .dispatch.dispatcher import Outcome
 from .endpoint.actor import EndpointActor, Permit
 from .errors import InvalidRequest, LLMError, StreamInterrupted, Timeout
 from .providers.base import ChunkStream
+from .structured import parse_reply
 from .types import ChatRequest, ChatResponse, StreamChunk
 
 __all__ = ["ReplyStream"]
@@ -94,6 +95,8 @@ class ReplyStream:
         self._cache_key, hit = call.cached(request, self._options.cache)
         if hit is not None:
             self._response = hit
+            if self._options.output is not None:
+                hit.parsed = parse_reply(hit, self._options.output)
             self._buffer = replay_as_stream(hit)
             self._ended = True
             return self
@@ -279,6 +282,10 @@ class ReplyStream:
         self._settle(None, usage.input_tokens + usage.output_tokens or None)
         self._call.account(reply, actor, self._options.request)
         self._response = reply
+        if self._options.output is not None:
+            # The text is the caller's already: a mismatch ends the stream with InvalidOutput
+            # (and is not cached); ``response`` still holds what came.
+            reply.parsed = parse_reply(reply, self._options.output)
         cache = self._pipeline.cache
         if self._cache_key is not None and cache is not None:
             cache.set(self._cache_key, reply)

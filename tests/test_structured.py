@@ -288,3 +288,42 @@ async def test_json_object_mode_on_anthropic_is_the_output_tool_with_any_object(
     async with FaultyEndpoint("anthropic", name="a") as ep, runtime_for(ep) as rt:
         reply = await rt.chat("x", response_format={"type": "json_object"})
     assert (reply.text, reply.finish_reason, reply.parsed) == ("{}", "stop", None)
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure", "openai-compatible", "deepseek", "ollama"])
+async def test_repair_per_provider(provider: str) -> None:
+    """Each dialect: an invalid first reply, repaired on the same endpoint by the second."""
+    async with FaultyEndpoint(provider, name="p", text=VALID) as ep, runtime_for(ep) as rt:
+        ep.replies.append('{"name": "Ada"}')
+        reply = await rt.chat("who?", response_format=Person, repair=1)
+        assert ep.stats.requests == 2
+    assert reply.parsed == Person(name="Ada", age=36, city=City(name="London"))
+
+
+async def test_anthropic_repair_sends_the_error_as_the_next_user_turn() -> None:
+    """Anthropic: the repair turns (the reply as assistant text, the error as user text) reach the same endpoint."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 5}}, "required": ["n"]}
+    async with FaultyEndpoint("anthropic", name="a") as ep, runtime_for(ep) as rt:
+        with pytest.raises(InvalidOutput) as info:
+            await rt.chat("count", response_format=schema, repair=1)
+        sent = ep.last_request
+        assert ep.stats.requests == 2
+    assert info.value.repairs == 1
+    assert sent["messages"][-2] == {"role": "assistant", "content": '{"n":1}'}
+    assert sent["messages"][-1]["role"] == "user" and "at $.n" in sent["messages"][-1]["content"]
+    assert sent["tool_choice"] == {"type": "tool", "name": OUTPUT_TOOL}
+
+
+async def test_a_typed_stream_is_checked_at_its_end() -> None:
+    """A stream with a typed response_format: response.parsed when the text matches; InvalidOutput
+    where the stream ends when it does not (the text already delivered stays on response)."""
+    async with FaultyEndpoint("ollama", name="o", text=VALID) as ep, runtime_for(ep) as rt:
+        async with rt.stream("who?", response_format=Person) as good:
+            assert "".join([c.text async for c in good]) == VALID
+        ep.replies.append('{"name": "Ada"}')
+        async with rt.stream("who?", response_format=Person) as bad:
+            with pytest.raises(InvalidOutput) as info:
+                async for _ in bad:
+                    pass
+    assert good.response.parsed == Person(name="Ada", age=36, city=City(name="London"))
+    assert (info.value.path, bad.response.text, bad.response.parsed) == ("$", '{"name": "Ada"}', None)
