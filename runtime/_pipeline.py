@@ -38,7 +38,7 @@ from .errors import AllEndpointsFailed, InvalidRequest, LLMError
 from .policy import ON_INTERRUPT, ON_INTERRUPT_RULE, HedgePolicy, OnInterrupt
 from .structured import OutputSchema, output_schema
 from .structured import finish as finish_structured
-from .telemetry import NO_SPAN, activate, end_span, start_span
+from .telemetry import NO_SPAN, activate, end_span, start_span, tracing_enabled
 from .types import (
     Attempt,
     ChatRequest,
@@ -64,6 +64,7 @@ T = TypeVar("T")
 # Reserved against TPM when a request sets no max_tokens: a typical reply, so that an
 # unbounded request neither reserves nothing nor a whole context window.
 DEFAULT_REPLY_RESERVE = 1024
+_PRICE_CACHE_LIMIT = 1024
 
 
 class ChatOptions(msgspec.Struct, frozen=True):
@@ -137,11 +138,13 @@ def chat_options(
     only) says what a stream that fails after content reached the caller does: ``"raise"``,
     ``"restart"`` or ``"continue"`` (:mod:`runtime._recovery`); None takes the runtime's.
     """
-    call_options(timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, trim=trim)
+    # The knobs are checked only when one is set: most requests set none.
+    if timeout is not None or endpoint is not None or cache is not None or hedge is not None or trim is not False:
+        call_options(timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, trim=trim)
     if on_interrupt is not None and on_interrupt not in ON_INTERRUPT:
         raise InvalidRequest(f"on_interrupt {ON_INTERRUPT_RULE}, got {on_interrupt!r}", field="on_interrupt")
-    output = output_schema(response_format)
-    if isinstance(repair, bool) or not isinstance(repair, int) or repair < 0:
+    output = output_schema(response_format) if response_format is not None else None
+    if type(repair) is not int or repair < 0:  # type(): a bool is no count
         raise InvalidRequest(f"repair must be an integer >= 0, got {repair!r}", field="repair")
     request = chat_request(
         messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
@@ -160,7 +163,8 @@ def embed_options(
     endpoint: str | None = None,
 ) -> EmbedOptions:
     """The keywords of ``embed``, declared once: ``model`` routes, ``endpoint`` pins, ``timeout`` is the deadline."""
-    call_options(timeout=timeout, endpoint=endpoint)
+    if timeout is not None or endpoint is not None:
+        call_options(timeout=timeout, endpoint=endpoint)
     return EmbedOptions(embed_request(inputs, model=model, dimensions=dimensions), timeout, endpoint)
 
 
@@ -239,6 +243,10 @@ class Pipeline:
         self.on_interrupt = on_interrupt
         self.accept = _budget_filter(endpoint_budgets)
         self.accept_embeddings = _embeddings_filter(self.accept)
+        # Built inside the running loop the runtime serves from: its clock, read once.
+        self.clock = asyncio.get_running_loop().time
+        # (endpoint, model that answered) -> price: one dict hit per reply after the first.
+        self._prices: dict[tuple[str, str], ModelPrice] = {}
 
     # --- the operations ----------------------------------------------------------------------
 
@@ -251,10 +259,10 @@ class Pipeline:
                 field="on_interrupt",
             )
         deadline = self.deadline(options.timeout)
-        reply = await self.whole(options, deadline)
         output = options.output
         if output is None:
-            return reply
+            return await self.whole(options, deadline)
+        reply = await self.whole(options, deadline)
 
         async def resend(messages: list[Message], endpoint: str) -> ChatResponse:
             request = msgspec.structs.replace(options.request, messages=messages)
@@ -268,10 +276,10 @@ class Pipeline:
         completion = request.kind == "completion"
         call = Call(self, "text_completion" if completion else "chat", request.model, options.endpoint, deadline, completion)
         call.start_span()
-        key, hit = call.cached(request, options.cache)
+        key, hit = call.cached(request, options.cache) if self.cache is not None else (None, None)
         if hit is not None:
             return hit
-        loop_time = asyncio.get_running_loop().time
+        loop_time = self.clock
 
         async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
             reply, snapshot = await actor.client.chat(self.fit(request, actor) if trim else request, timeout)
@@ -332,7 +340,7 @@ class Pipeline:
 
     def deadline(self, timeout: float | None) -> float:
         """The loop time by which a request given ``timeout`` (None: the runtime's) must resolve."""
-        return asyncio.get_running_loop().time() + (timeout if timeout is not None else self.timeout)
+        return self.clock() + (timeout if timeout is not None else self.timeout)
 
     def hedge_for(self, hedge: HedgePolicy | bool | None) -> HedgePolicy | None:
         """This request's hedging: the runtime's unless the call says otherwise."""
@@ -363,10 +371,15 @@ class Pipeline:
         """What the reply costs per token: the endpoint's own price, else the table's for the
         model that answered, else for the endpoint's configured model (an OpenAI-compatible
         server may answer under its own name), else unknown (0, ``known=False``)."""
-        endpoint = actor.endpoint
-        price = self.prices.price(reply_model or actor.model, actor.provider, endpoint.price)
-        if not price.known and reply_model and reply_model != actor.model:
-            price = self.prices.price(actor.model, actor.provider)
+        key = (actor.name, reply_model)
+        price = self._prices.get(key)
+        if price is None:
+            if len(self._prices) >= _PRICE_CACHE_LIMIT:  # a server naming a new model each time
+                self._prices.clear()
+            price = self.prices.price(reply_model or actor.model, actor.provider, actor.endpoint.price)
+            if not price.known and reply_model and reply_model != actor.model:
+                price = self.prices.price(actor.model, actor.provider)
+            self._prices[key] = price
         return price
 
 
@@ -384,7 +397,7 @@ class Call:
         self.pipeline = pipeline
         self.operation = operation
         self.model = model
-        self.started = asyncio.get_running_loop().time()
+        self.started = pipeline.clock()
         self.deadline = deadline
         self.route = endpoint or model
         tiers = pipeline.routes.tiers(model, endpoint)
@@ -396,6 +409,8 @@ class Call:
 
     def start_span(self) -> None:
         """Open the request's span (a no-op one when tracing is off); attempts are its children."""
+        if not tracing_enabled():
+            return
         model = self.model
         attributes: dict[str, Any] = {"gen_ai.operation.name": self.operation}
         if model:
@@ -452,7 +467,7 @@ class Call:
             self.reservation = pipeline.budget.reserve(tokens, 0.0)
         return tokens, 0 if trim else prompt + (request.max_tokens or 0)
 
-    async def dispatch(
+    def dispatch(
         self,
         attempt: Callable[[EndpointActor, float], Awaitable[T]],
         *,
@@ -462,19 +477,19 @@ class Call:
         usage_tokens: Callable[[T], int | None] | None = None,
         accept: Callable[[EndpointActor], bool] | None = None,
         hedge: HedgePolicy | None = None,
-    ) -> Outcome[T]:
-        """Run attempts through the dispatcher under this call's span, deadline and trail;
-        failed attempts are counted per endpoint however it ends."""
+    ) -> Awaitable[Outcome[T]]:
+        """Run attempts through the dispatcher under this call's span, deadline and trail.
+        Every way out of the call (:meth:`account`, :meth:`fail`, :meth:`stale`) counts the
+        trail's failed attempts."""
         pipeline = self.pipeline
-        try:
-            with activate(self.span):
-                return await pipeline.dispatcher.run(
-                    self.tiers, attempt, tokens=tokens, deadline=self.deadline, prompt_tokens=window,
-                    route=self.route, settle=settle, usage_tokens=usage_tokens,
-                    accept=pipeline.accept if accept is None else accept, hedge=hedge, trail=self.trail,
-                )
-        finally:
-            self.count_failed_attempts()
+        run = pipeline.dispatcher.run(
+            self.tiers, attempt, tokens=tokens, deadline=self.deadline, prompt_tokens=window,
+            route=self.route, settle=settle, usage_tokens=usage_tokens,
+            accept=pipeline.accept if accept is None else accept, hedge=hedge, trail=self.trail,
+        )
+        if self.span is NO_SPAN:
+            return run  # no frame of ours between the caller and the dispatcher
+        return _under(self.span, run)
 
     def attempt_failed(self, endpoint: str, error: LLMError, elapsed: float) -> None:
         """The attempt serving the request failed after the dispatcher handed it over (a
@@ -490,8 +505,10 @@ class Call:
 
     def count_failed_attempts(self) -> None:
         """Count each failed attempt of the trail not yet counted in ``llm_runtime.errors``."""
-        metrics, by_name = self.pipeline.metrics, self.pipeline.routes.by_name
         trail = self.trail
+        if self.counted == len(trail):
+            return
+        metrics, by_name = self.pipeline.metrics, self.pipeline.routes.by_name
         for attempt in trail[self.counted :]:
             error = attempt.error
             if error is not None:
@@ -528,10 +545,13 @@ class Call:
             guard.spend(tokens, cost)
         pipeline.ledger.record(actor.name, reply.model, usage, cost)
         pipeline.metrics.record_request(
-            actor.name, actor.provider, reply.model, usage, cost,
-            asyncio.get_running_loop().time() - self.started, operation=self.operation,
+            actor.name, actor.provider, reply.model, usage, cost, pipeline.clock() - self.started, operation=self.operation
         )
+        if len(self.trail) > 1:
+            self.count_failed_attempts()
         span = self.span
+        if span is NO_SPAN:
+            return
         if span.is_recording():
             if not self.model:  # the endpoint chose the model: name the span by it
                 span.update_name(f"{self.operation} {actor.model}")
@@ -541,14 +561,13 @@ class Call:
     def fail(self, exc: BaseException) -> None:
         """The request ends without a reply: free its reservation, count it, end its span."""
         self.release()
+        self.count_failed_attempts()
         pipeline = self.pipeline
         span = self.span
         if isinstance(exc, LLMError):
             name = type(exc).__name__
             pipeline.ledger.record_error(None, self.model, name)
-            pipeline.metrics.record_failure(
-                name, asyncio.get_running_loop().time() - self.started, operation=self.operation
-            )
+            pipeline.metrics.record_failure(name, pipeline.clock() - self.started, operation=self.operation)
             if span.is_recording():
                 span.set_attribute("attempts", len(self.trail))
                 if not self.model and self.trail:
@@ -562,6 +581,12 @@ class Call:
         reservation, self.reservation = self.reservation, None
         if reservation is not None and self.pipeline.budget is not None:
             self.pipeline.budget.release(reservation)
+
+
+async def _under(span: Any, run: Awaitable[T]) -> T:
+    """Await ``run`` with ``span`` current, so the attempts' spans are its children."""
+    with activate(span):
+        return await run
 
 
 def _total_tokens(reply: ChatResponse) -> int | None:
