@@ -40,8 +40,6 @@ from .dispatch.dispatcher import Dispatcher, RouteTable
 from .endpoint.actor import EndpointActor, EndpointStatus
 from .errors import ConfigError, InvalidRequest
 from .policy import (
-    ON_INTERRUPT,
-    ON_INTERRUPT_RULE,
     Budget,
     CachePolicy,
     Endpoint,
@@ -96,20 +94,15 @@ class Runtime:
         shared: SharedPolicy | str | None = None,
         on_interrupt: OnInterrupt = "raise",
     ) -> None:
-        endpoints = list(endpoints)
-        if not endpoints:
-            raise ConfigError("at least one endpoint is required", key="endpoints")
-        seen: set[str] = set()
-        for ep in endpoints:
-            if not isinstance(ep, Endpoint):
-                raise ConfigError(f"expected an Endpoint, got {type(ep).__name__}", key="endpoints")
-            if ep.name in seen:
-                raise ConfigError("duplicate endpoint name", key="name", endpoint=ep.name)
-            seen.add(ep.name)
-        if not (timeout > 0):
-            raise ConfigError(f"must be > 0, got {timeout!r}", key="timeout")
-        if on_interrupt not in ON_INTERRUPT:
-            raise ConfigError(f"{ON_INTERRUPT_RULE}, got {on_interrupt!r}", key="on_interrupt")
+        from .config import RuntimeConfig  # checks every argument by the rules of a config file
+
+        if isinstance(endpoints, Endpoint | str | bytes) or not isinstance(endpoints, Sequence):
+            raise ConfigError(f"must be a list of Endpoint, got {endpoints!r}", key="endpoints")
+        endpoints = RuntimeConfig(
+            endpoints=list(endpoints), timeout=timeout, shutdown_grace=shutdown_grace, retry=retry or RetryPolicy(),
+            hedge=hedge, cache=cache, budget=budget, max_restarts=max_restarts, restart_within=restart_within, seed=seed,
+            on_interrupt=on_interrupt,
+        ).endpoints
         self.on_interrupt: OnInterrupt = on_interrupt
         self.endpoints = endpoints
         self.timeout = timeout

@@ -27,17 +27,32 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import msgspec.inspect as mi
 
 from .cluster.policy import SharedPolicy
 from .errors import ConfigError
 from .gateway.config import GatewayConfig
-from .policy import Budget, CachePolicy, Endpoint, HedgePolicy, OnInterrupt, RetryPolicy
+from .policy import (
+    Budget,
+    CachePolicy,
+    Endpoint,
+    HedgePolicy,
+    OnInterrupt,
+    RetryPolicy,
+    _positive,
+    check_types,
+    type_rule,
+)
 
 __all__ = ["RuntimeConfig", "endpoints_from_env", "load_config", "parse_config"]
 
 
 class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The whole file: runtime-wide settings and the endpoints."""
+    """The whole file: runtime-wide settings and the endpoints.
+
+    ``Runtime(...)`` builds one from its arguments too, so a runtime made in Python is
+    checked by exactly the rules, and with exactly the messages, of a file.
+    """
 
     endpoints: list[Endpoint]
     timeout: float = 60.0
@@ -46,10 +61,28 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     hedge: HedgePolicy | None = None
     cache: CachePolicy | None = None
     budget: Budget | None = None
+    max_restarts: int = 3
+    restart_within: float = 60.0
+    seed: int | None = None
     # Read by `llm-runtime serve` only; not a Runtime argument.
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     shared: SharedPolicy | None = None
     on_interrupt: OnInterrupt = "raise"
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not self.endpoints:
+            raise ConfigError("at least one endpoint is required", key="endpoints")
+        seen: set[str] = set()
+        for ep in self.endpoints:
+            if ep.name in seen:
+                raise ConfigError("duplicate endpoint name", key="name", endpoint=ep.name)
+            seen.add(ep.name)
+        _positive(self.timeout, "timeout")
+        _positive(self.shutdown_grace, "shutdown_grace", zero_ok=True)
+        _positive(self.restart_within, "restart_within")
+        if self.max_restarts < 0:
+            raise ConfigError(f"must be >= 0, got {self.max_restarts!r}", key="max_restarts")
 
     def runtime_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`runtime.Runtime`."""
@@ -63,6 +96,9 @@ class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
             "budget": self.budget,
             "shared": self.shared,
             "on_interrupt": self.on_interrupt,
+            "max_restarts": self.max_restarts,
+            "restart_within": self.restart_within,
+            "seed": self.seed,
         }
 
 
@@ -83,7 +119,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RuntimeC
         if exc.endpoint is None:
             endpoint = _endpoint_of_failure(data, exc)
             if endpoint is not None:
-                raise ConfigError(str(exc), key=exc.key, endpoint=endpoint) from None
+                raise ConfigError(exc.detail, key=exc.key, endpoint=endpoint) from None
         raise
     except msgspec.ValidationError as exc:
         raise _translate(exc, data, source) from None
@@ -103,6 +139,11 @@ def _translate(exc: msgspec.ValidationError, data: Mapping[str, Any], source: st
     message = str(exc)
     match = _PATH.search(message)
     path = match.group("path") if match else ""
+    typed = message.startswith(("Expected `", "Invalid enum value"))
+    if typed:
+        # A list item or table value of the wrong type: name the list or table, as a
+        # struct built in Python does.
+        path = _CONTAINED.sub("", path)
     key = path.lstrip(".")
     unknown = _UNKNOWN.search(message)
     if unknown:
@@ -118,7 +159,42 @@ def _translate(exc: msgspec.ValidationError, data: Mapping[str, Any], source: st
     detail = _PATH.sub("", message).rstrip(" -")
     if unknown:
         detail = f"unknown key {unknown.group('field')!r}"
+    elif typed:
+        detail = _type_detail(path, data) or detail
     return ConfigError(f"{source}: {detail}", key=key or None, endpoint=str(endpoint) if endpoint is not None else None)
+
+
+_CONTAINED = re.compile(r"(\[(\d+|\.\.\.)\])+$")
+_STEP = re.compile(r"\.(?P<field>[^.\[]+)|\[(?P<index>\d+)\]|\[\.\.\.\]")
+
+
+def _type_detail(path: str, data: Any) -> str | None:
+    """The words a struct built in Python uses for a value of the wrong type
+    (:func:`~runtime.policy.check_types`), for the value at msgspec's ``path`` in ``data``."""
+    info: mi.Type = mi.type_info(RuntimeConfig)
+    value: Any = data
+    known = True
+    for step in _STEP.finditer(path):
+        while isinstance(info, mi.UnionType):  # the one member that is not None
+            info = next(t for t in info.types if not isinstance(t, mi.NoneType))
+        if step.group("field") is not None:
+            if not isinstance(info, mi.StructType):
+                return None
+            field = next((f for f in info.fields if f.encode_name == step.group("field")), None)
+            if field is None:
+                return None
+            info = field.type
+            value = value.get(field.encode_name) if known and isinstance(value, Mapping) else None
+        elif step.group("index") is not None and isinstance(info, mi.ListType):
+            info = info.item_type
+            index = int(step.group("index"))
+            value = value[index] if known and isinstance(value, list) and index < len(value) else None
+        elif isinstance(info, mi.DictType):
+            info, known = info.value_type, False  # msgspec does not say which key
+        else:
+            return None
+    rule = f"must be {type_rule(info)}"
+    return f"{rule}, got {value!r}" if known else rule
 
 
 def load_config(path: str | Path) -> RuntimeConfig:

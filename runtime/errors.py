@@ -79,9 +79,11 @@ class LLMError(Exception):
 
 
 class ConfigError(LLMError):
-    """A configuration is wrong. ``key`` names the offending key, ``endpoint`` the endpoint."""
+    """A configuration is wrong. ``key`` names the offending key, ``endpoint`` the endpoint,
+    ``detail`` what is wrong with it (the message without the key and endpoint)."""
 
     def __init__(self, message: str, *, key: str | None = None, endpoint: str | None = None) -> None:
+        self.detail = message
         where = []
         if endpoint is not None:
             where.append(f"endpoint {endpoint!r}")

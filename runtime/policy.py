@@ -9,13 +9,17 @@ here and in the README.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import msgspec
+import msgspec.inspect as mi
 
 from .errors import ConfigError
+from .validation import header_problem
 
 __all__ = [
     "PROVIDERS",
@@ -55,7 +59,98 @@ KEY_REQUIRED = frozenset(DEFAULT_KEY_ENV)
 
 
 class _Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Shared configuration of every config struct."""
+    """Shared configuration of every config struct.
+
+    ``_key`` is the table the struct is written under (``breaker``, ``retry``...), the
+    prefix of the keys its errors name.
+    """
+
+    _key: ClassVar[str] = ""
+
+
+# --- the type rules: one table, the annotations, for Python construction and files alike ---
+#
+# A file is converted by msgspec, which checks every value's type against the annotations
+# before __post_init__ runs; a struct built in Python is not, so __post_init__ first runs
+# check_types, which checks the same annotations. Both say what is wrong the same way
+# (type_rule), the file loader translating msgspec's complaint into these words.
+
+
+def type_rule(info: mi.Type) -> str:
+    """What a value of ``info``'s type must be, in words: ``an integer``, ``a list of strings``."""
+    if isinstance(info, mi.UnionType):
+        kinds = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        words = " or ".join(type_rule(t) for t in kinds)
+        return f"{words} (or absent)" if len(kinds) < len(info.types) else words
+    if isinstance(info, mi.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in info.values)
+    if isinstance(info, mi.ListType):
+        return f"a list of {_plural(info.item_type)}"
+    if isinstance(info, mi.DictType):
+        return f"a table of {_plural(info.key_type)} to {_plural(info.value_type)}"
+    if isinstance(info, mi.StructType):
+        return f"a {info.cls.__name__} table"
+    return _WORDS.get(type(info), "a value")
+
+
+_WORDS: dict[type, str] = {
+    mi.IntType: "an integer",
+    mi.FloatType: "a finite number",
+    mi.StrType: "a string",
+    mi.BoolType: "true or false",
+    mi.NoneType: "absent",
+}
+
+
+def _plural(info: mi.Type) -> str:
+    if isinstance(info, mi.StructType):
+        return f"{info.cls.__name__} tables"
+    word = type_rule(info)
+    return {"an integer": "integers", "a finite number": "numbers", "a string": "strings"}.get(word, word)
+
+
+def fits(info: mi.Type, value: Any) -> bool:
+    """Whether ``value`` is of ``info``'s type; numbers must be finite, bools are no numbers."""
+    if isinstance(info, mi.UnionType):
+        return any(fits(t, value) for t in info.types)
+    if isinstance(info, mi.NoneType):
+        return value is None
+    if isinstance(info, mi.BoolType):
+        return isinstance(value, bool)
+    if isinstance(info, mi.IntType):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(info, mi.FloatType):
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(info, mi.StrType):
+        return isinstance(value, str)
+    if isinstance(info, mi.LiteralType):
+        return any(value == v and type(value) is type(v) for v in info.values)
+    if isinstance(info, mi.ListType):
+        return isinstance(value, list | tuple) and all(fits(info.item_type, v) for v in value)
+    if isinstance(info, mi.DictType):
+        return isinstance(value, Mapping) and all(
+            fits(info.key_type, k) and fits(info.value_type, v) for k, v in value.items()
+        )
+    if isinstance(info, mi.StructType):
+        return isinstance(value, info.cls)
+    return True
+
+
+@functools.cache
+def _fields(cls: type[msgspec.Struct]) -> tuple[mi.Field, ...]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return info.fields
+
+
+def check_types(obj: msgspec.Struct, key: str = "", endpoint: str | None = None) -> None:
+    """Raise :class:`ConfigError` for the first field of ``obj`` whose value is not of its
+    annotated type, naming the key (``key`` is the table's prefix) and the endpoint."""
+    for field in _fields(type(obj)):
+        value = getattr(obj, field.name)
+        if not fits(field.type, value):
+            name = f"{key}.{field.encode_name}" if key else field.encode_name
+            raise ConfigError(f"must be {type_rule(field.type)}, got {value!r}", key=name, endpoint=endpoint)
 
 
 def _check(ok: bool, key: str, message: str, endpoint: str | None = None) -> None:
@@ -82,6 +177,8 @@ class BreakerPolicy(_Config, frozen=True):
     ``half_open_calls`` trial calls.
     """
 
+    _key = "breaker"
+
     failure_threshold: int = 5
     failure_rate: float = 0.5
     min_calls: int = 20
@@ -92,6 +189,7 @@ class BreakerPolicy(_Config, frozen=True):
     half_open_calls: int = 1
 
     def __post_init__(self) -> None:
+        check_types(self, self._key)
         _check(self.failure_threshold >= 1, "breaker.failure_threshold", "must be >= 1")
         _check(0.0 < self.failure_rate <= 1.0, "breaker.failure_rate", "must be in (0, 1]")
         _check(self.min_calls >= 1, "breaker.min_calls", "must be >= 1")
@@ -107,11 +205,14 @@ class HealthPolicy(_Config, frozen=True):
     """The health-probe loop: a token-free probe every ``interval`` seconds (jittered,
     backing off while the endpoint is down), each allowed ``timeout`` seconds."""
 
+    _key = "health"
+
     interval: float = 15.0
     timeout: float = 5.0
     enabled: bool = True
 
     def __post_init__(self) -> None:
+        check_types(self, self._key)
         _positive(self.interval, "health.interval")
         _positive(self.timeout, "health.timeout")
 
@@ -119,11 +220,14 @@ class HealthPolicy(_Config, frozen=True):
 class Price(_Config, frozen=True):
     """USD per million tokens; overrides the shipped price table for one endpoint."""
 
+    _key = "price"
+
     input: float
     output: float
     cached_input: float | None = None
 
     def __post_init__(self) -> None:
+        check_types(self, self._key)
         _positive(self.input, "price.input", zero_ok=True)
         _positive(self.output, "price.output", zero_ok=True)
         _positive(self.cached_input, "price.cached_input", zero_ok=True)
@@ -136,6 +240,8 @@ class Budget(_Config, frozen=True):
     warning span and log line fire once per period when ``warn_at`` of a limit is used.
     """
 
+    _key = "budget"
+
     daily_tokens: int | None = None
     daily_usd: float | None = None
     monthly_tokens: int | None = None
@@ -143,6 +249,7 @@ class Budget(_Config, frozen=True):
     warn_at: float = 0.8
 
     def __post_init__(self) -> None:
+        check_types(self, self._key)
         for key in ("daily_tokens", "daily_usd", "monthly_tokens", "monthly_usd"):
             _positive(getattr(self, key), f"budget.{key}")
         _check(0.0 < self.warn_at <= 1.0, "budget.warn_at", "must be in (0, 1]")
@@ -190,7 +297,11 @@ class Endpoint(_Config, frozen=True):
 
     def __post_init__(self) -> None:
         name = self.name
-        _check(isinstance(name, str) and bool(name.strip()), "name", "must be a non-empty string")
+        _check(isinstance(name, str) and bool(name.strip()), "name", f"must be a non-empty string, got {name!r}")
+        check_types(self, endpoint=name)
+        for header, value in self.headers.items():
+            problem = header_problem(header, value)
+            _check(problem is None, f"headers[{header!r}]", str(problem), name)
         _check(self.provider in PROVIDERS, "provider", f"must be one of {', '.join(PROVIDERS)}; got {self.provider!r}", name)
         _check(self.provider in ("mock", "azure") or bool(self.model), "model", "is required", name)
         if self.provider == "azure":
@@ -266,6 +377,8 @@ class RetryPolicy(_Config, frozen=True):
     when an endpoint dies with requests in flight, far too little for a storm.
     """
 
+    _key = "retry"
+
     max_attempts: int = 3
     backoff_base: float = 0.1
     backoff_max: float = 5.0
@@ -273,6 +386,7 @@ class RetryPolicy(_Config, frozen=True):
     budget_floor: float = 10.0
 
     def __post_init__(self) -> None:
+        check_types(self, self._key)
         _check(self.max_attempts >= 1, "retry.max_attempts", "must be >= 1")
         _positive(self.backoff_base, "retry.backoff_base", zero_ok=True)
         _positive(self.backoff_max, "retry.backoff_max", zero_ok=True)
@@ -286,11 +400,14 @@ class HedgePolicy(_Config, frozen=True):
     ``max_extra`` more attempts go to other endpoints; the first answer wins. Hedges
     are rationed to ``budget_ratio`` of recent requests."""
 
+    _key = "hedge"
+
     after: float | Literal["p95"] = "p95"
     max_extra: int = 1
     budget_ratio: float = 0.1
 
     def __post_init__(self) -> None:
+        check_types(self, self._key)
         if self.after != "p95":
             _positive(self.after, "hedge.after")
         _check(self.max_extra >= 1, "hedge.max_extra", "must be >= 1")
@@ -305,10 +422,13 @@ class CachePolicy(_Config, frozen=True):
     to the same request is returned marked ``stale``, however old.
     """
 
+    _key = "cache"
+
     max_entries: int = 1024
     ttl: float = 3600.0
     serve_stale: bool = False
 
     def __post_init__(self) -> None:
+        check_types(self, self._key)
         _check(self.max_entries >= 1, "cache.max_entries", "must be >= 1")
         _positive(self.ttl, "cache.ttl")
