@@ -260,6 +260,32 @@ async def test_error_event_after_content_never_done() -> None:
     assert "".join(got) == "one two"
 
 
+@pytest.mark.parametrize("prefill", [True, False])
+async def test_on_interrupt_continue_gives_one_whole_answer(prefill: bool) -> None:
+    """With on_interrupt="continue" a prefill-capable backup continues the cut answer and the client sees it whole;
+    where the backup can only restart, the client gets the error event, never a spliced or doubled answer."""
+    text = "alpha beta gamma delta epsilon"
+    async with FaultyEndpoint("openai", name="primary", text=text) as p, FaultyEndpoint("openai", name="backup", text=text) as b:
+        eps = [endpoint(p, priority=1, groups=["g"]), endpoint(b, priority=2, groups=["g"], prefill=prefill)]
+        p.faults.cut_after = 2
+        async with serving(eps, on_interrupt="continue") as gw, aiohttp.ClientSession() as session:
+            body = {"model": "g", "messages": HI, "stream": True}
+            if prefill:
+                async with openai_client(gw) as client:
+                    stream = await client.chat.completions.create(model="g", messages=HI, stream=True)
+                    got = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+                sent = b.last_request["messages"][-1]
+            else:
+                cut = await _read_cut(session, gw.base_url + "/v1/chat/completions", body)
+            async with session.post(gw.base_url + "/v1/chat/completions", json=body, headers={"x-llm-on-interrupt": "restart"}) as bad:
+                refused = bad.status, (await bad.json())["error"]["param"]
+    if prefill:
+        assert got == text and sent == {"role": "assistant", "content": "alpha beta"}
+    else:
+        assert "[DONE]" not in cut and '"content":"alpha"' in cut and "could only be restarted" in cut
+    assert refused == (400, "x-llm-on-interrupt")
+
+
 async def _read_cut(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
     """The text of a stream that must end in a cut: the transport fails after the last byte."""
     got = b""

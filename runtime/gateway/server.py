@@ -243,6 +243,18 @@ class Gateway:
             return Failure(429, "rate_limit_exceeded", why, retry_after=granted)
         return granted
 
+    def _on_interrupt(self, request: web.Request) -> str | Failure:
+        """What a stream that fails after content does: ``x-llm-on-interrupt`` (raise or continue),
+        else the runtime's own. Over HTTP a restart cannot take back what the client already
+        has, so the runtime's ``restart`` becomes ``continue`` (which restarts only where it
+        cannot continue, and such a restart ends the stream with the error event)."""
+        asked = request.headers.get("x-llm-on-interrupt")
+        if asked is None:
+            return "continue" if self.rt.on_interrupt == "restart" else self.rt.on_interrupt
+        if asked not in ("raise", "continue"):
+            return Failure(400, "invalid_request", f"x-llm-on-interrupt must be raise or continue, got {asked!r}", "x-llm-on-interrupt")
+        return asked
+
     def _reply_headers(self, rid: str, client: ClientKey | None, endpoint: str, attempts: int, cost: float | None) -> dict[str, str]:
         headers = {"x-request-id": rid, "x-llm-endpoint": endpoint, "x-llm-attempts": str(attempts)}
         if cost is not None:
@@ -280,6 +292,11 @@ class Gateway:
             return self._failure(rid, face.dialect, failure_of(exc))
         if isinstance(grant, Failure):
             return self._failure(rid, face.dialect, grant, client.headers(_now()) if client else None)
+        if call.stream:
+            recovery = self._on_interrupt(request)
+            if isinstance(recovery, Failure):
+                return self._failure(rid, face.dialect, recovery)
+            routing = {**routing, "on_interrupt": recovery}
         settled = False
         try:
             if call.stream:
@@ -317,17 +334,16 @@ class Gateway:
                 if opening:
                     await response.write(opening)
                 async for chunk in stream:
+                    if chunk.restart:
+                        # The answer began again elsewhere; what the client has cannot be voided.
+                        why = "the stream failed after content and could only be restarted, not continued"
+                        await _cut(request, response, face.dialect, Failure(502, "upstream_failed", why))
+                        return response, None
                     data = writer.chunk(chunk)
                     if data is not None:
                         await response.write(data)
             except LLMError as exc:
-                # After content the only honest end is an error event, then the connection
-                # closes without the body's last chunk: even a client that ignores the event
-                # sees a cut, never a clean end.
-                await response.write(error_event(face.dialect, failure_of(exc)))
-                response.force_close()
-                if request.transport is not None:
-                    request.transport.close()
+                await _cut(request, response, face.dialect, failure_of(exc))
                 return response, None
             reply = stream.response
             await response.write(writer.closing(reply))
@@ -421,6 +437,15 @@ class Gateway:
             return self._failure(request[_RID], "openai", client)
         text = exposition(self.rt.usage(), self.rt.status(), self.counts, self._in_flight, self.keys.keys)
         return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def _cut(request: web.Request, response: web.StreamResponse, dialect: Dialect, failure: Failure) -> None:
+    """End a stream after content: the error event, then the connection closes without the
+    body's last chunk, so even a client that ignores the event sees a cut, never a clean end."""
+    await response.write(error_event(dialect, failure))
+    response.force_close()
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _now() -> float:
