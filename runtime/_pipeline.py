@@ -181,6 +181,7 @@ def complete_options(
     endpoint: str | None = None,
     cache: bool | None = None,
     hedge: HedgePolicy | bool | None = None,
+    on_interrupt: OnInterrupt | None = None,
     **params: Unpack[OpenAIParams],
 ) -> ChatOptions:
     """The keywords of ``complete`` and ``stream_complete``, declared once: ``prompt`` is the
@@ -189,7 +190,7 @@ def complete_options(
         raise InvalidRequest(f"prompt must be a non-empty string, got {prompt!r}", field="prompt")
     options = chat_options(
         prompt, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed,
-        timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, **params,
+        timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, on_interrupt=on_interrupt, **params,
     )
     return msgspec.structs.replace(options, request=msgspec.structs.replace(options.request, kind="completion"))
 

@@ -165,3 +165,21 @@ def test_blocking_complete_has_the_same_signature() -> None:
     assert params(BlockingRuntime.complete) == params(Runtime.complete)
     assert params(Runtime.stream_complete) == params(Runtime.complete)
     assert "prompt" in params(Runtime.complete) and "repair" not in params(Runtime.complete)
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "ollama"])
+async def test_a_cut_completion_stream_is_continued_as_one_text(provider: str) -> None:
+    """on_interrupt="continue": a completion cut after content is continued by the backup from the
+    prompt plus the partial text, so the caller's text is one completion, not a repeat."""
+    async with (
+        FaultyEndpoint(provider, name="primary", text=TEXT) as primary,
+        FaultyEndpoint(provider, name="backup", text=TEXT) as backup,
+        Runtime([primary.endpoint(priority=1), backup.endpoint(priority=2)]) as rt,
+    ):
+        primary.faults.cut_after = 2
+        async with rt.stream_complete("Once upon a time, ", on_interrupt="continue") as stream:
+            text = "".join([chunk.text async for chunk in stream])
+        sent = backup.last_request
+    assert text == TEXT == stream.response.text
+    assert sent["prompt"] == "Once upon a time, and they"
+    assert [a.recovery for a in stream.response.attempts] == [None, "continue"]

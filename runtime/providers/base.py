@@ -220,7 +220,13 @@ class Adapter(abc.ABC):
 
     def continuation(self, request: ChatRequest, partial: str) -> ChatRequest | None:
         """The request asking this endpoint to continue ``partial``, the start of an assistant
-        answer to ``request``, so that only the rest is streamed; None when it cannot."""
+        answer to ``request``, so that only the rest is streamed; None when it cannot.
+
+        A text completion always can: its continuation is the prompt with the partial
+        appended, which every completion API continues as it would any text."""
+        if request.kind == "completion":
+            prompt = Message(role="user", content=request.messages[0].text + partial)
+            return msgspec.structs.replace(request, messages=[prompt])
         able = self.endpoint.prefill
         if not (self.prefill if able is None else able) or not partial.strip():
             return None

@@ -1620,6 +1620,11 @@ class FaultyEndpoint:
         if prompt.prefill and text.startswith(prompt.prefill):
             text = text[len(prompt.prefill) :]  # a continuation: only the words not yet written
         pieces = _WORD.findall(text)
+        if prompt.completion and not self.echo:
+            # A prompt ending with the reply's first words continues after them, as a model
+            # continues its own text (a text completion has no prefill of its own).
+            written = next((k for k in range(len(pieces), 0, -1) if prompt.last_user.endswith("".join(pieces[:k]))), 0)
+            pieces = pieces[written:]
         finish: Literal["stop", "length"] = "stop"
         if prompt.max_tokens is not None and len(pieces) > prompt.max_tokens:
             pieces = pieces[: max(prompt.max_tokens, 0)]
