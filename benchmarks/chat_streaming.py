@@ -3,19 +3,22 @@
 A whole-response request learns that its provider went silent or stalled only when its
 one timeout fires, and that timeout must be long enough for the longest honest answer.
 A streamed one can watch each chunk: a first-chunk timeout for a silent provider and an
-idle timeout for one that stalls mid-answer. This program measures both sides in one run.
+idle timeout for one that stalls mid-answer. ``Endpoint(stream_chat=True)`` makes
+``chat()`` do that; this program measures both sides in one run, through ``rt.chat()``
+with ``stream_chat`` off and on.
 
 Detection (part 1) runs on :class:`~runtime.testing.VirtualClockLoop` against the local
 fault-injecting endpoint, so the seconds are the loop's and exact, and the minutes of
-waiting take milliseconds: for each fault, the loop time from sending the request to the
-typed error (or the reply), whole (``timeout``) and streamed (``first_chunk_timeout``,
-``idle_timeout``), with the runtime's defaults and with tighter stream timeouts.
+waiting take milliseconds: for each fault, the loop time from ``rt.chat()`` to its typed
+error (or its reply), one attempt, with the runtime's default timeouts and with tighter
+stream timeouts. Each fault is shown to a whole request as it would be: a model that
+stalls mid-generation never finishes the body either, and a 90-second generation
+answers a whole request after 90 seconds.
 
 Cost (part 2) runs on the real clock against ``python -m runtime.testing.server`` in its
 own process: per-request latency at concurrency 1 (modes alternating in blocks) and
-throughput at concurrency 64, for ``rt.chat()`` against the same reply streamed and
-assembled (``rt.stream`` read to the end, ``stream.response``), for a short and a long
-reply, each beside a bare aiohttp call of the same kind.
+throughput at concurrency 64, ``rt.chat()`` with ``stream_chat`` off and on, for a short
+and a long reply, each beside a bare aiohttp call of the same kind.
 
     python benchmarks/chat_streaming.py [--requests 2000] [--concurrency 64]
 """
@@ -33,13 +36,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import msgspec
 
-from runtime import Endpoint, HealthPolicy, LLMError, Runtime
-from runtime.providers import make_client
-from runtime.providers.base import ProviderClient
+from runtime import AllEndpointsFailed, Endpoint, HealthPolicy, RetryPolicy, Runtime
 from runtime.testing import FaultyEndpoint, VirtualClockLoop
-from runtime.types import ChatRequest, Message
 
-REQUEST = ChatRequest(messages=[Message(role="user", content="Tell a story")], max_tokens=400)
 BLOCK = 50
 ROUNDS = 5
 SHORT = "The answer is short."
@@ -48,32 +47,6 @@ LONG = " ".join(f"word{i}" for i in range(128))
 
 # --- part 1: detection, on the virtual clock ---------------------------------------------------
 
-
-async def whole(client: ProviderClient, timeout: float) -> str:
-    try:
-        reply, _ = await client.chat(REQUEST, timeout)
-    except LLMError as exc:
-        return type(exc).__name__
-    return f"reply ({len(reply.text.split())} words)"
-
-
-async def streamed(client: ProviderClient, first: float, idle: float) -> str:
-    try:
-        stream = await client.stream(REQUEST, first_chunk_timeout=first, idle_timeout=idle)
-        words = 0
-        try:
-            async for chunk in stream:
-                words += bool(chunk.text)
-        finally:
-            await stream.aclose()
-    except LLMError as exc:
-        return type(exc).__name__
-    return f"reply ({words} words)"
-
-
-# Each fault as the provider shows it to a whole request and to a streamed one: a model
-# that stalls mid-generation never finishes the whole body either, and a 90-second
-# generation answers a whole request after 90 seconds.
 FAULTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
     # accepts the request and never answers
     "silent provider": ({"hang": True}, {"hang": True}),
@@ -82,30 +55,36 @@ FAULTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
     # an honest 90-second answer: 90 words, one a second
     "slow honest answer (90 s)": ({"latency": 90.0}, {"chunk_delay": 1.0}),
 }
-SETTINGS = {
-    "defaults (timeout 60, first chunk 60, idle 30)": (60.0, 60.0, 30.0),
-    "tight stream timeouts (timeout 60, first chunk 10, idle 5)": (60.0, 10.0, 5.0),
+SETTINGS: dict[str, dict[str, float]] = {
+    "defaults (timeout 60, first chunk 60, idle 30)": {},
+    "tight stream timeouts (timeout 60, first chunk 10, idle 5)": {"first_chunk_timeout": 10.0, "idle_timeout": 5.0},
 }
 
 
+async def outcome(ep: FaultyEndpoint, stream_chat: bool, timeouts: dict[str, float]) -> tuple[float, str]:
+    endpoint = ep.endpoint(health=HealthPolicy(enabled=False), stream_chat=stream_chat, **timeouts)
+    async with Runtime([endpoint], retry=RetryPolicy(max_attempts=1), timeout=600) as rt:
+        start = asyncio.get_running_loop().time()
+        try:
+            reply = await rt.chat("Tell a story")
+            what = f"reply ({len(reply.text.split())} words)"
+        except AllEndpointsFailed as exc:
+            what = type(exc.attempts[0].error).__name__
+        return asyncio.get_running_loop().time() - start, what
+
+
 async def detection() -> None:
-    loop = asyncio.get_running_loop()
     text = " ".join(f"w{i}" for i in range(90))
-    async with aiohttp.ClientSession() as session, FaultyEndpoint("openai", name="ep", text=text) as ep:
-        client = make_client(ep.endpoint(), session)
-        assert isinstance(client, ProviderClient)
-        for label, (timeout, first, idle) in SETTINGS.items():
-            print(f"\n{label}: loop seconds until the outcome")
-            print(f"  {'fault':<28}{'whole chat()':>26}{'streamed + assembled':>30}")
+    async with FaultyEndpoint("openai", name="ep", text=text) as ep:
+        for label, timeouts in SETTINGS.items():
+            print(f"\n{label}: loop seconds until chat() returns")
+            print(f"  {'fault':<28}{'stream_chat off':>26}{'stream_chat on':>30}")
             for fault, (as_whole, as_stream) in FAULTS.items():
                 set_faults(ep, as_whole)
-                t0 = loop.time()
-                a = await whole(client, timeout)
-                t1 = loop.time()
+                t_whole, whole = await outcome(ep, False, timeouts)
                 set_faults(ep, as_stream)
-                b = await streamed(client, first, idle)
-                t2 = loop.time()
-                print(f"  {fault:<28}{f'{t1 - t0:6.2f} s {a}':>26}{f'{t2 - t1:6.2f} s {b}':>30}")
+                t_stream, streamed = await outcome(ep, True, timeouts)
+                print(f"  {fault:<28}{f'{t_whole:6.2f} s {whole}':>26}{f'{t_stream:6.2f} s {streamed}':>30}")
 
 
 def set_faults(ep: FaultyEndpoint, knobs: dict[str, object]) -> None:
@@ -150,10 +129,18 @@ async def measure(base_url: str, words: int, requests: int, concurrency: int) ->
     payload = {"model": "bench", "messages": [{"role": "user", "content": "Tell a story"}], "max_tokens": 400}
     stream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     headers = {"content-type": "application/json"}
-    endpoint = Endpoint(
-        name="e", provider="openai-compatible", model="bench", base_url=base_url, health=HealthPolicy(enabled=False)
+    whole_ep, stream_ep = (
+        Endpoint(
+            name="e", provider="openai-compatible", model="bench", base_url=base_url,
+            health=HealthPolicy(enabled=False), stream_chat=on,
+        )
+        for on in (False, True)
     )
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session, Runtime([endpoint], seed=1) as rt:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+        Runtime([whole_ep], seed=1) as rt,
+        Runtime([stream_ep], seed=1) as rt_stream,
+    ):
 
         async def bare_whole() -> None:
             async with session.post(url, data=msgspec.json.encode(payload), headers=headers) as resp:
@@ -168,13 +155,10 @@ async def measure(base_url: str, words: int, requests: int, concurrency: int) ->
             await rt.chat("Tell a story", max_tokens=400)
 
         async def assembled() -> None:
-            async with rt.stream("Tell a story", max_tokens=400) as s:
-                async for _ in s:
-                    pass
-            assert s.response.text
+            await rt_stream.chat("Tell a story", max_tokens=400)
 
         modes: dict[str, Callable[[], Awaitable[None]]] = {
-            "bare whole": bare_whole, "bare stream": bare_stream, "chat()": chat, "streamed": assembled,
+            "bare whole": bare_whole, "bare stream": bare_stream, "chat()": chat, "stream_chat": assembled,
         }
         for fn in modes.values():
             for _ in range(50):
@@ -191,17 +175,17 @@ async def measure(base_url: str, words: int, requests: int, concurrency: int) ->
         print(f"  {'mode':<14}{'median µs':>12}{'p99 µs':>12}")
         for name, s in samples.items():
             print(f"  {name:<14}{statistics.median(s) * 1e6:>12.1f}{pct(s, 0.99) * 1e6:>12.1f}")
-        added = statistics.median(samples["streamed"]) - statistics.median(samples["chat()"])
+        added = statistics.median(samples["stream_chat"]) - statistics.median(samples["chat()"])
         bare_added = statistics.median(samples["bare stream"]) - statistics.median(samples["bare whole"])
-        print(f"  streamed costs {added * 1e6:.0f} µs more than chat() per request (median); "
+        print(f"  stream_chat costs {added * 1e6:.0f} µs more than whole chat() per request (median); "
               f"a bare stream costs {bare_added * 1e6:.0f} µs more than a bare whole call")
-        rates: dict[str, list[float]] = {"chat()": [], "streamed": []}
+        rates: dict[str, list[float]] = {"chat()": [], "stream_chat": []}
         for _ in range(ROUNDS):
             for name in rates:
                 rates[name].append(await throughput(modes[name], max(concurrency * 4, requests // ROUNDS), concurrency))
-        ratios = [s / c for s, c in zip(rates["streamed"], rates["chat()"], strict=True)]
-        print(f"  concurrency {concurrency}: chat() {statistics.median(rates['chat()']):.0f} req/s, streamed "
-              f"{statistics.median(rates['streamed']):.0f} req/s ({statistics.median(ratios):.2f}× chat())")
+        ratios = [s / c for s, c in zip(rates["stream_chat"], rates["chat()"], strict=True)]
+        print(f"  concurrency {concurrency}: chat() {statistics.median(rates['chat()']):.0f} req/s, stream_chat "
+              f"{statistics.median(rates['stream_chat']):.0f} req/s ({statistics.median(ratios):.2f}× chat())")
 
 
 async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:

@@ -1,15 +1,31 @@
 """A streamed answer assembled chunk by chunk into the whole reply.
 
 One :class:`PartialReply` per answer: a stream that restarts begins a new one (the old
-answer is void), a stream that continues keeps adding to the same one, and
-``chat()`` streaming upstream assembles its reply the same way.
+answer is void), a stream that continues keeps adding to the same one, and ``chat()``
+on an endpoint with ``stream_chat`` reads its reply as a stream and assembles it
+(:func:`assembled`), so the first-chunk and idle timeouts watch a whole reply too.
 """
 
 from __future__ import annotations
 
-from .types import ChatResponse, StreamChunk, ToolCall, Usage
+import asyncio
+from typing import TYPE_CHECKING
 
-__all__ = ["PartialReply"]
+import msgspec
+
+from .errors import Timeout
+from .types import ChatRequest, ChatResponse, StreamChunk, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from .endpoint.actor import EndpointActor
+    from .providers.base import ChunkStream
+
+__all__ = ["MAX_HELD", "PartialReply", "assembled", "first_content", "streamable"]
+
+# Chunks held back before the first one with content: role openers, pings and usage-only
+# chunks carry nothing for the caller. Past this many, later ones are folded into the
+# last held one, so a server trickling them cannot grow the buffer.
+MAX_HELD = 32
 
 
 class PartialReply:
@@ -76,3 +92,67 @@ class PartialReply:
             ],
             reasoning="".join(self._reasoning) or None,
         )
+
+
+async def first_content(chunks: ChunkStream, until: float, timeout: float, endpoint: str) -> list[StreamChunk]:
+    """The chunks up to and including the first one with content (text, reasoning or a tool
+    call), which must come by loop time ``until`` (``timeout`` after the attempt began):
+    chunks without content do not extend it. Until then the stream may still fail over."""
+    held: list[StreamChunk] = []
+    try:
+        async with asyncio.timeout_at(until):
+            async for chunk in chunks:
+                if chunk.text or chunk.reasoning or chunk.tool_calls:
+                    held.append(chunk)
+                    break
+                if len(held) < MAX_HELD:
+                    held.append(chunk)
+                else:
+                    held[-1] = _fold(held[-1], chunk)
+    except TimeoutError:
+        raise Timeout(f"no content within {timeout:.3g}s of the request", endpoint=endpoint) from None
+    return held
+
+
+def _fold(into: StreamChunk, chunk: StreamChunk) -> StreamChunk:
+    """One content-less chunk carrying what two did (the later one's figures win)."""
+    return msgspec.structs.replace(
+        into,
+        usage=chunk.usage or into.usage,
+        finish_reason=chunk.finish_reason or into.finish_reason,
+        model=chunk.model or into.model,
+        id=chunk.id or into.id,
+    )
+
+
+def streamable(request: ChatRequest) -> bool:
+    """Whether a whole reply to ``request`` can be read as a stream: one choice, no logprobs
+    (stream decoders read choice 0's text, reasoning and tool calls only)."""
+    return (request.n is None or request.n == 1) and not request.logprobs
+
+
+async def assembled(actor: EndpointActor, request: ChatRequest, timeout: float, deadline: float) -> ChatResponse:
+    """A whole reply from ``actor``, read as a stream and assembled: the first content must
+    come within the endpoint's ``first_chunk_timeout`` (and ``timeout``), each later chunk
+    within its ``idle_timeout``, all of it by the request's ``deadline`` (loop time). A
+    long answer that keeps coming is not cut by ``timeout``; a stalled one is caught
+    after ``idle_timeout`` rather than at the end of one whole-response timeout."""
+    loop = asyncio.get_running_loop()
+    first = min(actor.first_chunk_timeout, timeout)
+    until = loop.time() + first
+    chunks = await actor.client.stream(request, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout)
+    answer = PartialReply()
+    try:
+        for chunk in await first_content(chunks, until, first, actor.name):
+            answer.add(chunk)
+        async with asyncio.timeout_at(deadline):
+            async for chunk in chunks:
+                answer.add(chunk)
+    except TimeoutError:
+        raise Timeout("the request's deadline passed mid-reply", endpoint=actor.name) from None
+    finally:
+        await chunks.aclose()
+    snapshot = chunks.rate_limit
+    if snapshot is not None:
+        actor.observe_rate_limit(snapshot, loop.time())
+    return answer.reply()

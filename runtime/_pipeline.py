@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack
 
 import msgspec
 
+from ._assembly import assembled, streamable
 from .accounting import (
     BudgetGuard,
     Metrics,
@@ -282,8 +283,13 @@ class Pipeline:
             return hit
         loop_time = self.clock
 
+        can_stream = streamable(request)
+
         async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
-            reply, snapshot = await actor.client.chat(self.fit(request, actor) if trim else request, timeout)
+            sent = self.fit(request, actor) if trim else request
+            if can_stream and actor.endpoint.stream_chat:
+                return await assembled(actor, sent, timeout, deadline)
+            reply, snapshot = await actor.client.chat(sent, timeout)
             if snapshot is not None:
                 actor.observe_rate_limit(snapshot, loop_time())
             return reply

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import anyio
 import msgspec
 
-from ._assembly import PartialReply
+from ._assembly import PartialReply, first_content
 from ._pipeline import Call, ChatOptions, Pipeline
 from ._recovery import Mode, Recovery, recoverable
 from .accounting import replay_as_stream
@@ -31,10 +31,6 @@ from .types import ChatRequest, ChatResponse, StreamChunk
 
 __all__ = ["ReplyStream"]
 
-# Chunks held back before the first one with content: role openers, pings and usage-only
-# chunks carry nothing for the caller. Past this many, later ones are folded into the
-# last held one, so a server trickling them cannot grow the buffer.
-MAX_HELD = 32
 
 
 class _Opened(NamedTuple):
@@ -133,7 +129,7 @@ class ReplyStream:
             until = asyncio.get_running_loop().time() + first
             chunks = await actor.client.stream(sent, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout)
             try:
-                return _Opened(chunks, await _first_content(chunks, until, first, actor.name), mode, sent)
+                return _Opened(chunks, await first_content(chunks, until, first, actor.name), mode, sent)
             except BaseException:
                 await chunks.aclose()
                 raise
@@ -324,34 +320,3 @@ class ReplyStream:
         self._permit = None
         actor.finish(permit, outcome, anyio.current_time(), tokens)
         return actor
-
-
-async def _first_content(chunks: ChunkStream, until: float, timeout: float, endpoint: str) -> list[StreamChunk]:
-    """The chunks up to and including the first one with content (text, reasoning or a tool
-    call), which must come by loop time ``until`` (``timeout`` after the attempt began):
-    chunks without content do not extend it. Until then the stream may still fail over."""
-    held: list[StreamChunk] = []
-    try:
-        async with asyncio.timeout_at(until):
-            async for chunk in chunks:
-                if chunk.text or chunk.reasoning or chunk.tool_calls:
-                    held.append(chunk)
-                    break
-                if len(held) < MAX_HELD:
-                    held.append(chunk)
-                else:
-                    held[-1] = _fold(held[-1], chunk)
-    except TimeoutError:
-        raise Timeout(f"no content within {timeout:.3g}s of the request", endpoint=endpoint) from None
-    return held
-
-
-def _fold(into: StreamChunk, chunk: StreamChunk) -> StreamChunk:
-    """One content-less chunk carrying what two did (the later one's figures win)."""
-    return msgspec.structs.replace(
-        into,
-        usage=chunk.usage or into.usage,
-        finish_reason=chunk.finish_reason or into.finish_reason,
-        model=chunk.model or into.model,
-        id=chunk.id or into.id,
-    )

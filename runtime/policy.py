@@ -294,6 +294,10 @@ class Endpoint(_Config, frozen=True):
     #: the OpenAI family cannot). True on an OpenAI-dialect endpoint (vLLM and servers like it)
     #: sends ``continue_final_message: true, add_generation_prompt: false``.
     prefill: bool | None = None
+    #: ``chat()`` reads this endpoint's reply as a stream and assembles it, so that
+    #: ``first_chunk_timeout`` and ``idle_timeout`` catch a silent or stalled provider and a
+    #: long answer that keeps coming is not cut by ``timeout`` (the cost: see the README)
+    stream_chat: bool = False
 
     def __post_init__(self) -> None:
         name = self.name
