@@ -13,7 +13,17 @@ from typing import Any
 import pytest
 import redis
 
-from runtime import Budget, BudgetExceeded, ConfigError, HealthPolicy, NoEndpointAvailable, Runtime
+from runtime import (
+    AllEndpointsFailed,
+    BreakerPolicy,
+    Budget,
+    BudgetExceeded,
+    ConfigError,
+    HealthPolicy,
+    NoEndpointAvailable,
+    RetryPolicy,
+    Runtime,
+)
 from runtime.cluster import SharedPolicy
 from runtime.cluster.server import RedisServer
 from runtime.config import parse_config
@@ -196,3 +206,26 @@ async def test_budget_spent_in_one_runtime_is_refused_in_the_other(
         await asyncio.sleep(0.2)  # b's periodic sync reads the total
         with pytest.raises(BudgetExceeded):
             await b.chat("hi", max_tokens=5)
+
+
+async def test_a_shared_trip_emits_one_span_in_the_runtime_that_made_it(
+    server: RedisServer, prefix: str, local: FaultyEndpoint, span_exporter: Any
+) -> None:
+    """Runtime a trips the shared breaker: one "breaker open" span (a's), while b, which only
+    learns of it, emits none and refuses at once."""
+    endpoint = local.endpoint(name="trip", health=QUIET, breaker=BreakerPolicy(failure_threshold=2, open_for=30))
+    policy = _policy(server, prefix)
+    once = RetryPolicy(max_attempts=1)
+    async with Runtime([endpoint], shared=policy, retry=once) as a, Runtime([endpoint], shared=policy) as b:
+        local.faults.fail_next(2, 500)
+        for _ in range(2):
+            with pytest.raises(AllEndpointsFailed):
+                await a.chat("hi")
+        await asyncio.sleep(0.2)
+        assert b.status()[0].breaker == "open"
+        with pytest.raises(NoEndpointAvailable):
+            await b.chat("hi", timeout=0.2)
+    spans = [s for s in span_exporter.get_finished_spans() if s.name == "breaker open"]
+    assert len(spans) == 1
+    assert spans[0].attributes is not None and spans[0].attributes["reason"] == "2 consecutive failures"
+    assert local.stats.requests == 2

@@ -287,7 +287,12 @@ class EndpointShare:
             reservation.lease = lease
             reservation.need = need
             return True
-        limiter.hold(now + float(reply[2]), f"shared_{reply[1]}")
+        wait = float(reply[2])
+        if reply[1] in ("tpm", "concurrency"):
+            # Another process's refund or release can make room sooner than the leak would:
+            # ask again after a sync interval at the latest.
+            wait = min(wait, self.state.policy.sync_interval)
+        limiter.hold(now + wait, f"shared_{reply[1]}")
         limiter.release(reservation, 0, now)  # not confirmed: only the local hold goes back
         return False
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __all__ = ["ADMIT", "BREAKER", "RELEASE", "SNAPSHOT", "SPEND", "THROTTLE"]
 
+# States are pybreaker's strings ('closed', 'open', 'half-open'), as in the local record.
 # One endpoint's hash (KEYS[1]) holds the breaker fields b_* and the limiter fields:
 # rl/ra and tl/ta (RPM and TPM bucket level and the time it was last leaked) and thr
 # (throttled until). KEYS[2] is the sorted set of concurrency leases, scored by expiry.
@@ -80,7 +81,7 @@ local function elapsed(b, P, now)
   if b.iso then return nil end
   if b.open_until == nil then b.open_until = now + P[1] end
   if now < b.open_until then return nil end
-  return move(b, 'half_open', 'open period elapsed')
+  return move(b, 'half-open', 'open period elapsed')
 end
 local function admit(b, P, now)
   local moved = nil
@@ -194,7 +195,7 @@ if step == 'trip' then
     end
   end
 elseif step == 'trial' then
-  if b.state == 'half_open' and b.permits > 0 then
+  if b.state == 'half-open' and b.permits > 0 then
     b.permits = b.permits - 1
     if ARGV[8] == 'success' then
       b.succ = b.succ + 1
@@ -215,7 +216,7 @@ elseif step == 'reset' then
   b.streak = 0
   t = move(b, 'closed', 'reset by hand')
 elseif step == 'probe' then
-  if b.state == 'open' and not b.iso then t = move(b, 'half_open', 'probe succeeded') end
+  if b.state == 'open' and not b.iso then t = move(b, 'half-open', 'probe succeeded') end
 end
 save(KEYS[1], b)
 return reply('1', step, 0, b, now, t)
