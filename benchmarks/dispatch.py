@@ -4,7 +4,7 @@
    2, 10, 100 and 1,000 endpoints (every endpoint healthy, so this is the common case:
    power of two choices, constant work). Also the worst case at 1,000: every endpoint
    but one refuses (all breakers open), so a whole tier is scanned before it spills.
-   DESIGN.md's target: choosing among 1,000 costs at most 2× choosing among 2.
+   The target: choosing among 1,000 costs at most 2× choosing among 2.
 2. Memory: 100,000 chat requests through a Runtime with two in-process ``mock``
    endpoints; tracemalloc's current size after 10k, 50k and 100k requests. Flat means
    the per-request path keeps nothing (the usage ledger is O(endpoints × models × days)).

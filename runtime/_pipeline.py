@@ -542,7 +542,9 @@ class Call:
             reply.usage = usage = estimate_usage(
                 request, reply.text, actor.model, tool_calls=reply.tool_calls, reasoning=reply.reasoning
             )
-        reply.cost_usd = cost = pipeline.price(answered, actor).cost(usage)
+        price = pipeline.price(answered, actor)
+        reply.cost_usd = cost = price.cost(usage)
+        reply.cost_known = price.known
         tokens = usage.input_tokens + usage.output_tokens
         if self.reservation is not None and pipeline.budget is not None:
             pipeline.budget.settle(self.reservation, tokens, cost)
@@ -550,7 +552,7 @@ class Call:
         guard = pipeline.endpoint_budgets.get(actor.name)
         if guard is not None:
             guard.spend(tokens, cost)
-        pipeline.ledger.record(actor.name, reply.model, usage, cost)
+        pipeline.ledger.record(actor.name, reply.model, usage, cost, priced=price.known)
         pipeline.metrics.record_request(
             actor.name, actor.provider, reply.model, usage, cost, pipeline.clock() - self.started, operation=self.operation
         )
@@ -641,3 +643,5 @@ def _annotate(span: Any, reply: ChatResponse | EmbeddingResponse, usage: Usage, 
     span.set_attribute("endpoint", reply.endpoint)
     span.set_attribute("attempts", attempts)
     span.set_attribute("llm_runtime.cost_usd", reply.cost_usd)
+    if not reply.cost_known:
+        span.set_attribute("llm_runtime.cost_known", False)

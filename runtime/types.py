@@ -239,6 +239,9 @@ class ChatResponse(Struct):
     tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     reasoning: str | None = None
     cost_usd: float = 0.0
+    #: False when the price table knew neither the model that answered nor the endpoint's
+    #: configured model (and the endpoint sets no ``price``): ``cost_usd`` is then 0, not free
+    cost_known: bool = True
     cached: bool = False
     stale: bool = False
     attempts: list[Attempt] = msgspec.field(default_factory=list)
@@ -286,4 +289,7 @@ class EmbeddingResponse(Struct):
     provider: str = ""
     usage: Usage = msgspec.field(default_factory=Usage)
     cost_usd: float = 0.0
+    #: False when the price table knew neither the model that answered nor the endpoint's
+    #: configured model (and the endpoint sets no ``price``): ``cost_usd`` is then 0, not free
+    cost_known: bool = True
     attempts: list[Attempt] = msgspec.field(default_factory=list)

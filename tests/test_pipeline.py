@@ -6,19 +6,24 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from otel_fixtures import collect, value
 
 from runtime import (
+    AllEndpointsFailed,
     BlockingRuntime,
+    BreakerPolicy,
     Budget,
     BudgetExceeded,
     HealthPolicy,
+    RetryPolicy,
     Runtime,
     StreamInterrupted,
 )
+from runtime.providers.base import ProviderClient
 from runtime.testing import FaultyEndpoint
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +169,68 @@ async def test_embed_has_span_metrics_and_budget(
     spans = [dict(s.attributes or {}) for s in span_exporter.get_finished_spans() if s.name.startswith("embeddings")]
     assert [a["outcome"] for a in spans] == ["ok", "BudgetExceeded"]
     assert spans[0]["endpoint"] == "backup" and spans[0]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("configured", "served", "priced_as", "known"),
+    [
+        ("gpt-4o-mini", "fake-model", "gpt-4o-mini", True),  # the reply's model is unknown: the endpoint's
+        ("my-local-model", "gpt-4o", "gpt-4o", True),  # the reply's model is known: it wins
+        ("my-local-model", "fake-model", None, False),  # neither: 0, marked unknown
+    ],
+)
+async def test_cost_prices_the_reply_model_then_the_configured_one(
+    configured: str, served: str, priced_as: str | None, known: bool
+) -> None:
+    """Cost uses the model that answered when the table knows it, else the endpoint's configured
+    model, else 0 with cost_known False (counted as unpriced in the usage report)."""
+    async with FaultyEndpoint("openai-compatible", name="compat") as ep:
+        ep.served_model = served
+        async with Runtime([ep.endpoint(health=QUIET, model=configured)]) as rt:
+            reply = await rt.chat("hi")
+            report = rt.usage()
+    assert reply.model == served and reply.cost_known is known
+    if priced_as is None:
+        assert reply.cost_usd == 0.0 and report.total.unpriced == 1
+    else:
+        assert reply.cost_usd == rt.prices.cost_usd(reply.usage, priced_as, "openai") > 0
+        assert report.total.unpriced == 0
+
+
+async def test_breaker_state_round_trips_across_an_actor_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An actor that crashes is rebuilt on the same breaker storage: its whole breaker state
+    (failure window, streak, trips) is what the old actor had, and the next failure trips it by
+    the window the old actor filled."""
+    crashes = 0
+    real_probe = ProviderClient.probe
+
+    async def probe_that_crashes_once(self: ProviderClient, timeout: float) -> None:
+        nonlocal crashes
+        if crashes == 0:
+            crashes += 1
+            raise RuntimeError("bug in a probe")
+        await real_probe(self, timeout)
+
+    monkeypatch.setattr(ProviderClient, "probe", probe_that_crashes_once)
+    policy = BreakerPolicy(failure_threshold=100, failure_rate=0.5, min_calls=4, window=600)
+    async with FaultyEndpoint("openai", name="flaky") as ep:
+        endpoint = ep.endpoint(health=HealthPolicy(interval=5.0), breaker=policy)
+        async with Runtime([endpoint], retry=RetryPolicy(max_attempts=1)) as rt:
+            ep.faults.schedule(500, "ok", 500)
+            for fails in (True, False, True):
+                if fails:
+                    with pytest.raises(AllEndpointsFailed):
+                        await rt.chat("hi")
+                else:
+                    await rt.chat("hi")
+            old = rt.actor("flaky")
+            before = old.breaker.statistics()
+            assert (before.calls_in_window, before.failures_in_window, before.state) == (3, 2, "closed")
+            await anyio.sleep(6)  # the probe crashes the actor; the supervisor restarts it
+            new = rt.actor("flaky")
+            assert crashes == 1 and new is not old
+            assert new.breaker.statistics() == before
+            ep.faults.schedule(500)
+            with pytest.raises(AllEndpointsFailed):
+                await rt.chat("hi")
+            assert new.breaker.statistics().state == "open"  # 3 of 4 calls in the window failed

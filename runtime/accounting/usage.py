@@ -21,7 +21,8 @@ __all__ = ["UsageLedger", "UsageReport", "UsageTotals"]
 
 
 class UsageTotals(FrozenStruct, frozen=True):
-    """Totals over a set of requests. ``errors`` and ``cache_hits`` are counts of requests."""
+    """Totals over a set of requests. ``errors``, ``cache_hits`` and ``unpriced`` are counts
+    of requests; ``unpriced`` ones had no known price, so ``cost_usd`` leaves them out."""
 
     requests: int = 0
     input_tokens: int = 0
@@ -29,6 +30,7 @@ class UsageTotals(FrozenStruct, frozen=True):
     cost_usd: float = 0.0
     errors: int = 0
     cache_hits: int = 0
+    unpriced: int = 0
 
 
 class UsageReport(FrozenStruct, frozen=True):
@@ -43,7 +45,7 @@ class UsageReport(FrozenStruct, frozen=True):
 class _Tally:
     """Mutable running totals; frozen into :class:`UsageTotals` for a report."""
 
-    __slots__ = ("cache_hits", "cost_usd", "errors", "input_tokens", "output_tokens", "requests")
+    __slots__ = ("cache_hits", "cost_usd", "errors", "input_tokens", "output_tokens", "requests", "unpriced")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -51,14 +53,16 @@ class _Tally:
         self.output_tokens = 0
         self.cost_usd = 0.0
         self.errors = 0
+        self.unpriced = 0
         self.cache_hits = 0
 
-    def add(self, input_tokens: int, output_tokens: int, cost_usd: float, error: bool, cached: bool) -> None:
+    def add(self, input_tokens: int, output_tokens: int, cost_usd: float, error: bool, cached: bool, unpriced: bool) -> None:
         self.requests += 1
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.cost_usd += cost_usd
         self.errors += error
+        self.unpriced += unpriced
         self.cache_hits += cached
 
     def merge(self, other: _Tally) -> None:
@@ -67,6 +71,7 @@ class _Tally:
         self.output_tokens += other.output_tokens
         self.cost_usd += other.cost_usd
         self.errors += other.errors
+        self.unpriced += other.unpriced
         self.cache_hits += other.cache_hits
 
     def freeze(self) -> UsageTotals:
@@ -76,6 +81,7 @@ class _Tally:
             output_tokens=self.output_tokens,
             cost_usd=self.cost_usd,
             errors=self.errors,
+            unpriced=self.unpriced,
             cache_hits=self.cache_hits,
         )
 
@@ -128,11 +134,13 @@ class UsageLedger:
         *,
         error: str | None = None,
         cached: bool = False,
+        priced: bool = True,
     ) -> None:
         """Record one request's outcome.
 
         ``error`` is the error's class name when it failed; ``cached`` marks a reply served
-        from the response cache. An outcome without an endpoint or model (refused before
+        from the response cache; ``priced`` false marks a reply whose cost is unknown
+        (counted as 0 in ``cost_usd`` and once in ``unpriced``). An outcome without an endpoint or model (refused before
         any endpoint was chosen) counts in the total and its day only.
         """
         # One tally per (day, endpoint, model): one lookup and one add per request; the
@@ -147,6 +155,7 @@ class UsageLedger:
             cost_usd,
             error is not None,
             cached,
+            not priced,
         )
 
     def record_cache_hit(self, endpoint: str | None, model: str | None) -> None:

@@ -1325,6 +1325,8 @@ class FaultyEndpoint:
         self.faults = faults if faults is not None else Faults(seed=seed)
         self.replies: deque[str] = deque()
         """Texts to answer before ``text``/``echo``, one per chat request that calls no tool, first first."""
+        self.served_model: str | None = None
+        """The model name answers report (as an OpenAI-compatible server reports its own); None: the one asked for."""
         self.last_request: Any = None
         """The parsed JSON body of the last chat or embedding request (None if unparsable)."""
         self.last_headers: dict[str, str] = {}
@@ -1605,7 +1607,7 @@ class FaultyEndpoint:
             args = _arguments_for(schema, prompt.last_user)
             return _Reply(
                 id=rid,
-                model=prompt.model,
+                model=self.served_model or prompt.model,
                 pieces=_fragments(_encode(args).decode()),
                 finish="tool",
                 input_tokens=prompt.words,
@@ -1629,7 +1631,7 @@ class FaultyEndpoint:
         if prompt.max_tokens is not None and len(pieces) > prompt.max_tokens:
             pieces = pieces[: max(prompt.max_tokens, 0)]
             finish = "length"
-        return _Reply(id=rid, model=prompt.model, pieces=pieces, finish=finish, input_tokens=prompt.words)
+        return _Reply(id=rid, model=self.served_model or prompt.model, pieces=pieces, finish=finish, input_tokens=prompt.words)
 
     def _request_id(self) -> str:
         return f"req_{self.name}_{self._serial}"
