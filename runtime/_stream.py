@@ -27,7 +27,7 @@ from .endpoint.actor import EndpointActor, Permit
 from .errors import InvalidRequest, LLMError, StreamInterrupted, Timeout
 from .providers.base import ChunkStream
 from .structured import parse_reply
-from .types import ChatRequest, ChatResponse, StreamChunk
+from .types import Attempt, ChatRequest, ChatResponse, StreamChunk
 
 __all__ = ["ReplyStream"]
 
@@ -79,6 +79,11 @@ class ReplyStream:
     def restarts(self) -> int:
         """How many times the answer failed after content and a new one began (``on_interrupt="restart"``)."""
         return self._recovery.restarts
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """The attempt trail so far: once entered, every try up to the one serving the stream."""
+        return list(self._call.trail)
 
     @property
     def continuations(self) -> int:

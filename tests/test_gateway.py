@@ -235,7 +235,7 @@ async def test_failover_through_the_gateway(fault: str) -> None:
                 p.faults.cut_after = 0
             raw = await client.chat.completions.with_raw_response.create(model="g", messages=HI, stream=True)
             text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
-    assert text == "from backup" and raw.headers["x-llm-endpoint"] == "backup"
+    assert text == "from backup" and raw.headers["x-llm-endpoint"] == "backup" and raw.headers["x-llm-attempts"] == "2"
 
 
 async def test_error_event_after_content_never_done() -> None:
@@ -314,6 +314,24 @@ async def test_client_disconnect_cancels_upstream() -> None:
     assert b'"content":"a"' in first
     assert up.stats.disconnects == 1 and status.in_flight == 0 and key.limiter.in_flight == 0
     assert again_status == 200
+
+
+async def test_a_gateway_bug_is_a_500_in_the_dialect(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An exception that is no LLMError is logged with the request id and answered 500 in the client's dialect."""
+    async with FaultyEndpoint("openai", name="up") as up:
+        async with serving([endpoint(up)]) as gw, openai_client(gw) as client, anthropic_client(gw) as claude:
+
+            async def broken(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("a bug")
+
+            monkeypatch.setattr(gw.rt, "chat", broken)
+            with pytest.raises(openai.InternalServerError) as oai:
+                await client.chat.completions.create(model="up", messages=HI, extra_headers={"x-request-id": "r-1"})
+            with pytest.raises(anthropic.InternalServerError) as ant:
+                await claude.messages.create(model="up", max_tokens=5, messages=HI)
+    assert oai.value.status_code == 500 and oai.value.code == "internal_error" and "r-1" in oai.value.message
+    assert ant.value.body["error"]["type"] == "api_error"
+    assert any("r-1" in r.getMessage() for r in caplog.records)
 
 
 # --- the Anthropic face --------------------------------------------------------------------------

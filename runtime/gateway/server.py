@@ -183,6 +183,10 @@ class Gateway:
                 status = exc.status
                 words = {404: "unknown path", 405: "method not allowed"}.get(status, exc.reason)
                 response = self._failure(rid, dialect, Failure(status, "not_found" if status == 404 else "invalid_request", f"{words}: {request.method} {request.path}"))
+            except Exception:
+                # A bug, not the client's fault: logged with the request id, answered in the dialect.
+                logger.exception("request %s failed inside the gateway", rid)
+                response = self._failure(rid, dialect, Failure(500, "internal_error", f"the gateway failed (request id {rid})"))
             finally:
                 self._in_flight -= 1
                 if self._in_flight == 0:
@@ -322,9 +326,8 @@ class Gateway:
         rid = request[_RID]
         stream: ReplyStream = self.rt.stream(call.messages, **routing, **call.options)
         async with stream:
-            headers = {"x-request-id": rid, "x-llm-endpoint": stream.endpoint or "", "Cache-Control": "no-cache"}
-            if client is not None:
-                headers.update(client.headers(_now()))
+            headers = self._reply_headers(rid, client, stream.endpoint or "", len(stream.attempts), None)
+            headers["Cache-Control"] = "no-cache"
             response = web.StreamResponse(headers=headers)
             response.content_type = "text/event-stream"
             await response.prepare(request)
@@ -344,6 +347,9 @@ class Gateway:
                         await response.write(data)
             except LLMError as exc:
                 await _cut(request, response, face.dialect, failure_of(exc))
+                return response, None
+            except ConnectionResetError:
+                # The client left between two chunks; leaving the block closes the upstream.
                 return response, None
             reply = stream.response
             await response.write(writer.closing(reply))
