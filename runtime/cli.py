@@ -148,14 +148,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    return _positive_int(text, least=0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -239,19 +243,35 @@ def _parser() -> argparse.ArgumentParser:
         commands, "chat", _chat, help="send one prompt and print the reply",
         description="Send one prompt through the configured endpoints and print the reply.",
     )
-    chat.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
-    chat.add_argument("--model", help="route by model or group name")
-    chat.add_argument("--endpoint", metavar="NAME", help="send to this endpoint only")
-    chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--max-tokens", type=_positive_int, metavar="N", help="cap the reply's length in tokens")
-    chat.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (0-2)")
-    chat.add_argument("--timeout", type=_positive_float, metavar="S", help="deadline of the whole request in seconds")
-    chat.add_argument("--stream", action="store_true", help="print the reply as it arrives")
-    chat.add_argument(
-        "--on-interrupt", choices=ON_INTERRUPT, metavar="POLICY",
-        help="with --stream, when the answer fails mid-way: raise (default), restart it elsewhere, "
-        "or continue it on an endpoint that can",
+    complete = _command(
+        commands, "complete", _chat, help="continue one prompt with a text-completion API",
+        description=(
+            "Continue a prompt with the text-completion API of the configured endpoints that have one "
+            "(OpenAI-compatible /completions, Ollama /api/generate) and print the completion."
+        ),
     )
+    chat.set_defaults(kind="chat")
+    complete.set_defaults(kind="completion")
+    for command in (chat, complete):
+        command.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
+        command.add_argument("--model", help="route by model or group name")
+        command.add_argument("--endpoint", metavar="NAME", help="send to this endpoint only")
+        command.add_argument("--max-tokens", type=_positive_int, metavar="N", help="cap the reply's length in tokens")
+        command.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (0-2)")
+        command.add_argument("--timeout", type=_positive_float, metavar="S", help="deadline of the whole request in seconds")
+        command.add_argument("--stream", action="store_true", help="print the reply as it arrives")
+        command.add_argument(
+            "--on-interrupt", choices=ON_INTERRUPT, metavar="POLICY",
+            help="with --stream, when the answer fails mid-way: raise (default), restart it elsewhere, "
+            "or continue it on an endpoint that can",
+        )
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument(
+        "--schema", type=_json_schema_file, metavar="FILE",
+        help="a JSON-schema file the reply must match (it is checked; printed as the JSON it is)",
+    )
+    chat.add_argument("--repair", type=_count, default=0, metavar="N",
+                      help="with --schema, send an invalid reply back to its endpoint up to N times (default: 0)")
 
     status = _command(
         commands, "status", _status, help="probe every endpoint and print their states",
@@ -438,6 +458,19 @@ def _demo(args: argparse.Namespace) -> int:
 # --- chat ---------------------------------------------------------------------------------------------
 
 
+def _json_schema_file(path: str) -> dict[str, Any]:
+    """``--schema FILE``: the JSON schema in the file (checked when the request is built)."""
+    try:
+        schema = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise argparse.ArgumentTypeError(f"{path} holds no JSON schema (an object)")
+    return schema
+
+
 def _chat(args: argparse.Namespace) -> int:
     prompt: str = args.prompt
     if prompt == "-":
@@ -446,6 +479,8 @@ def _chat(args: argparse.Namespace) -> int:
         raise UsageError("the prompt is empty")
     if args.on_interrupt is not None and not args.stream:
         raise UsageError("--on-interrupt is for --stream: a whole reply is printed only once it is complete")
+    if getattr(args, "repair", 0) and args.schema is None:
+        raise UsageError("--repair is for --schema: only a reply checked against a schema can be repaired")
     rt = load_runtime(args.config)
     endpoints = rt.endpoints
     try:
@@ -467,20 +502,25 @@ def _chat(args: argparse.Namespace) -> int:
 
 async def _chat_async(rt: Runtime, prompt: str, args: argparse.Namespace) -> ChatResponse:
     options: dict[str, Any] = {
-        "system": args.system,
         "model": args.model,
         "endpoint": args.endpoint,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "timeout": args.timeout,
     }
+    completion = args.kind == "completion"
+    if not completion:
+        options.update(system=args.system, response_format=args.schema)
     async with rt:
         if not args.stream:
-            return await rt.chat(prompt, **options)
+            if completion:
+                return await rt.complete(prompt, **options)
+            return await rt.chat(prompt, repair=args.repair, **options)
         printing = not args.json
         printed = False
+        opened = rt.stream_complete if completion else rt.stream
         try:
-            async with rt.stream(prompt, on_interrupt=args.on_interrupt, **options) as stream:
+            async with opened(prompt, on_interrupt=args.on_interrupt, **options) as stream:
                 async for chunk in stream:
                     if chunk.restart:
                         # A terminal cannot take back what it printed: end the line, say it is void.

@@ -221,3 +221,44 @@ async def test_prompt_every_endpoint_calls_too_long_is_context_window_exceeded()
                 await rt.chat("a long prompt")
         assert (a.stats.requests, b.stats.requests) == (1, 1)
     assert info.value.endpoint == "b"
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every leaf command of ``parser`` by its full name (``config check``, ``bench run``)."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                full = f"{prefix}{name}"
+                out.update(_commands(sub, full + " ") or {full: sub})
+    return out
+
+
+def test_readme_cli_table_lists_every_flag() -> None:
+    """Each command's row in the README's command table names every flag the command takes
+    (the common -v/--trace/--json are described above the table)."""
+    import re
+
+    from runtime.cli import _parser as cli_parser
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Command line"):]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    common = {"-h", "--help", "-v", "--verbose", "--trace", "--json"}
+    missing: dict[str, list[str]] = {}
+    commands = _commands(cli_parser())
+    assert {"demo", "chat", "status", "config check"} <= commands.keys()
+    for name, sub in commands.items():
+        row = next((r for r in rows if re.search(rf"`{re.escape(name)}[ `]", re.split(r"(?<!\\)\|", r)[1] + " ")), None)
+        assert row is not None, f"no README row for {name!r}"
+        flags = {
+            flag
+            for action in sub._actions
+            if action.help != argparse.SUPPRESS
+            for flag in action.option_strings
+            if flag.startswith("--") and flag not in common
+        }
+        absent = sorted(f for f in flags if f"`{f}" not in row)
+        if absent:
+            missing[name] = absent
+    assert missing == {}
