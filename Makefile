@@ -35,4 +35,5 @@ bench: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/tokens.py
+	$(BIN)/python benchmarks/shared.py
 	$(BIN)/python benchmarks/gateway.py

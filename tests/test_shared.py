@@ -229,3 +229,23 @@ async def test_a_shared_trip_emits_one_span_in_the_runtime_that_made_it(
     assert len(spans) == 1
     assert spans[0].attributes is not None and spans[0].attributes["reason"] == "2 consecutive failures"
     assert local.stats.requests == 2
+
+
+async def test_a_slow_redis_counts_as_unavailable_and_is_rejoined(
+    server: RedisServer, prefix: str, local: FaultyEndpoint
+) -> None:
+    """Redis stalls (CLIENT PAUSE) past `timeout`: the request in that call succeeds on local
+    state, later ones too, and once Redis answers again the process is back on shared state."""
+    policy = _policy(server, prefix, timeout=0.1, reconnect_max=0.1)
+    async with Runtime([local.endpoint(name="slow", health=QUIET, rpm=1000)], shared=policy) as rt:
+        await rt.chat("warm up")
+        redis.Redis.from_url(server.url).client_pause(600)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        replies = [await rt.chat("hi") for _ in range(5)]
+        assert all(r.text for r in replies)
+        assert loop.time() - started < 0.5  # one call waited out the timeout, the rest did not wait
+        assert rt.status()[0].shared is not None and rt.status()[0].shared.startswith("local state")
+        await asyncio.sleep(1.0)
+        assert rt.status()[0].shared == f"redis {server.url}"
+        assert (await rt.chat("hi")).text

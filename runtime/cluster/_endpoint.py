@@ -274,10 +274,10 @@ class EndpointShare:
         lease = f"{_PROCESS}:{next(_LEASES)}" if limiter.max_concurrency else ""
         need = float(min(max(reservation.tokens, 0), limiter.tpm or 0))
         try:
-            reply = await link.call("admit", self.keys, [
+            reply = await self.state.call(("admit", self.keys, [
                 limiter.rpm or 0, limiter.tpm or 0, need, limiter.max_concurrency or 0, lease,
                 self.state.policy.lease_ttl, int(trial), policy.open_for, policy.max_open_for, policy.half_open_calls,
-            ])
+            ]))
         except Unavailable as exc:
             return self._without_redis(permit, exc.cause)
         now = self.state.now()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 __all__ = ["SharedState"]
 
 Done = Callable[[list[str] | None], None]
+
+# How long a queued settle waits for company (an admission to ride along with, or more
+# settles to batch with) before the writer sends it alone.
+WRITE_DELAY = 0.002
+
+
+def _deliver(queue: list[tuple[Call, Done | None]], replies: Sequence[list[str] | None]) -> None:
+    for (_, done), reply in zip(queue, replies, strict=True):
+        if done is not None:
+            done(reply)
 
 
 class SharedState:
@@ -111,9 +121,26 @@ class SharedState:
             await self._flush()
         await self.link.aclose()
 
+    async def call(self, call: Call) -> list[str]:
+        """Run ``call`` now, with whatever the writer has queued in the same round trip."""
+        queue, self._queue = self._queue, []
+        if not queue:
+            name, keys, args = call
+            return await self.link.call(name, keys, args)
+        try:
+            replies = await self.link.batch([queued for queued, _ in queue] + [call])
+        except Unavailable:
+            _deliver(queue, [None] * len(queue))
+            raise
+        _deliver(queue, replies[:-1])
+        return replies[-1]
+
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
+            # Wait a moment: the next admission may take the queue along in its own round
+            # trip, and meanwhile more settles join the batch.
+            await anyio.sleep(WRITE_DELAY)
             self._wake.clear()
             await self._flush()
 
@@ -125,9 +152,7 @@ class SharedState:
             replies: list[list[str] | None] = list(await self.link.batch([call for call, _ in queue]))
         except Unavailable:
             replies = [None] * len(queue)
-        for (_, done), reply in zip(queue, replies, strict=True):
-            if done is not None:
-                done(reply)
+        _deliver(queue, replies)
 
     async def _syncer(self) -> None:
         while True:
