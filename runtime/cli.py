@@ -51,7 +51,8 @@ from .endpoint.actor import EndpointStatus
 from .errors import AllEndpointsFailed, ConfigError, LLMError, ProviderError
 from .gateway.config import GatewayConfig
 from .policy import ON_INTERRUPT, Endpoint
-from .providers import ADAPTERS, adapter_for
+from .providers import adapter_for
+from .providers.registry import PROVIDERS
 from .types import Attempt, ChatResponse
 
 __all__ = ["CONFIG_ENV", "EXIT_CODES", "find_config", "load_runtime", "main"]
@@ -387,8 +388,7 @@ def url_of(endpoint: Endpoint) -> str | None:
     """Where an endpoint's requests go: its ``base_url``, else its provider's default."""
     if endpoint.base_url:
         return endpoint.base_url
-    adapter = ADAPTERS.get(endpoint.provider)
-    return None if adapter is None else getattr(adapter, "default_base_url", None)
+    return PROVIDERS[endpoint.provider].base_url
 
 
 def _where(name: str | None, endpoints: Sequence[Endpoint]) -> str:

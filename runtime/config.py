@@ -22,7 +22,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from .policy import (
     check_types,
     type_rule,
 )
+from .providers.registry import PROVIDERS as REGISTRY
 
 __all__ = ["RuntimeConfig", "endpoints_from_env", "load_config", "parse_config"]
 
@@ -222,81 +223,75 @@ _BACKENDS = {"azure", "openai", "anthropic", "deepseek", "ollama", "custom", "op
 
 
 def _env_endpoint(kind: str, env: Mapping[str, str], priority: int, *, required: bool) -> Endpoint | None:
+    """The endpoint ``kind``'s variables describe; None when they are not set (in the chain).
+    The variables and default models are the provider registry's."""
+
     def need(var: str) -> str | None:
         value = env.get(var)
         if not value and required:
             raise ConfigError(f"LLM_BACKEND={kind} needs {var} to be set", key=var)
         return value or None
 
-    match kind:
-        case "openai":
-            if not required and not env.get("OPENAI_API_KEY"):
-                return None
-            need("OPENAI_API_KEY")
-            return Endpoint(
-                name="openai", provider="openai", model=env.get("OPENAI_MODEL") or "gpt-4o-mini",
-                base_url=env.get("OPENAI_BASE_URL") or None, api_key_env="OPENAI_API_KEY", priority=priority,
-            )
-        case "azure":
-            if not required and not (env.get("AZURE_OPENAI_API_KEY") and env.get("AZURE_OPENAI_ENDPOINT")):
-                return None
-            need("AZURE_OPENAI_API_KEY")
-            base = need("AZURE_OPENAI_ENDPOINT")
-            return Endpoint(
-                name="azure", provider="azure", model=need("AZURE_OPENAI_DEPLOYMENT") or "",
-                base_url=base, api_key_env="AZURE_OPENAI_API_KEY",
-                api_version=env.get("OPENAI_API_VERSION") or None, priority=priority,
-            )
-        case "anthropic":
-            if not required and not env.get("ANTHROPIC_API_KEY"):
-                return None
-            need("ANTHROPIC_API_KEY")
-            return Endpoint(
-                name="anthropic", provider="anthropic", model=env.get("ANTHROPIC_MODEL") or "claude-3-5-haiku-latest",
-                api_key_env="ANTHROPIC_API_KEY", priority=priority,
-            )
-        case "deepseek":
-            if not required and not env.get("DEEPSEEK_API_KEY"):
-                return None
-            need("DEEPSEEK_API_KEY")
-            return Endpoint(
-                name="deepseek", provider="deepseek", model=env.get("DEEPSEEK_MODEL") or "deepseek-chat",
-                base_url=env.get("DEEPSEEK_BASE_URL") or None, api_key_env="DEEPSEEK_API_KEY", priority=priority,
-            )
-        case "ollama":
-            base = env.get("OLLAMA_BASE_URL") or env.get("OLLAMA_HOST")
-            if not required and not base and not env.get("OLLAMA_MODEL"):
-                return None
-            if base and not base.startswith(("http://", "https://")):
-                base = f"http://{base}"  # OLLAMA_HOST is often host:port
-            return Endpoint(
-                name="ollama", provider="ollama", model=env.get("OLLAMA_MODEL") or "llama3.2",
-                base_url=base or None, priority=priority,
-            )
-        case _:  # custom / openai-compatible
-            if not required and not env.get("CUSTOM_LLM_URL"):
-                return None
-            url = need("CUSTOM_LLM_URL")
-            model = need("CUSTOM_LLM_MODEL")
-            if not model:
-                # A server may serve several models; guessing one would be a silent surprise.
-                raise ConfigError(
-                    "CUSTOM_LLM_URL is set, so CUSTOM_LLM_MODEL must name the model to ask for "
-                    "(one of the ids the server lists at /models)",
-                    key="CUSTOM_LLM_MODEL",
-                )
-            headers: dict[str, str] = {}
-            raw_headers = env.get("CUSTOM_LLM_HEADERS")
-            if raw_headers:
-                try:
-                    headers = msgspec.convert(json.loads(raw_headers), dict[str, str])
-                except (ValueError, msgspec.ValidationError):
-                    raise ConfigError("must be a JSON object of header names to strings", key="CUSTOM_LLM_HEADERS") from None
-            return Endpoint(
-                name="custom", provider="openai-compatible", model=model,
-                base_url=url, api_key_env="CUSTOM_LLM_API_KEY" if env.get("CUSTOM_LLM_API_KEY") else None,
-                headers=headers, priority=priority,
-            )
+    if kind == "ollama":
+        return _env_ollama(env, priority, required=required)
+    if kind == "custom":
+        return _env_custom(env, priority, need, required=required)
+    spec = REGISTRY[kind]
+    assert spec.key_env is not None and spec.model_env is not None
+    # Azure alone has no default URL: its resource URL and deployment must be given.
+    named = spec.base_url is None
+    if not required and not (env.get(spec.key_env) and (not named or env.get(spec.base_url_env or ""))):
+        return None
+    need(spec.key_env)
+    base = need(spec.base_url_env) if named and spec.base_url_env else env.get(spec.base_url_env or "") or None
+    model = (need(spec.model_env) or "") if named else env.get(spec.model_env) or spec.default_model
+    return Endpoint(
+        name=kind, provider=kind, model=model, base_url=base, api_key_env=spec.key_env, priority=priority,  # type: ignore[arg-type]
+        api_version=(env.get("OPENAI_API_VERSION") or None) if kind == "azure" else None,
+    )
+
+
+def _env_ollama(env: Mapping[str, str], priority: int, *, required: bool) -> Endpoint | None:
+    spec = REGISTRY["ollama"]
+    base = env.get(spec.base_url_env or "") or env.get("OLLAMA_HOST")
+    if not required and not base and not env.get(spec.model_env or ""):
+        return None
+    if base and not base.startswith(("http://", "https://")):
+        base = f"http://{base}"  # OLLAMA_HOST is often host:port
+    return Endpoint(
+        name="ollama", provider="ollama", model=env.get(spec.model_env or "") or spec.default_model,
+        base_url=base or None, priority=priority,
+    )
+
+
+def _env_custom(
+    env: Mapping[str, str], priority: int, need: Callable[[str], str | None], *, required: bool
+) -> Endpoint | None:
+    spec = REGISTRY["openai-compatible"]
+    url_env, model_env = spec.base_url_env or "", spec.model_env or ""
+    if not required and not env.get(url_env):
+        return None
+    url = need(url_env)
+    model = need(model_env)
+    if not model:
+        # A server may serve several models; guessing one would be a silent surprise.
+        raise ConfigError(
+            f"{url_env} is set, so {model_env} must name the model to ask for "
+            "(one of the ids the server lists at /models)",
+            key=model_env,
+        )
+    headers: dict[str, str] = {}
+    raw_headers = env.get("CUSTOM_LLM_HEADERS")
+    if raw_headers:
+        try:
+            headers = msgspec.convert(json.loads(raw_headers), dict[str, str])
+        except (ValueError, msgspec.ValidationError):
+            raise ConfigError("must be a JSON object of header names to strings", key="CUSTOM_LLM_HEADERS") from None
+    return Endpoint(
+        name="custom", provider="openai-compatible", model=model,
+        base_url=url, api_key_env="CUSTOM_LLM_API_KEY" if env.get("CUSTOM_LLM_API_KEY") else None,
+        headers=headers, priority=priority,
+    )
 
 
 def endpoints_from_env(environ: Mapping[str, str] | None = None) -> list[Endpoint]:

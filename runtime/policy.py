@@ -19,6 +19,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from .errors import ConfigError
+from .providers.registry import PROVIDERS as REGISTRY
 from .validation import header_problem
 
 __all__ = [
@@ -36,8 +37,10 @@ __all__ = [
     "RetryPolicy",
 ]
 
+# The names are spelled out for type checkers; a test pins them to the provider registry,
+# where everything else about each provider lives.
 Provider = Literal["openai", "azure", "anthropic", "ollama", "deepseek", "openai-compatible", "mock"]
-PROVIDERS: tuple[str, ...] = ("openai", "azure", "anthropic", "ollama", "deepseek", "openai-compatible", "mock")
+PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
 
 OnInterrupt = Literal["raise", "restart", "continue"]
 """What a stream does when its answer fails after content reached the caller: raise
@@ -48,14 +51,9 @@ ON_INTERRUPT: tuple[OnInterrupt, ...] = ("raise", "restart", "continue")
 ON_INTERRUPT_RULE = "must be one of " + ", ".join(repr(v) for v in ON_INTERRUPT)
 
 # The variable each provider's key is read from when the endpoint names none.
-DEFAULT_KEY_ENV: dict[str, str] = {
-    "openai": "OPENAI_API_KEY",
-    "azure": "AZURE_OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "deepseek": "DEEPSEEK_API_KEY",
-}
+DEFAULT_KEY_ENV: dict[str, str] = {name: spec.key_env for name, spec in REGISTRY.items() if spec.key_env}
 # Providers that refuse every request without a key; the others run keyless.
-KEY_REQUIRED = frozenset(DEFAULT_KEY_ENV)
+KEY_REQUIRED = frozenset(name for name, spec in REGISTRY.items() if spec.key_required)
 
 
 class _Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

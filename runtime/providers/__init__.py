@@ -7,15 +7,19 @@ the adapter of the endpoint's provider, or a :class:`MockClient` for provider ``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
 
 from ..errors import ConfigError
-from ..policy import Endpoint
 from .anthropic import AnthropicAdapter
 from .base import Adapter, ChunkStream, HTTPRequest, ProviderClient, StreamDecoder
 from .mock import MockClient, MockStream
 from .ollama import OllamaAdapter
 from .openai import AzureAdapter, DeepSeekAdapter, OpenAIAdapter, OpenAICompatibleAdapter
+
+if TYPE_CHECKING:  # policy reads the provider registry in this package
+    from ..policy import Endpoint
 
 __all__ = [
     "ADAPTERS",

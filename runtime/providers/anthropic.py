@@ -34,7 +34,7 @@ the runtime uses: ``input_tokens`` counts every prompt token, cached or not
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -51,14 +51,11 @@ from ..errors import (
     ServerError,
     Timeout,
 )
-from ..policy import Endpoint
 from ..structured import OUTPUT_TOOL
 from ..types import (
     ChatRequest,
     ChatResponse,
     ContentPart,
-    EmbeddingRequest,
-    EmbeddingResponse,
     Message,
     RateLimitSnapshot,
     StreamChunk,
@@ -74,14 +71,18 @@ from .base import (
     build_error,
     decode_error_body,
     error_class_for_status,
-    header_int,
     json_text,
     looks_like_context_overflow,
     parse_rfc3339_delay,
+    rate_limit_snapshot,
+    response_schema,
     undecodable,
 )
 from .params import Rule, apply_params, unsupported, with_extra_headers
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
+
+if TYPE_CHECKING:  # policy reads the provider registry in this package
+    from ..policy import Endpoint
 
 __all__ = ["API_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicAdapter"]
 
@@ -257,11 +258,10 @@ def _force_output_tool(body: dict[str, Any], fmt: dict[str, Any]) -> None:
     With tools of the caller's own the model must still call one of them or the output
     tool (``any``), unless the caller chose the tool choice.
     """
-    spec = fmt.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else _ANY_OBJECT if fmt.get("type") == "json_object" else None
-    if not isinstance(schema, dict):
+    wanted = response_schema(fmt) or (("JSON", _ANY_OBJECT) if fmt.get("type") == "json_object" else None)
+    if wanted is None:
         return
-    name = spec.get("name", "response") if isinstance(spec, dict) else "JSON"
+    name, schema = wanted
     tool = {
         "name": OUTPUT_TOOL,
         "description": f"Give your answer as a {name} object: call this tool with the answer as its input.",
@@ -276,16 +276,12 @@ def _force_output_tool(body: dict[str, Any], fmt: dict[str, Any]) -> None:
 class AnthropicAdapter(Adapter):
     """Anthropic's Messages API for one endpoint (see the module docstring for the translation)."""
 
-    embeddings = False
-    prefill = True
 
     provider = "anthropic"
-    #: where requests go when the endpoint names no ``base_url``
-    default_base_url = "https://api.anthropic.com"
 
     def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
         super().__init__(endpoint, api_key)
-        base = (endpoint.base_url or self.default_base_url).rstrip("/")
+        base = (endpoint.base_url or self.default_base_url or "").rstrip("/")
         self._model = endpoint.model
         self._url = f"{base}/v1/messages"
         self._probe_url = f"{base}/v1/models"
@@ -381,10 +377,6 @@ class AnthropicAdapter(Adapter):
         # already has that whitespace, so the continuation's own leading space is dropped.
         return partial.rstrip()
 
-    def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
-        """Always refused: Anthropic has no embeddings API."""
-        raise self.no_embeddings()
-
     # --- answers ----------------------------------------------------------------------
 
     @undecodable("message")
@@ -433,10 +425,6 @@ class AnthropicAdapter(Adapter):
         """A decoder of one Messages SSE stream."""
         return _MessageStreamDecoder(self)
 
-    def parse_embed(self, body: bytes) -> EmbeddingResponse:
-        """Never called: :meth:`embed_request` refuses first."""
-        raise self._protocol("anthropic has no embeddings API")
-
     # --- errors and headers -----------------------------------------------------------
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
@@ -475,34 +463,12 @@ class AnthropicAdapter(Adapter):
         """``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``; resets are RFC 3339
         times, read as seconds from now. Without the combined token headers the input-token
         ones are read."""
-        limit_requests = header_int(headers, "anthropic-ratelimit-requests-limit")
-        remaining_requests = header_int(headers, "anthropic-ratelimit-requests-remaining")
-        reset_requests = parse_rfc3339_delay(headers.get("anthropic-ratelimit-requests-reset"))
-        prefix = (
-            "anthropic-ratelimit-tokens"
+        tokens = (
+            "tokens"
             if "anthropic-ratelimit-tokens-limit" in headers or "anthropic-ratelimit-tokens-remaining" in headers
-            else "anthropic-ratelimit-input-tokens"
+            else "input-tokens"
         )
-        limit_tokens = header_int(headers, f"{prefix}-limit")
-        remaining_tokens = header_int(headers, f"{prefix}-remaining")
-        reset_tokens = parse_rfc3339_delay(headers.get(f"{prefix}-reset"))
-        if (
-            limit_requests is None
-            and remaining_requests is None
-            and reset_requests is None
-            and limit_tokens is None
-            and remaining_tokens is None
-            and reset_tokens is None
-        ):
-            return None
-        return RateLimitSnapshot(
-            limit_requests=limit_requests,
-            remaining_requests=remaining_requests,
-            reset_requests=reset_requests,
-            limit_tokens=limit_tokens,
-            remaining_tokens=remaining_tokens,
-            reset_tokens=reset_tokens,
-        )
+        return rate_limit_snapshot(headers, "anthropic-ratelimit-{kind}-{field}", parse_rfc3339_delay, tokens=tokens)
 
 
 class _MessageStreamDecoder(FramedDecoder[SSEEvent]):

@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import aiohttp
 import msgspec
@@ -41,7 +41,6 @@ from ..errors import (
     ServerError,
     Timeout,
 )
-from ..policy import Endpoint
 from ..types import (
     ChatRequest,
     ChatResponse,
@@ -51,6 +50,10 @@ from ..types import (
     RateLimitSnapshot,
     StreamChunk,
 )
+from .registry import PROVIDERS
+
+if TYPE_CHECKING:  # policy reads the provider registry in this package
+    from ..policy import Endpoint
 
 __all__ = [
     "Adapter",
@@ -64,13 +67,14 @@ __all__ = [
     "decode_error_body",
     "decode_failure",
     "error_class_for_status",
-    "header_float",
     "header_int",
     "json_text",
     "looks_like_context_overflow",
     "parse_go_duration",
     "parse_retry_after",
     "parse_rfc3339_delay",
+    "rate_limit_snapshot",
+    "response_schema",
     "should_retry_header",
     "undecodable",
 ]
@@ -191,22 +195,38 @@ class Adapter(abc.ABC):
     def stream_decoder(self) -> StreamDecoder:
         """A fresh decoder for one streamed reply."""
 
-    @abc.abstractmethod
     def embed_request(self, request: EmbeddingRequest) -> HTTPRequest:
-        """The HTTP request of one embeddings attempt (raises :class:`InvalidRequest` if unsupported)."""
+        """The HTTP request of one embeddings attempt; a provider without an embeddings
+        API (the registry says which) refuses it with :class:`InvalidRequest`."""
+        raise self.no_embeddings()
 
-    @abc.abstractmethod
     def parse_embed(self, body: bytes) -> EmbeddingResponse:
-        """The vectors from a 2xx body."""
+        """The vectors from a 2xx body (adapters of providers with an embeddings API)."""
+        raise self.no_embeddings()
 
+    # The capabilities and the default base URL are the provider registry's data, set on
+    # each adapter class from its ``provider`` (see __init_subclass__).
     #: whether the provider has an embeddings API; the runtime routes embeddings by it
-    embeddings: ClassVar[bool] = True
+    embeddings: ClassVar[bool] = False
+    #: where requests go when the endpoint names no ``base_url`` (None: it must name one)
+    default_base_url: ClassVar[str | None] = None
+    #: whether streams carry token usage (the OpenAI dialect asks for it when they can)
+    stream_usage: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        facts = PROVIDERS[cls.provider]
+        cls.embeddings = facts.embeddings
+        cls.completions = facts.completions
+        cls.prefill = facts.prefill
+        cls.stream_usage = facts.stream_usage
+        cls.default_base_url = facts.base_url
 
     def no_embeddings(self) -> InvalidRequest:
         """The refusal of an embeddings request by a provider that has no embeddings API."""
+        able = [name for name, facts in PROVIDERS.items() if facts.embeddings and facts.dialect != "mock"]
         return InvalidRequest(
-            f"{self.provider} has no embeddings API; route embeddings to an openai, azure, ollama "
-            "or openai-compatible endpoint",
+            f"{self.provider} has no embeddings API; route embeddings to an {', '.join(able[:-1])} or {able[-1]} endpoint",
             endpoint=self.name,
         )
 
@@ -348,33 +368,38 @@ def parse_go_duration(value: str) -> float | None:
         total += float(match.group(1)) * _GO_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(value):
-        try:
-            return float(value)  # a bare number means seconds
-        except ValueError:
-            return None
-    return total
+        return _seconds(value)  # a bare number means seconds
+    return total if math.isfinite(total) else None
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date); None if absent."""
-    ms = headers.get("retry-after-ms")
+    ms = _seconds(headers.get("retry-after-ms"))
     if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
+        return ms / 1000.0
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _seconds(value: str | None) -> float | None:
+    # A wait a server asked for: finite and not negative, or nothing ("inf" and "nan" are
+    # no waits a client can keep).
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def should_retry_header(headers: Mapping[str, str]) -> bool | None:
@@ -488,7 +513,10 @@ def decode_error_body(body: bytes) -> Any:
 
 def header_int(headers: Mapping[str, str], name: str) -> int | None:
     """An integer header, or None when absent or unreadable."""
-    value = headers.get(name)
+    return _int(headers.get(name))
+
+
+def _int(value: str | None) -> int | None:
     if value is None:
         return None
     try:
@@ -496,19 +524,44 @@ def header_int(headers: Mapping[str, str], name: str) -> int | None:
     except ValueError:
         try:
             return int(float(value))
-        except ValueError:
+        except (ValueError, OverflowError):  # "nan", "inf": no count at all
             return None
 
 
-def header_float(headers: Mapping[str, str], name: str) -> float | None:
-    """A number header, or None when absent or unreadable."""
-    value = headers.get(name)
-    if value is None:
+
+def rate_limit_snapshot(
+    headers: Mapping[str, str], template: str, reset: Callable[[str], float | None], *, tokens: str = "tokens"
+) -> RateLimitSnapshot | None:
+    """The six rate-limit headers a provider names by ``template`` (``{field}`` is
+    ``limit``/``remaining``/``reset``, ``{kind}`` is ``requests`` or ``tokens``), resets read
+    by ``reset``; None when the response carried none of them."""
+    def read(field: str, kind: str) -> str | None:
+        return headers.get(template.format(field=field, kind=kind))
+
+    values = [read(field, kind) for kind in ("requests", tokens) for field in ("limit", "remaining", "reset")]
+    if all(v is None for v in values):
         return None
-    try:
-        return float(value)
-    except ValueError:
+    limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = values
+    return RateLimitSnapshot(
+        limit_requests=_int(limit_r),
+        remaining_requests=_int(remaining_r),
+        reset_requests=reset(reset_r) if reset_r is not None else None,
+        limit_tokens=_int(limit_t),
+        remaining_tokens=_int(remaining_t),
+        reset_tokens=reset(reset_t) if reset_t is not None else None,
+    )
+
+
+def response_schema(fmt: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
+    """The name and JSON schema a ``json_schema`` response format asks for (the validator
+    gives every such format that shape); None for any other format."""
+    if fmt is None or fmt.get("type") != "json_schema":
         return None
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if not isinstance(schema, dict):
+        return None
+    return str(spec.get("name") or "response"), schema  # type: ignore[union-attr]
 
 
 def parse_rfc3339_delay(value: str | None, now: float | None = None) -> float | None:

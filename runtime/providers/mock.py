@@ -21,8 +21,8 @@ import asyncio
 import hashlib
 import math
 import re
+from typing import TYPE_CHECKING
 
-from ..policy import Endpoint
 from ..types import (
     ChatRequest,
     ChatResponse,
@@ -32,6 +32,10 @@ from ..types import (
     StreamChunk,
     Usage,
 )
+from .registry import PROVIDERS
+
+if TYPE_CHECKING:  # policy reads the provider registry in this package
+    from ..policy import Endpoint
 
 __all__ = ["DEFAULT_DIMENSIONS", "MockClient", "MockStream"]
 
@@ -52,9 +56,9 @@ class MockClient:
         self._name = endpoint.name
         self._model = endpoint.model or "mock"
 
-    #: the mock answers embeddings and text-completion requests too
-    embeddings = True
-    completions = True
+    #: the mock answers embeddings and text-completion requests too (the registry's "mock")
+    embeddings = PROVIDERS["mock"].embeddings
+    completions = PROVIDERS["mock"].completions
 
     def __repr__(self) -> str:
         return f"<MockClient endpoint={self._name!r} model={self._model!r}>"

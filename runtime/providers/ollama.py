@@ -30,12 +30,11 @@ Bearer token. The translation, decided once here:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..errors import InvalidRequest, NotFound, ProviderError, ServerError
-from ..policy import Endpoint
 from ..types import (
     ChatRequest,
     ChatResponse,
@@ -48,9 +47,12 @@ from ..types import (
     ToolCallDelta,
     Usage,
 )
-from .base import Adapter, HTTPRequest, build_error, decode_error_body, json_text, undecodable
+from .base import Adapter, HTTPRequest, build_error, decode_error_body, json_text, response_schema, undecodable
 from .params import Rule, apply_params, in_options, unsupported, with_extra_headers
 from .streams import FramedDecoder, NDJSONDecoder
+
+if TYPE_CHECKING:  # policy reads the provider registry in this package
+    from ..policy import Endpoint
 
 __all__ = ["OllamaAdapter"]
 
@@ -131,14 +133,10 @@ class OllamaAdapter(Adapter):
 
     provider = "ollama"
     stream_content_types = ("application/x-ndjson",)
-    completions = True
-    prefill = True  # a trailing assistant message is continued, not answered
-    #: where requests go when the endpoint names no ``base_url``
-    default_base_url = "http://127.0.0.1:11434"
 
     def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
         super().__init__(endpoint, api_key)
-        base = (endpoint.base_url or self.default_base_url).rstrip("/")
+        base = (endpoint.base_url or self.default_base_url or "").rstrip("/")
         self._model = endpoint.model
         self._chat_url = f"{base}/api/chat"
         self._generate_url = f"{base}/api/generate"
@@ -182,11 +180,8 @@ class OllamaAdapter(Adapter):
             kind = fmt.get("type")
             if kind == "json_object":
                 body["format"] = "json"
-            elif kind == "json_schema":
-                spec = fmt.get("json_schema")
-                schema = spec.get("schema") if isinstance(spec, dict) else fmt.get("schema")
-                if isinstance(schema, dict):
-                    body["format"] = schema
+            elif (wanted := response_schema(fmt)) is not None:
+                body["format"] = wanted[1]
         apply_params(
             body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
         )

@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
@@ -58,7 +58,6 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
-from ..policy import Endpoint
 from ..types import (
     ChatRequest,
     ChatResponse,
@@ -81,13 +80,17 @@ from .base import (
     build_error,
     decode_error_body,
     error_class_for_status,
-    header_int,
     looks_like_context_overflow,
     parse_go_duration,
+    rate_limit_snapshot,
+    response_schema,
     undecodable,
 )
 from .params import OPENAI_RULES, Rule, apply_params, rules_for, with_extra_headers
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
+
+if TYPE_CHECKING:  # policy reads the provider registry in this package
+    from ..policy import Endpoint
 
 __all__ = ["AzureAdapter", "DeepSeekAdapter", "OpenAIAdapter", "OpenAICompatibleAdapter"]
 
@@ -356,13 +359,10 @@ class OpenAIAdapter(Adapter):
     """OpenAI Chat Completions and Embeddings, for one endpoint (see the module docstring)."""
 
     provider = "openai"
-    #: where requests go when the endpoint names no ``base_url``
-    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     #: the body key of the reply-length limit
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
     #: how the OpenAI parameters beyond the common ones go on the wire (runtime.providers.params)
     param_rules: ClassVar[Mapping[str, Rule]] = OPENAI_RULES
-    completions = True
 
     def __init__(self, endpoint: Endpoint, api_key: str | None) -> None:
         super().__init__(endpoint, api_key)
@@ -404,7 +404,8 @@ class OpenAIAdapter(Adapter):
         )
         if stream:
             body["stream"] = True
-            body["stream_options"] = _INCLUDE_USAGE
+            if self.stream_usage:
+                body["stream_options"] = _INCLUDE_USAGE
         if request.max_tokens is not None:
             # the legacy completions API knows only max_tokens
             body["max_tokens" if completion else self.max_tokens_field] = request.max_tokens
@@ -551,29 +552,7 @@ class OpenAIAdapter(Adapter):
 
     def rate_limit(self, headers: Mapping[str, str]) -> RateLimitSnapshot | None:
         """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``; resets are Go durations."""
-        limit_requests = header_int(headers, "x-ratelimit-limit-requests")
-        limit_tokens = header_int(headers, "x-ratelimit-limit-tokens")
-        remaining_requests = header_int(headers, "x-ratelimit-remaining-requests")
-        remaining_tokens = header_int(headers, "x-ratelimit-remaining-tokens")
-        reset_requests = headers.get("x-ratelimit-reset-requests")
-        reset_tokens = headers.get("x-ratelimit-reset-tokens")
-        if (
-            limit_requests is None
-            and limit_tokens is None
-            and remaining_requests is None
-            and remaining_tokens is None
-            and reset_requests is None
-            and reset_tokens is None
-        ):
-            return None
-        return RateLimitSnapshot(
-            limit_requests=limit_requests,
-            remaining_requests=remaining_requests,
-            reset_requests=parse_go_duration(reset_requests) if reset_requests is not None else None,
-            limit_tokens=limit_tokens,
-            remaining_tokens=remaining_tokens,
-            reset_tokens=parse_go_duration(reset_tokens) if reset_tokens is not None else None,
-        )
+        return rate_limit_snapshot(headers, "x-ratelimit-{field}-{kind}", parse_go_duration)
 
 
 class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
@@ -674,7 +653,6 @@ class AzureAdapter(OpenAIAdapter):
     """
 
     provider = "azure"
-    default_base_url = None
     max_tokens_field = "max_tokens"
     #: the API version used when the endpoint names none
     default_api_version: ClassVar[str] = "2024-10-21"
@@ -703,28 +681,20 @@ class DeepSeekAdapter(OpenAIAdapter):
     """
 
     provider = "deepseek"
-    default_base_url = "https://api.deepseek.com"
     max_tokens_field = "max_tokens"
     param_rules = rules_for(("presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"))
-    embeddings = False
-    completions = False  # only a beta fill-in-the-middle API, at another base URL
 
     def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
         """As OpenAI's, but ``json_schema`` becomes JSON mode with the schema in a system message:
         DeepSeek has no schema mode, and its JSON mode wants the word "json" in the prompt."""
-        fmt = request.response_format
-        if fmt is not None and fmt.get("type") == "json_schema":
-            spec = fmt.get("json_schema")
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if isinstance(schema, dict):
-                instruction = Message(
-                    role="system",
-                    content="Reply with one json object, and nothing else, that matches this JSON schema:\n"
-                    + _encode(schema).decode(),
-                )
-                request = msgspec.structs.replace(
-                    request, messages=[instruction, *request.messages], response_format=_JSON_MODE
-                )
+        wanted = response_schema(request.response_format)
+        if wanted is not None:
+            instruction = Message(
+                role="system",
+                content="Reply with one json object, and nothing else, that matches this JSON schema:\n"
+                + _encode(wanted[1]).decode(),
+            )
+            request = msgspec.structs.replace(request, messages=[instruction, *request.messages], response_format=_JSON_MODE)
         return super().chat_request(request, stream=stream)
 
 
@@ -737,5 +707,4 @@ class OpenAICompatibleAdapter(OpenAIAdapter):
     """
 
     provider = "openai-compatible"
-    default_base_url = None
     max_tokens_field = "max_tokens"

@@ -46,6 +46,7 @@ import msgspec
 from aiohttp import web
 
 from ..policy import KEY_REQUIRED, Endpoint
+from ..providers.registry import PROVIDERS
 
 __all__ = [
     "Arrival",
@@ -62,23 +63,11 @@ Dialect = Literal["openai", "anthropic", "ollama"]
 """A wire format: OpenAI chat completions, Anthropic messages or Ollama's native API."""
 
 # Which wire dialect each provider name is served with, and the model a fresh endpoint
-# reports when none is given.
+# reports when none is given: the provider registry's facts (the mock has no wire).
 _DIALECT_OF: dict[str, Dialect] = {
-    "openai": "openai",
-    "openai-compatible": "openai",
-    "azure": "openai",
-    "deepseek": "openai",
-    "anthropic": "anthropic",
-    "ollama": "ollama",
+    name: spec.dialect for name, spec in PROVIDERS.items() if spec.dialect != "mock"
 }
-_DEFAULT_MODEL: dict[str, str] = {
-    "openai": "gpt-4o-mini",
-    "openai-compatible": "gpt-4o-mini",
-    "azure": "gpt-4o-mini",
-    "deepseek": "deepseek-chat",
-    "anthropic": "claude-3-5-haiku-latest",
-    "ollama": "llama3.2",
-}
+_DEFAULT_MODEL: dict[str, str] = {name: PROVIDERS[name].default_model for name in _DIALECT_OF}
 
 Step = int | Literal["ok", "hang", "reset", "malformed"]
 """One scheduled behaviour: an HTTP status to answer with (``200`` answers normally),
