@@ -315,7 +315,8 @@ class Pipeline:
             raise
         reply = outcome.value
         call.account(reply, outcome.actor, request)
-        if key is not None and self.cache is not None:
+        # A reply that does not match the schema asked for is not kept to be served again.
+        if key is not None and self.cache is not None and (options.output is None or options.output.matches(reply.text)):
             self.cache.set(key, reply)
         return reply
 

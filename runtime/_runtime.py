@@ -440,7 +440,21 @@ class BlockingRuntime:
     @contextmanager
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[BlockingStream]:
         """Blocking :meth:`Runtime.stream`: ``with rt.stream(...) as s: for chunk in s: ...``."""
-        cm: AbstractAsyncContextManager[ReplyStream] = self._portal.call(lambda: _open_stream(self.runtime, args, kwargs))
+        with self._blocking_stream(self.runtime.stream, args, kwargs) as stream:
+            yield stream
+
+    @takes(complete_options)
+    @contextmanager
+    def stream_complete(self, *args: Any, **kwargs: Any) -> Iterator[BlockingStream]:
+        """Blocking :meth:`Runtime.stream_complete`, as :meth:`stream`."""
+        with self._blocking_stream(self.runtime.stream_complete, args, kwargs) as stream:
+            yield stream
+
+    @contextmanager
+    def _blocking_stream(
+        self, open_stream: Callable[..., ReplyStream], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Iterator[BlockingStream]:
+        cm: AbstractAsyncContextManager[ReplyStream] = self._portal.call(lambda: _open_stream(open_stream, args, kwargs))
         with self._portal.wrap_async_context_manager(cm) as stream:
             yield BlockingStream(stream, self._portal)
 
@@ -483,6 +497,8 @@ class BlockingStream:
         return self._stream.continuations
 
 
-async def _open_stream(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ReplyStream:
+async def _open_stream(
+    open_stream: Callable[..., ReplyStream], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> ReplyStream:
     # In the portal's event loop: a stream's deadline is on that loop's clock.
-    return runtime.stream(*args, **kwargs)
+    return open_stream(*args, **kwargs)

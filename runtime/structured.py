@@ -82,6 +82,14 @@ class OutputSchema:
         """The OpenAI ``response_format`` value that asks for this schema."""
         return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.schema, "strict": self.strict}}
 
+    def matches(self, text: str) -> bool:
+        """Whether ``text`` decodes into this schema."""
+        try:
+            self.decode(text)
+        except msgspec.MsgspecError:
+            return False
+        return True
+
     def decode(self, text: str) -> Any:
         """The reply's text as an instance; raises ``msgspec.ValidationError``/``DecodeError``."""
         match = _FENCE.match(text)

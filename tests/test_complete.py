@@ -155,15 +155,34 @@ async def test_a_completion_is_cached_apart_from_a_chat_with_the_same_text() -> 
     assert (first.cached, again.cached, chat.cached) == (False, True, False)
 
 
+def test_blocking_complete_and_stream_complete() -> None:
+    """The blocking facade completes and streams a completion from a thread."""
+    from anyio.from_thread import start_blocking_portal
+
+    from runtime.testing import LocalEndpoints
+
+    endpoints = LocalEndpoints(FaultyEndpoint("ollama", name="o", text=TEXT))
+    with start_blocking_portal() as portal:
+        portal.call(endpoints.start)
+        try:
+            with Runtime([endpoints["o"].endpoint()]).blocking() as brt:
+                assert brt.complete("Once").text == TEXT
+                with brt.stream_complete("Once") as stream:
+                    assert "".join(chunk.text for chunk in stream) == TEXT
+                assert stream.response.usage.output_tokens == len(TEXT.split())
+        finally:
+            portal.call(endpoints.aclose)
+
+
 def test_blocking_complete_has_the_same_signature() -> None:
-    """BlockingRuntime.complete takes exactly Runtime.complete's parameters."""
+    """BlockingRuntime.complete and stream_complete take exactly Runtime's parameters."""
     from runtime._runtime import BlockingRuntime
 
     def params(fn: Any) -> list[str]:
         return list(inspect.signature(fn).parameters)
 
     assert params(BlockingRuntime.complete) == params(Runtime.complete)
-    assert params(Runtime.stream_complete) == params(Runtime.complete)
+    assert params(BlockingRuntime.stream_complete) == params(Runtime.stream_complete) == params(Runtime.complete)
     assert "prompt" in params(Runtime.complete) and "repair" not in params(Runtime.complete)
 
 

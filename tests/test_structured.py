@@ -327,3 +327,18 @@ async def test_a_typed_stream_is_checked_at_its_end() -> None:
                     pass
     assert good.response.parsed == Person(name="Ada", age=36, city=City(name="London"))
     assert (info.value.path, bad.response.text, bad.response.parsed) == ("$", '{"name": "Ada"}', None)
+
+
+async def test_an_invalid_reply_is_not_cached() -> None:
+    """A cacheable typed request: a valid reply is served again from the cache, an invalid one is not kept."""
+    from runtime import CachePolicy
+
+    async with FaultyEndpoint("openai", name="p", text=VALID) as ep, Runtime([ep.endpoint()], cache=CachePolicy()) as rt:
+        ep.replies.append('{"name": "Ada"}')
+        with pytest.raises(InvalidOutput):
+            await rt.chat("who?", response_format=Person, cache=True)
+        first = await rt.chat("who?", response_format=Person, cache=True)
+        again = await rt.chat("who?", response_format=Person, cache=True)
+        assert ep.stats.requests == 2
+    assert (first.cached, again.cached) == (False, True)
+    assert again.parsed == Person(name="Ada", age=36, city=City(name="London"))
