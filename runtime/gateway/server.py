@@ -21,6 +21,7 @@ frees the endpoint's slot and the key's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,9 @@ logger = logging.getLogger("runtime.gateway")
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _JSON = "application/json"
+# New request ids: random per process, then a counter (unique, and cheaper than random per request).
+_PROCESS_ID = secrets.token_hex(6) + "-"
+_SERIAL = itertools.count(1)
 # The request id, set by the edge for every handler.
 _RID = web.RequestKey("rid", str)
 
@@ -166,7 +170,7 @@ class Gateway:
     @web.middleware
     async def _edge(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isascii() and given.isprintable() else secrets.token_hex(12)
+        rid = given if 0 < len(given) <= 128 and given.isascii() and given.isprintable() else f"{_PROCESS_ID}{next(_SERIAL):x}"
         request[_RID] = rid
         dialect = _dialect_of(request)
         if self.draining and not request.path.startswith("/health"):
@@ -217,6 +221,8 @@ class Gateway:
 
     async def _body(self, request: web.Request) -> bytes | Failure:
         try:
+            if request.content.is_eof():  # the whole body came with the head: no wait to bound
+                return await request.read()
             async with asyncio.timeout(self.config.body_timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
