@@ -365,6 +365,8 @@ async def test_anthropic_tools_and_errors() -> None:
             async with client.messages.stream(model="claude", max_tokens=64, tools=tools, messages=messages) as s:
                 final = await s.get_final_message()
             listed = [m.id async for m in client.models.list()]
+            counted = await client.messages.count_tokens(model="claude", tools=tools, messages=messages)
+            plain = await client.messages.count_tokens(model="claude", messages=messages)
             with pytest.raises(anthropic.NotFoundError) as unknown:
                 await client.messages.create(model="nope", max_tokens=8, messages=messages)
             with pytest.raises(anthropic.BadRequestError) as bad:
@@ -373,6 +375,7 @@ async def test_anthropic_tools_and_errors() -> None:
     assert message.stop_reason == "tool_use" and use.type == "tool_use" and use.input == {"city": "Paris", "days": 1}
     assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "Paris", "days": 1}
     assert unknown.value.body["error"]["type"] == "not_found_error" and listed == ["claude-3-5-haiku-latest", "claude"]
+    assert counted.input_tokens > plain.input_tokens > 0
     assert "top_k" in bad.value.body["error"]["message"]
 
 
@@ -403,10 +406,14 @@ async def test_key_rpm_and_budget(monkeypatch: pytest.MonkeyPatch) -> None:
                 with pytest.raises(openai.RateLimitError) as spent:
                     await b.chat.completions.create(model="up", messages=HI, max_tokens=25)
                 models_b = [m.id async for m in b.models.list()]
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(gw.base_url + "/metrics", headers={"Authorization": "Bearer sk-b"}) as resp:
+                        metrics = await resp.text()
     assert first.headers["x-ratelimit-remaining-requests"] == "1"
     assert int(limited.value.response.headers["retry-after"]) >= 1 and "rpm" in limited.value.message
     assert spent.value.code == "insufficient_quota" and int(spent.value.response.headers["retry-after"]) >= 1
     assert models_b == ["up"]
+    assert 'llm_runtime_gateway_key_budget_remaining{key="b",kind="daily_tokens"}' in metrics
 
 
 # --- operations ----------------------------------------------------------------------------------------

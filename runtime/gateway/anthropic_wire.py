@@ -19,7 +19,7 @@ import msgspec
 
 from ..types import ChatResponse, ImagePart, Message, StreamChunk, TextPart, ToolCall
 
-__all__ = ["MessagesBody", "MessageWriter", "message", "messages_call"]
+__all__ = ["CountTokensBody", "MessageWriter", "MessagesBody", "conversation", "function_tools", "message", "messages_call"]
 
 _encode = msgspec.json.encode
 
@@ -89,30 +89,51 @@ class _Metadata(_Wire):
     user_id: str | None = None
 
 
-class MessagesBody(_Wire):
-    """``POST /v1/messages``: the parameters the runtime passes through."""
+class CountTokensBody(_Wire):
+    """``POST /v1/messages/count_tokens``: the conversation whose prompt is counted."""
 
     model: str
-    max_tokens: int
     messages: list[_Message]
     system: str | list[_Text] | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: _ToolChoice | None = None
+
+
+class MessagesBody(CountTokensBody, kw_only=True):
+    """``POST /v1/messages``: the parameters the runtime passes through."""
+
+    max_tokens: int
     stream: bool = False
     temperature: float | None = None
     top_p: float | None = None
     stop_sequences: list[str] | None = None
-    tools: list[_Tool] | None = None
-    tool_choice: _ToolChoice | None = None
     metadata: _Metadata | None = None
 
 
-def messages_call(body: MessagesBody) -> tuple[list[Message], dict[str, Any]]:
-    """The runtime messages and the ``chat``/``stream`` keywords of a Messages body."""
+def conversation(body: CountTokensBody) -> list[Message]:
+    """The runtime messages of a body: the system prompt first, then every turn."""
     out: list[Message] = []
     if body.system:
         system = body.system if isinstance(body.system, str) else "\n\n".join(b.text for b in body.system)
         out.append(Message(role="system", content=system))
     for m in body.messages:
         out.extend(_turn(m))
+    return out
+
+
+def function_tools(tools: list[_Tool] | None) -> list[dict[str, Any]] | None:
+    """Anthropic tools as the runtime's (OpenAI-shaped) function tools."""
+    if not tools:
+        return None
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description or "", "parameters": t.input_schema}}
+        for t in tools
+    ]
+
+
+def messages_call(body: MessagesBody) -> tuple[list[Message], dict[str, Any]]:
+    """The runtime messages and the ``chat``/``stream`` keywords of a Messages body."""
+    out = conversation(body)
     options: dict[str, Any] = {"max_tokens": body.max_tokens}
     if body.temperature is not None:
         options["temperature"] = body.temperature
@@ -120,11 +141,9 @@ def messages_call(body: MessagesBody) -> tuple[list[Message], dict[str, Any]]:
         options["top_p"] = body.top_p
     if body.stop_sequences:
         options["stop"] = body.stop_sequences
-    if body.tools:
-        options["tools"] = [
-            {"type": "function", "function": {"name": t.name, "description": t.description or "", "parameters": t.input_schema}}
-            for t in body.tools
-        ]
+    tools = function_tools(body.tools)
+    if tools:
+        options["tools"] = tools
     choice = body.tool_choice
     if choice is not None:
         options["tool_choice"] = (

@@ -62,5 +62,8 @@ def exposition(
                  (({"endpoint": s.name}, s.latency_ms / 1000.0) for s in status if s.latency_ms is not None)),
         *_family("llm_runtime_gateway_key_in_flight", "gauge", "Requests in flight per gateway key",
                  (({"key": k.name}, k.limiter.in_flight) for k in keys)),
+        *_family("llm_runtime_gateway_key_budget_remaining", "gauge", "What is left of each gateway key's budgets (tokens or USD)",
+                 (({"key": k.name, "kind": kind}, left) for k in keys if k.budget is not None
+                  for kind, left in k.budget.remaining().items())),
     ]
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ from .._runtime import ReplyStream, Runtime
 from ..accounting import estimate_request_tokens
 from ..errors import InvalidRequest, LLMError
 from ..types import ChatRequest, ChatResponse
-from . import openai_wire
+from . import anthropic_wire, openai_wire
 from .config import GatewayConfig
 from .dialect import Dialect, Failure, error_body, error_event, failure_of
 from .faces import FACES, Call, Face, decode
@@ -106,6 +106,7 @@ class Gateway:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._edge])
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model:.+}", self._model)
@@ -396,6 +397,35 @@ class Gateway:
             client.settle(grant, reply.usage.input_tokens, reply.cost_usd, _now())
         headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), reply.cost_usd)
         return web.Response(body=openai_wire.embedding_list(reply, body.encoding_format), content_type=_JSON, headers=headers)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's token count of a prompt, by the runtime's estimator for the route's first model."""
+        rid = request[_RID]
+        client = self._authenticate(request)
+        if isinstance(client, Failure):
+            return self._failure(rid, "anthropic", client)
+        raw = await self._body(request)
+        if isinstance(raw, Failure):
+            return self._failure(rid, "anthropic", raw)
+        try:
+            body = decode(raw, anthropic_wire.CountTokensBody)
+        except InvalidRequest as exc:
+            return self._failure(rid, "anthropic", failure_of(exc))
+        routing = self._routing(body.model, client)
+        if isinstance(routing, Failure):
+            return self._failure(rid, "anthropic", routing)
+        prompt = ChatRequest(
+            messages=anthropic_wire.conversation(body), tools=anthropic_wire.function_tools(body.tools),
+            model=self._model_of(body.model),
+        )
+        return web.Response(body=msgspec.json.encode({"input_tokens": estimate_request_tokens(prompt)}), content_type=_JSON)
+
+    def _model_of(self, route: str) -> str:
+        """The model of the first endpoint a route reaches (what its tokens are counted for)."""
+        for ep in self.rt.endpoints:
+            if route in (ep.name, ep.model, *ep.groups):
+                return ep.model
+        return route
 
     def _visible(self, request: web.Request) -> list[str] | Failure:
         client = self._authenticate(request)
