@@ -249,3 +249,60 @@ async def test_a_slow_redis_counts_as_unavailable_and_is_rejoined(
         await asyncio.sleep(1.0)
         assert rt.status()[0].shared == f"redis {server.url}"
         assert (await rt.chat("hi")).text
+
+
+async def test_a_trial_refused_by_redis_gives_back_no_permit(
+    server: RedisServer, prefix: str, local: FaultyEndpoint
+) -> None:
+    """Half-open with its one trial out (runtime a): runtime b's admission is refused by Redis,
+    and settling b's refused permit as nothing leaves a's trial permit taken."""
+    breaker = BreakerPolicy(failure_threshold=1, open_for=0.2, half_open_calls=1)
+    endpoint = local.endpoint(name="trial", health=QUIET, breaker=breaker, rpm=1000)  # rpm: b asks Redis
+    policy = _policy(server, prefix, sync_interval=3600)  # b learns only from its own calls
+    state_key = f"{{{prefix}:trial}}:state"
+    client = redis.Redis.from_url(server.url)
+    async with Runtime([endpoint], shared=policy, retry=RetryPolicy(max_attempts=1)) as a, Runtime(
+        [endpoint], shared=policy
+    ) as b:
+        local.faults.fail_next(1, 500)
+        with pytest.raises(AllEndpointsFailed):
+            await a.chat("hi")
+        await asyncio.sleep(0.3)
+        now = asyncio.get_running_loop().time()
+        actor_a, actor_b = a.actor("trial"), b.actor("trial")
+        trial = actor_a.try_admit(10, now)
+        assert trial is not None and actor_a.confirm is not None and await actor_a.confirm(trial)
+        assert client.hget(state_key, "b_permits") == b"1"
+        refused = actor_b.try_admit(10, now)
+        assert refused is not None and actor_b.confirm is not None and not await actor_b.confirm(refused)
+        actor_b.finish(refused, asyncio.CancelledError(), now)  # sent nothing: counts as nothing
+        await asyncio.sleep(0.05)
+        assert client.hget(state_key, "b_permits") == b"1"
+        assert actor_b.breaker.state.value == "half_open"
+        actor_a.finish(trial, None, now, 10)
+        await asyncio.sleep(0.05)
+        assert client.hget(state_key, "b_state") == b"closed"
+
+
+async def test_a_trip_made_while_redis_was_away_is_shared_when_it_is_back(local: FaultyEndpoint) -> None:
+    """Redis down: runtime a trips its breaker locally (and says so). Redis back: a replays the
+    trip, and runtime b, which never saw a failure, honours it."""
+    with RedisServer() as srv:
+        policy = SharedPolicy(url=srv.url, prefix="resync", sync_interval=0.05, reconnect_max=0.05)
+        breaker = BreakerPolicy(failure_threshold=1, open_for=30)
+        endpoint = local.endpoint(name="away", health=QUIET, breaker=breaker)
+        async with Runtime([endpoint], shared=policy, retry=RetryPolicy(max_attempts=1)) as a, Runtime(
+            [endpoint], shared=policy
+        ) as b:
+            srv.stop()
+            local.faults.fail_next(1, 500)
+            with pytest.raises(AllEndpointsFailed):
+                await a.chat("hi")
+            assert a.status()[0].breaker == "open" and b.status()[0].breaker == "closed"
+            srv.start()
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if b.status()[0].breaker == "open":
+                    break
+            assert b.status()[0].breaker == "open"
+            assert a.status()[0].shared == b.status()[0].shared == f"redis {srv.url}"

@@ -145,6 +145,10 @@ class SharedBreakerStorage(BreakerStorage):
     def __init__(self, share: EndpointShare) -> None:
         super().__init__(name="redis")
         self._share = share
+        # Trial permits Redis gave this process and not yet settled: only their outcomes
+        # are the cluster's trials (a permit refused by Redis, or a call admitted while
+        # closed, settles here without touching the shared permits).
+        self.trials_held = 0
 
     def _shared(self, step: str, transition: Transition | None, policy: BreakerPolicy | None = None,
                 *, reason: str = "", retry_after: float | None = None, jitter: float = 0.5,
@@ -163,10 +167,15 @@ class SharedBreakerStorage(BreakerStorage):
         self, policy: BreakerPolicy, outcome: Outcome, now: float, retry_after: float | None, jitter: float
     ) -> Transition | None:
         """Count locally; a trip or a trial's outcome goes to the shared record."""
-        trial = self.record.state == S_HALF_OPEN
-        moved = step_settle(self.record, policy, outcome, now, retry_after, jitter)
-        if trial:
+        if not self._share.available:
+            return super().settle(policy, outcome, now, retry_after, jitter)
+        if self.record.state == S_HALF_OPEN:
+            if self.trials_held <= 0:
+                return None  # not one of the cluster's trials: its outcome decides nothing
+            self.trials_held -= 1
+            moved = step_settle(self.record, policy, outcome, now, retry_after, jitter)
             return self._shared("trial", moved, policy, retry_after=retry_after, jitter=jitter, outcome=outcome)
+        moved = step_settle(self.record, policy, outcome, now, retry_after, jitter)
         if moved is not None and moved[1] == S_OPEN:
             return self._shared("trip", moved, policy, reason=moved[2], retry_after=retry_after, jitter=jitter)
         return moved
@@ -283,6 +292,8 @@ class EndpointShare:
         now = self.state.now()
         self.adopt(reply[3:], now, announce=reply[12:15] if len(reply) >= 15 else None)
         if reply[0] == "1":
+            if reply[3] == S_HALF_OPEN:  # admitted in half-open: Redis gave this call a trial permit
+                self.storage.trials_held += 1
             reservation.confirmed = True
             reservation.lease = lease
             reservation.need = need
@@ -312,6 +323,8 @@ class EndpointShare:
         """Make the mirror what Redis holds; announce the transition this process's call made."""
         before = self.storage.record.state
         throttle = _adopt(self.storage.record, view, now)
+        if self.storage.record.state != S_HALF_OPEN:
+            self.storage.trials_held = 0  # a new period: permits from the last one are void there too
         if throttle > 0:
             self.limiter.throttle_here(now + throttle)
         actor = self.actor
