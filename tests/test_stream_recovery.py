@@ -376,3 +376,14 @@ async def test_leaving_during_a_restart_releases_everything() -> None:
             assert scope.cancelled_caught
             assert [s.in_flight for s in rt.status()] == [0, 0]
             assert rt.status()[1].breaker == "closed"
+
+
+async def test_a_failure_before_any_content_is_plain_failover_without_a_marker(pair: Any) -> None:
+    """Nothing reached the caller yet: the usual transparent failover, no marker, no restart counted."""
+    primary, backup = pair
+    primary.faults.cut_after = 0
+    async with runtime_for(primary, backup, on_interrupt="restart") as rt:
+        chunks, stream = await collect(rt)
+    assert not any(c.restart for c in chunks) and stream.restarts == 0
+    assert "".join(c.text for c in chunks) == BACKUP
+    assert stream.response.attempts[1].recovery is None
