@@ -559,7 +559,10 @@ def _exception_json(exc: BaseException) -> dict[str, Any]:
 
 
 #: The attributes an error document carries when the error has them.
-_ERROR_FIELDS = ("endpoint", "provider", "status", "retry_after", "code", "key", "field", "route", "kind")
+_ERROR_FIELDS = (
+    "endpoint", "provider", "status", "retry_after", "code", "key", "field", "route", "kind",
+    "path", "reason", "raw", "repairs",  # InvalidOutput: where the reply broke its schema, and the reply
+)
 
 
 def _error_json(exc: BaseException, code: int, endpoints: Sequence[Endpoint] = ()) -> dict[str, Any]:

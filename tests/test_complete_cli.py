@@ -59,6 +59,9 @@ def test_chat_schema_mismatch_names_the_path(config: Path, tmp_path: Path, capsy
     assert code == 1 and out == ""
     assert_one_clean_line(err)
     assert "InvalidOutput" in err and "after 1 repair attempt" in err
+    code, out, _ = run(capsys, "--json", "chat", '{"a": "x"}', "--config", str(config), "--schema", str(schema))
+    error = json.loads(out)["error"]
+    assert (code, error["type"], error["path"], error["raw"], error["repairs"]) == (1, "InvalidOutput", "$.a", '{"a": "x"}', 0)
 
 
 @pytest.mark.parametrize(
