@@ -361,7 +361,7 @@ class Pipeline:
             policy = self.hedge or (HedgePolicy() if hedge is True else None)
         else:
             policy = hedge or None
-        return policy if policy is not None and self.dispatcher.hedge_budget is not None else None
+        return policy
 
     @staticmethod
     def fit(request: ChatRequest, actor: EndpointActor) -> ChatRequest:

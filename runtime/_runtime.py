@@ -235,12 +235,14 @@ class Runtime:
         pending = [first]
 
         def start() -> EndpointActor:
-            # The first instance is the one already routed to; restarts get fresh state
-            # but the same breaker storage, so an open breaker stays open.
+            # The first instance is the one already routed to; a restart gets fresh tasks
+            # and takes the endpoint's breaker, limiter and permits still out over.
             if pending:
                 return pending.pop()
             old = self._actors[endpoint.name]
-            new = self._build_actor(endpoint)
+            new = self._actors[endpoint.name] = old.restarted()
+            if self._shared is not None:
+                self._shared.attach(new)
             assert self._routes is not None
             self._routes.replace(old, new)
             return new

@@ -368,15 +368,27 @@ def _secret_header(name: str) -> bool:
 
 
 class RetryPolicy(_Config, frozen=True):
-    """How failed attempts are retried.
+    """How a request moves on after a failed attempt.
 
-    At most ``max_attempts`` attempts per request, across endpoints. Before trying the
-    same endpoint again the dispatcher waits ``backoff_base * 2**n`` seconds (full
-    jitter, at most ``backoff_max``). Retries are rationed by a retry budget: extra
-    attempts may add at most ``budget_ratio`` of the requests of the last 10 seconds,
-    plus ``budget_floor`` per second, so an outage cannot multiply the load. The
-    defaults are Finagle's: 20 % plus 10 per second, enough for a burst of failovers
-    when an endpoint dies with requests in flight, far too little for a storm.
+    At most ``max_attempts`` attempts per request, across endpoints. Failing over is
+    not retrying: the first attempt of a request on each endpoint that admits it with
+    its breaker closed is free. A repeated attempt on an endpoint, or one on an
+    endpoint whose breaker is half-open, is a retry: it waits ``backoff_base * 2**n``
+    seconds for that endpoint first (full jitter, at most ``backoff_max``) and spends
+    the retry budget, which allows at most ``budget_ratio`` of the requests of the last
+    10 seconds plus ``budget_floor`` per second. So in an outage each endpoint sees at
+    most one attempt per request plus its part of the budget, however many requests
+    fail at once, and breakers and limiters protect each endpoint on top.
+
+    A lower priority tier is a degraded choice, so the dispatcher may wait up to
+    ``tier_wait`` seconds, once per tier and request, for a preferred endpoint that
+    cannot take the request now (a transient failure's backoff, a 429's Retry-After, a
+    spent rate limit) before it drops to a lower tier: never past the deadline, never
+    after a timeout (that cost a whole attempt already), and only while an attempt is
+    left for the lower tier. The default, 1 s, covers a backoff after a blip and the
+    sub-second Retry-After of a token limit, and is short beside a reply; a longer
+    Retry-After drops the tier at once. 0 drops a tier as soon as the preferred one
+    cannot take the request.
     """
 
     _key = "retry"
@@ -386,6 +398,7 @@ class RetryPolicy(_Config, frozen=True):
     backoff_max: float = 5.0
     budget_ratio: float = 0.2
     budget_floor: float = 10.0
+    tier_wait: float = 1.0
 
     def __post_init__(self) -> None:
         check_types(self, self._key)
@@ -394,6 +407,7 @@ class RetryPolicy(_Config, frozen=True):
         _positive(self.backoff_max, "retry.backoff_max", zero_ok=True)
         _positive(self.budget_ratio, "retry.budget_ratio", zero_ok=True)
         _positive(self.budget_floor, "retry.budget_floor", zero_ok=True)
+        _positive(self.tier_wait, "retry.tier_wait", zero_ok=True)
 
 
 class HedgePolicy(_Config, frozen=True):

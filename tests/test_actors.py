@@ -184,3 +184,38 @@ async def test_shutdown_cancels_children_that_outlive_the_grace() -> None:
         await sup.shutdown(grace=5)
         assert 5 <= anyio.current_time() - start < 6
         tg.cancel_scope.cancel()
+
+
+async def test_ask_gets_the_handlers_exception_and_the_actor_carries_on() -> None:
+    """A handler that raises anything answers the ask with that exception; the actor keeps serving."""
+    actor = Counter()
+    async with anyio.create_task_group() as tg:
+        await tg.start(actor.run)
+        with pytest.raises(RuntimeError, match="boom"):
+            await actor.ask("boom")
+        assert actor.state is ActorState.RUNNING
+        actor.tell("add")
+        assert await actor.ask("get") == 1
+        actor.stop()
+
+
+async def test_asks_queued_behind_a_crash_are_answered_actor_stopped() -> None:
+    """tell("boom") crashes the actor: the asks queued behind it get ActorStopped, never a hang."""
+    actor = Counter()
+    answers: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            await actor.ask("get")
+        except ActorStopped as exc:
+            answers.append(exc)
+
+    with pytest.raises(ExceptionGroup):
+        async with anyio.create_task_group() as tg:
+            await tg.start(actor.run)
+            actor.tell("boom")
+            async with anyio.create_task_group() as askers:
+                for _ in range(3):
+                    askers.start_soon(ask)
+    assert actor.state is ActorState.CRASHED
+    assert len(answers) == 3

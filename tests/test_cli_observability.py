@@ -50,10 +50,12 @@ async def test_failover_logs_one_info_line_and_a_debug_line_per_attempt(caplog: 
     assert reply.endpoint == "backup"
     runtime_records = [r for r in caplog.records if r.name.startswith("runtime")]
     attempts = [r.getMessage() for r in runtime_records if r.levelno == logging.DEBUG and "attempt" in r.getMessage()]
+    # The preferred tier gets one more try after its backoff before the backup tier.
     assert attempts[0].startswith("attempt 1 on primary: ConnectionFailed in ")
-    assert attempts[1].startswith("attempt 2 on backup: ok in ") and attempts[1].endswith(" ms")
+    assert attempts[1].startswith("attempt 2 on primary: ConnectionFailed in ")
+    assert attempts[2].startswith("attempt 3 on backup: ok in ") and attempts[2].endswith(" ms")
     failovers = [r.getMessage() for r in runtime_records if r.levelno == logging.INFO and "failover" in r.getMessage()]
-    assert failovers == ["failover: answered by backup after primary (ConnectionFailed)"]
+    assert failovers == ["failover: answered by backup after primary (ConnectionFailed), primary (ConnectionFailed)"]
     assert_clean(runtime_records)
 
 

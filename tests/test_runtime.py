@@ -22,7 +22,7 @@ from runtime import (
     NoEndpointAvailable,
     Runtime,
 )
-from runtime.providers.mock import MockClient
+from runtime.endpoint.health import ProbeSchedule
 from runtime.testing import FaultyEndpoint
 
 pytestmark = pytest.mark.anyio
@@ -301,10 +301,10 @@ async def test_crashing_endpoint_actor_is_restarted_then_escalated(
 ) -> None:
     """An actor whose probe loop crashes is restarted; past the intensity it is failed and routed around."""
 
-    async def broken_probe(self: MockClient, timeout: float) -> None:
-        raise RuntimeError("bug in a probe")
+    def broken_schedule(self: ProbeSchedule, healthy: bool) -> float:
+        raise RuntimeError("bug in a probe schedule")
 
-    monkeypatch.setattr(MockClient, "probe", broken_probe)
+    monkeypatch.setattr(ProbeSchedule, "next_delay", broken_schedule)
     endpoints = [
         Endpoint(name="flaky", provider="mock", health=HealthPolicy(interval=1.0), priority=1),
         local.endpoint(health=QUIET, priority=2),
@@ -313,7 +313,7 @@ async def test_crashing_endpoint_actor_is_restarted_then_escalated(
         assert (await rt.chat("hi")).endpoint == "flaky"
         await anyio.sleep(30)
         assert rt.status()[0].state == "failed"
-        assert "bug in a probe" in (rt.status()[0].last_error or "")
+        assert "bug in a probe schedule" in (rt.status()[0].last_error or "")
         for _ in range(3):
             assert (await rt.chat("hi")).endpoint == "local"
     names = [s.name for s in span_exporter.get_finished_spans()]

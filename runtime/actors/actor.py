@@ -2,7 +2,9 @@
 
 An actor owns its state; other code asks it. Messages arrive in an anyio memory object
 stream and are handled one at a time by :meth:`Actor.handle`, so handlers never race
-with each other. Background loops of the actor (timers, probes) run in the actor's own
+with each other. ``tell`` sends without waiting (a handler's exception then crashes the
+actor, for its supervisor to restart); ``ask`` always gets an answer: the handler's
+value or exception, or ActorStopped. Background loops of the actor (timers, probes) run in the actor's own
 task group, so every task belongs to a group and nothing outlives its owner.
 
 Ownership is the rule, not a mailbox hop per request: an actor may expose synchronous
@@ -96,15 +98,11 @@ class Actor:
             async with anyio.create_task_group() as tg:
                 for loop in self.background():
                     tg.start_soon(loop)
-                async with self._receive:
-                    async for message in self._receive:
-                        if isinstance(message, Call):
-                            try:
-                                message.reply(await self.handle(message.message))
-                            except LLMError as exc:
-                                message.fail(exc)
-                        else:
-                            await self.handle(message)
+                async for message in self._receive:
+                    if isinstance(message, Call):
+                        await self._answer(message)
+                    else:
+                        await self.handle(message)
                 self.state = ActorState.STOPPING
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -115,9 +113,33 @@ class Actor:
                 self.state = ActorState.CRASHED
             raise
         finally:
-            # A crashed actor's mailbox is closed too: tell() to it fails at once.
+            # A crashed actor's mailbox is closed too: tell() to it fails at once, and
+            # every ask still queued is answered with ActorStopped instead of waiting.
             self._send.close()
+            self._fail_queued()
             self._receive.close()
+
+    async def _answer(self, call: Call) -> None:
+        """Handle a call and answer it whatever happens: the handler's exception goes
+        to the asker (the actor carries on); a cancellation answers ActorStopped."""
+        try:
+            value = await self.handle(call.message)
+        except Exception as exc:
+            call.fail(exc)
+        except BaseException:
+            call.fail(ActorStopped(f"actor {self.name!r} stopped before answering {call.message!r}"))
+            raise
+        else:
+            call.reply(value)
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                message = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            if isinstance(message, Call):
+                message.fail(ActorStopped(f"actor {self.name!r} stopped before answering {message.message!r}"))
 
     async def on_start(self) -> None:
         """Prepare before the first message (override)."""
@@ -147,7 +169,12 @@ class Actor:
             raise ActorStopped(f"actor {self.name!r} is not running") from exc
 
     async def ask(self, message: Any, *, timeout: float = math.inf) -> Any:
-        """Send a message and wait for the actor's answer."""
+        """Send a message and wait for the actor's answer.
+
+        Always answered: the handler's value, the exception the handler raised, or
+        :class:`ActorStopped` when the actor stops or crashes first. ``timeout`` (seconds)
+        raises ``TimeoutError`` if the answer takes longer.
+        """
         call = Call(message)
         try:
             await self._send.send(call)

@@ -11,11 +11,22 @@ first: power of two choices, constant cost however many endpoints a tier has. Th
 tier is tried only when no endpoint of a tier can take the request now (breaker open,
 throttled, misconfigured, at its concurrency cap or over its rate limit).
 
-A retryable failure moves on to another endpoint; the same endpoint is tried again only
-after a jittered backoff. Extra attempts are rationed by a :class:`RetryBudget`. The
-request's deadline bounds everything: waiting for capacity, each attempt (the smaller
-of the endpoint's ``timeout`` and the time left), backoff. An endpoint that will not
-take requests again before the deadline (a long Retry-After) is skipped, not waited on.
+A tier is a preference: a lower one is tried only when no endpoint of the tiers above
+can take the request now, or within ``RetryPolicy.tier_wait`` (once per tier and request).
+
+Failing over is not retrying. The first attempt of a request on each endpoint that
+admits it with its breaker closed is free; a repeated attempt on an endpoint (after a
+jittered backoff) or one on a half-open endpoint spends the :class:`RetryBudget`, and
+once the budget refuses, only endpoints not tried yet are left. So a burst of requests
+on a dying endpoint moves to a healthy one whole, while an outage of everything costs at
+most one attempt per request and endpoint plus the budget. The request's deadline bounds
+everything: waiting for capacity, each attempt (the smaller of the endpoint's
+``timeout`` and the time left), backoff. An endpoint that will not take requests again
+before the deadline (a long Retry-After) is skipped, not waited on.
+
+Every permit has one owner that settles it on every exit: the attempt while it runs
+(``with permit:``), each hedge racer's task for its own, and the caller for the
+winner's when ``settle`` is false.
 """
 
 from __future__ import annotations
@@ -30,15 +41,18 @@ from collections.abc import Set as AbstractSet
 from typing import Generic, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .._logging import log_attempt
 from ..endpoint.actor import EndpointActor, Permit
+from ..endpoint.breaker import BreakerState
 from ..errors import (
     AllEndpointsFailed,
     ContextWindowExceeded,
     InvalidRequest,
     LLMError,
     NoEndpointAvailable,
+    Timeout,
 )
 from ..policy import HedgePolicy, RetryPolicy
 from ..telemetry import request_span, tracing_enabled
@@ -139,7 +153,13 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._random = self._rng.random
         self.retry_budget = RetryBudget(retry.budget_ratio, retry.budget_floor)
-        self.hedge_budget = RetryBudget(hedge.budget_ratio, 0.0) if hedge else None
+        # Always kept, so that a per-request hedge policy on a runtime without one is
+        # rationed against the same count of requests.
+        self.hedge_budget = RetryBudget((hedge or HedgePolicy()).budget_ratio, 0.0)
+
+    @staticmethod
+    def _clock() -> float:
+        return asyncio.get_running_loop().time()
 
     def __repr__(self) -> str:
         return f"<Dispatcher [endpoints: {len(self.routes.actors)} | {self.retry_budget!r}]>"
@@ -240,149 +260,136 @@ class Dispatcher:
         ``tokens`` is what the limiter reserves (prompt + max_tokens) and ``prompt_tokens``
         what must fit an endpoint's context window together with the reply. With
         ``settle`` false the winning permit stays open for the caller to settle (streams).
-        Attempts are appended to ``trail`` when given, so the caller sees them however
-        the run ends.
+        ``hedge`` hedges every attempt of this request. Each attempt is appended to
+        ``trail`` (a new list when None) however the run ends; ``Outcome.attempts`` is it.
+        A trail that already holds attempts is a request walking on (a stream restarting
+        after its answer failed): see :meth:`_Walk.resume`.
         """
-        clock = asyncio.get_running_loop().time
-        now = clock()
-        attempts: list[Attempt] = [] if trail is None else trail
-        # A trail that already holds attempts is a request walking on (a stream restarting
-        # after its answer failed): those attempts count against max_attempts and the retry
-        # budget, their endpoints are tried again only after backoff, and it is no new request.
-        failed: dict[str, int] = {}
-        for earlier in attempts:
-            if earlier.error is not None and getattr(earlier.error, "retryable", False):
-                failed[earlier.endpoint] = failed.get(earlier.endpoint, 0) + 1
-        if not attempts:
+        now = self._clock()
+        walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail)
+        if walk.attempts:
+            walk.resume(now, self.retry, self._rng)
+        else:
             self.retry_budget.record_request(now)
-            if self.hedge_budget is not None:
-                self.hedge_budget.record_request(now)
-        min_window = prompt_tokens
-        raise_if_none: LLMError | None = None
-        retry = self.retry
-        retry_same = False
-        # Endpoints whose window proved too small: never again within this request.
-        too_small: set[str] = set()
-        while True:
-            now = clock()
-            if now >= deadline:
-                break
-            if len(attempts) >= retry.max_attempts:
-                break
-            picked = self.choose(
-                tiers, tokens, now, too_small if retry_same else failed.keys() | too_small, min_window, accept
-            )
-            if picked is None and failed and not retry_same:
-                # Every untried endpoint is unavailable: back off, then the same ones again.
-                wait = backoff_delay(max(failed.values()), retry.backoff_base, retry.backoff_max, self._rng)
-                if now + wait >= deadline:
-                    break
-                await anyio.sleep(wait)
-                retry_same = True
-                continue
-            retry_same = False
-            if picked is None:
-                wait_until = self._available_at(tiers, tokens, now, too_small, min_window, accept)
-                if wait_until >= deadline:
-                    if raise_if_none is not None:
-                        raise raise_if_none
-                    if not attempts:
-                        raise NoEndpointAvailable(
-                            self._why_none(tiers, min_window, now, deadline),
-                            route=route,
-                            retry_after=None if math.isinf(wait_until) else wait_until - now,
-                        )
-                    break
-                await anyio.sleep(max(MIN_CAPACITY_WAIT, wait_until - now))
-                continue
+            self.hedge_budget.record_request(now)
+        while (picked := await self._next(walk, route)) is not None:
             actor, permit = picked
-            if actor.confirm is not None and not await actor.confirm(permit):
-                continue  # shared state refused it (and undid the permit): choose again
-            # Only an attempt that is about to go out spends the retry budget; waiting for
-            # capacity or backing off spends nothing.
-            if attempts and not self.retry_budget.try_spend(now):
-                actor.finish(permit, anyio.get_cancelled_exc_class()(), now)  # sent nothing: counts as nothing
-                break
-            timeout = min(actor.endpoint.timeout, deadline - now)
-            started = now
+            timeout = min(actor.endpoint.timeout, deadline - self._clock())
             try:
-                if hedge is not None and self.hedge_budget is not None:
-                    value, actor, permit, extra = await self._hedged(
-                        tiers, attempt, actor, permit, timeout, tokens, deadline, failed, min_window, accept, hedge
-                    )
-                    attempts.extend(extra)
-                elif tracing_enabled():
-                    with request_span(
-                        f"attempt {actor.name}",
-                        {"endpoint": actor.name, "attempt": len(attempts) + 1, "gen_ai.provider.name": actor.provider},
-                    ) as span:
-                        try:
-                            value = await attempt(actor, timeout)
-                        except LLMError as exc:
-                            span.set_attribute("outcome", type(exc).__name__)
-                            raise
-                        span.set_attribute("outcome", "ok")
+                if hedge is None:
+                    value = await self._single(walk, attempt, actor, permit, timeout)
+                else:
+                    value, actor, permit = await self._hedged(walk, attempt, actor, permit, timeout, hedge)
+            except LLMError as exc:
+                if walk.failed_on(actor, exc, self._clock(), self.retry, self._rng):
+                    continue
+                raise
+            if settle:
+                permit.settle(None, self._clock(), usage_tokens(value) if usage_tokens else None)
+            return Outcome(value, actor, permit, walk.attempts)
+        raise walk.give_up(route, self._clock() >= deadline, self.retry.max_attempts)
+
+    async def _next(self, walk: _Walk, route: str | None) -> tuple[EndpointActor, Permit] | None:
+        """The next endpoint to try and its permit, after whatever wait the rules allow.
+
+        A fresh endpoint (not tried by this request) that takes the request now goes
+        first, unless a better tier can take it within ``tier_wait``. With no fresh one,
+        wait for the soonest endpoint that can: one backing off, throttled or out of
+        capacity. None when nothing can before the deadline or the attempts are used up.
+        """
+        while True:
+            now = self._clock()
+            if now >= walk.deadline or len(walk.attempts) >= self.retry.max_attempts:
+                return None
+            fresh = self._choose_ranked(walk.tiers, walk, now)
+            if fresh is not None:
+                rank, actor, permit = fresh
+                better = self._tier_wait(walk, rank, now)
+                if better is None:
+                    if await _confirmed(actor, permit) and self._spend(walk, actor, permit, now):
+                        return actor, permit
+                    continue
+                permit.settle(_nothing(), now)  # sent nothing: counts as nothing
+                index, until = better
+                walk.waited.add(index)
+                tiers = [walk.tiers[index]]
+            else:
+                until = walk.soonest(now)
+                if until >= walk.deadline:
+                    walk.none_left(route, now, until, self._why_none)
+                    return None
+                tiers = walk.tiers
+            await anyio.sleep(max(MIN_CAPACITY_WAIT, until - now))
+            now = self._clock()
+            again = self.choose(tiers, walk.tokens, now, walk.repeat_excluded(now), walk.min_window, walk.accept)
+            if again is not None and await _confirmed(*again) and self._spend(walk, *again, now):
+                return again
+
+    def _choose_ranked(self, tiers: list[Tier], walk: _Walk, now: float) -> tuple[int, EndpointActor, Permit] | None:
+        """Like :meth:`choose` over the endpoints not tried yet, with the index of the tier chosen from."""
+        exclude = walk.fresh_excluded()
+        for index, tier in enumerate(tiers):
+            picked = self._choose_in(tier, walk.tokens, now, exclude, walk.min_window, walk.accept)
+            if picked is not None:
+                return index, picked[0], picked[1]
+        return None
+
+    def _tier_wait(self, walk: _Walk, rank: int, now: float) -> tuple[int, float] | None:
+        """A tier better than ``rank`` worth waiting for, and until when: the first one not
+        waited for yet whose soonest endpoint is ready within ``tier_wait`` and the deadline
+        (an endpoint already tried only while the retry budget would pay for another try)."""
+        retry = self.retry
+        patience = retry.tier_wait
+        # Waiting must leave an attempt for the lower tier, or it could cost the answer.
+        if rank == 0 or patience <= 0.0 or len(walk.attempts) + 2 > retry.max_attempts:
+            return None
+        limit = min(now + patience, walk.deadline)
+        repeat = not walk.budget_spent and self.retry_budget.can_spend(now)
+        for index in range(rank):
+            if index in walk.waited:
+                continue
+            until = walk.soonest(now, walk.tiers[index : index + 1], repeat=repeat, patient=True)
+            if until <= limit and until < walk.deadline:
+                return index, until
+        return None
+
+    def _spend(self, walk: _Walk, actor: EndpointActor, permit: Permit, now: float) -> bool:
+        """Whether the attempt may go out: failover is free, a retry spends the budget.
+
+        The request's first attempt, and its first on an endpoint whose breaker is
+        closed, are free; anything else (a repeat, a half-open trial) is a retry. When
+        the budget refuses, the permit is given back and no endpoint is tried again.
+        """
+        if not walk.attempts or (actor.name not in walk.failed and actor.breaker.state is BreakerState.CLOSED):
+            return True
+        if self.retry_budget.try_spend(now):
+            return True
+        permit.settle(_nothing(), now)  # sent nothing: counts as nothing
+        walk.refused.add(actor.name)
+        walk.budget_spent = True
+        return False
+
+    async def _single(
+        self,
+        walk: _Walk,
+        attempt: Callable[[EndpointActor, float], Awaitable[T]],
+        actor: EndpointActor,
+        permit: Permit,
+        timeout: float,
+    ) -> T:
+        """One attempt; the permit is settled here on any error or cancellation, left open on success."""
+        started = self._clock()
+        try:
+            with permit:
+                if tracing_enabled():
+                    value = await _traced(attempt, actor, timeout, len(walk.attempts) + 1)
                 else:
                     value = await attempt(actor, timeout)
-            except LLMError as exc:
-                end = clock()
-                actor.finish(permit, exc, end)
-                attempts.append(Attempt(endpoint=actor.name, error=exc, elapsed=end - started))
-                log_attempt(attempts)
-                if isinstance(exc, ContextWindowExceeded):
-                    # Only an endpoint with a larger window can help.
-                    window = actor.endpoint.context_window
-                    if window is not None:
-                        min_window = max(min_window, window + 1)
-                    too_small.add(actor.name)
-                    raise_if_none = exc
-                    continue
-                if not getattr(exc, "retryable", False):
-                    raise
-                failed[actor.name] = failed.get(actor.name, 0) + 1
-                continue
-            except BaseException as exc:
-                actor.finish(permit, exc, clock())
-                raise
-            end = clock()
-            attempts.append(Attempt(endpoint=actor.name, elapsed=end - started))
-            log_attempt(attempts)
-            if settle:
-                actor.finish(permit, None, end, usage_tokens(value) if usage_tokens else None)
-            return Outcome(value, actor, permit, attempts)
-        if raise_if_none is not None:
-            raise raise_if_none
-        deadline_hit = clock() >= deadline
-        if not attempts:
-            raise NoEndpointAvailable(f"deadline reached before any endpoint could take the request (route {route!r})", route=route)
-        reason = "deadline reached" if deadline_hit else (
-            "retry budget spent" if len(attempts) < retry.max_attempts else f"{len(attempts)} attempts failed"
-        )
-        tried = {a.endpoint for a in attempts}
-        untried = [_describe(a) for tier in tiers for a in tier.actors if a.name not in tried]
-        if untried:
-            reason += f"; not tried: {', '.join(untried)}"
-        raise AllEndpointsFailed(f"every attempt failed: {reason}", attempts=attempts)
-
-    def _available_at(
-        self,
-        tiers: list[Tier],
-        tokens: int,
-        now: float,
-        exclude: AbstractSet[str],
-        min_window: int,
-        accept: Callable[[EndpointActor], bool] | None,
-    ) -> float:
-        """The soonest loop time any eligible endpoint expects to take the request (``inf``: none will)."""
-        return min(
-            (
-                actor.available_at(tokens, now)
-                for tier in tiers
-                for actor in tier.actors
-                if _eligible(actor, exclude, min_window, accept)
-            ),
-            default=math.inf,
-        )
+        except LLMError as exc:
+            walk.record(Attempt(endpoint=actor.name, error=exc, elapsed=self._clock() - started))
+            raise
+        walk.record(Attempt(endpoint=actor.name, elapsed=self._clock() - started))
+        return value
 
     def _why_none(self, tiers: list[Tier], min_window: int, now: float, deadline: float) -> str:
         states = ", ".join(_describe(a) for tier in tiers for a in tier.actors)
@@ -390,86 +397,300 @@ class Dispatcher:
             return f"no endpoint has a context window of {min_window} tokens"
         return f"no endpoint can take the request within {deadline - now:.3g}s ({states})"
 
+    # --- hedging -----------------------------------------------------------------------
+
     async def _hedged(
         self,
-        tiers: list[Tier],
+        walk: _Walk,
         attempt: Callable[[EndpointActor, float], Awaitable[T]],
         actor: EndpointActor,
         permit: Permit,
         timeout: float,
+        hedge: HedgePolicy,
+    ) -> tuple[T, EndpointActor, Permit]:
+        """Run an attempt; if it has not answered after the hedge delay, race other endpoints.
+
+        The first answer wins and the others are cancelled (a cancellation counts as
+        nothing against its endpoint). Every racer's permit is settled here on every
+        exit but the winner's, which passes to the caller. Errors: once every racer
+        failed, the first racer's error.
+        """
+        race: _Race[T] = _Race(attempt)
+        try:
+            async with anyio.create_task_group() as tg:
+                race.start(tg, actor, permit, timeout, self._clock())
+                await self._launch_hedges(tg, race, walk, hedge, _hedge_delay(actor, hedge))
+                tg.cancel_scope.cancel()
+        except BaseException:
+            race.abandon()
+            raise
+        return race.settle(walk, self._clock(), self.retry, self._rng)
+
+    async def _launch_hedges(self, tg: TaskGroup, race: _Race[T], walk: _Walk, hedge: HedgePolicy, delay: float) -> None:
+        """Start up to ``max_extra`` hedges, one per ``delay`` without an answer, until the race is decided."""
+        launched = 0
+        while not race.done.is_set():
+            with anyio.move_on_after(delay if launched < hedge.max_extra else math.inf):
+                await race.done.wait()
+            if race.done.is_set():
+                return
+            launched += 1
+            now = self._clock()
+            exclude = race.names() | walk.fresh_excluded()
+            picked = self.choose(walk.tiers, walk.tokens, now, exclude, walk.min_window, walk.accept)
+            if picked is None or not await _confirmed(*picked):
+                continue
+            racer, permit = picked
+            if not self.hedge_budget.try_spend(now, hedge.budget_ratio):
+                permit.settle(_nothing(), now)  # sent nothing: counts as nothing
+                continue
+            race.start(tg, racer, permit, min(racer.endpoint.timeout, walk.deadline - now), now)
+
+
+class _Walk:
+    """One request's way through the endpoints: what it tried, what failed, what is left."""
+
+    __slots__ = (
+        "accept",
+        "attempts",
+        "budget_spent",
+        "deadline",
+        "failed",
+        "min_window",
+        "raise_if_none",
+        "ready_at",
+        "refused",
+        "tiers",
+        "timed_out",
+        "tokens",
+        "too_small",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        tiers: list[Tier],
         tokens: int,
         deadline: float,
-        failed: dict[str, int],
         min_window: int,
         accept: Callable[[EndpointActor], bool] | None,
-        hedge: HedgePolicy,
-    ) -> tuple[T, EndpointActor, Permit, list[Attempt]]:
-        """Run an attempt; if it has not answered after the hedge delay, race another endpoint.
+        trail: list[Attempt] | None,
+    ) -> None:
+        self.tiers = tiers
+        self.tokens = tokens
+        self.deadline = deadline
+        self.min_window = min_window
+        self.accept = accept
+        self.attempts: list[Attempt] = [] if trail is None else trail
+        self.failed: dict[str, int] = {}  # endpoint -> retryable failures in this request
+        self.ready_at: dict[str, float] = {}  # endpoint -> when its backoff ends
+        self.too_small: set[str] = set()  # its context window proved too small: never again
+        self.refused: set[str] = set()  # the retry budget refused it: not again
+        self.timed_out: set[str] = set()  # not waited for by tier_wait
+        self.waited: set[int] = set()  # tiers waited for once (tier_wait)
+        self.raise_if_none: LLMError | None = None
+        self.budget_spent = False  # no endpoint is tried a second time from then on
 
-        The first answer wins and the other attempt is cancelled (a cancellation counts as
-        nothing against its endpoint). Errors: once every racer failed, the first error.
-        """
-        after = hedge.after
-        if after == "p95":
-            p95 = actor.latency.p95
-            delay = p95 if p95 is not None else math.inf
-        else:
-            delay = float(after)
-        racers: list[tuple[EndpointActor, Permit, float]] = [(actor, permit, anyio.current_time())]
-        errors: dict[int, LLMError] = {}
-        winner: list[tuple[int, T]] = []
-        done = anyio.Event()
+    def resume(self, now: float, retry: RetryPolicy, rng: random.Random) -> None:
+        """Walk on from the attempts already in the trail: they count against
+        ``max_attempts``, the endpoints that failed them are repeats (tried again only
+        after backoff, on the retry budget), and the request is not counted again."""
+        for earlier in self.attempts:
+            if earlier.error is not None and getattr(earlier.error, "retryable", False):
+                failures = self.failed[earlier.endpoint] = self.failed.get(earlier.endpoint, 0) + 1
+                self.ready_at[earlier.endpoint] = now + backoff_delay(failures, retry.backoff_base, retry.backoff_max, rng)
 
-        async def race(index: int, racer: EndpointActor, racer_timeout: float) -> None:
-            try:
-                value = await attempt(racer, racer_timeout)
-            except LLMError as exc:
-                errors[index] = exc
-                if len(errors) == len(racers):
-                    done.set()
-                return
-            winner.append((index, value))
-            done.set()
+    def fresh_excluded(self) -> AbstractSet[str]:
+        """Endpoints a failover may not go to: every one tried or refused already."""
+        return self.failed.keys() | self.too_small | self.refused
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(race, 0, actor, timeout)
-            launched = 0
-            while not done.is_set():
-                with anyio.move_on_after(delay if launched < hedge.max_extra else math.inf):
-                    await done.wait()
-                if done.is_set():
-                    break
-                launched += 1
-                now = anyio.current_time()
-                assert self.hedge_budget is not None
-                if not self.hedge_budget.try_spend(now):
-                    continue
-                exclude = {r[0].name for r in racers} | failed.keys()
-                picked = self.choose(tiers, tokens, now, exclude, min_window, accept)
-                if picked is None or (picked[0].confirm is not None and not await picked[0].confirm(picked[1])):
-                    continue
-                racers.append((picked[0], picked[1], now))
-                tg.start_soon(race, len(racers) - 1, picked[0], min(picked[0].endpoint.timeout, deadline - now))
-            tg.cancel_scope.cancel()
-        end = anyio.current_time()
-        won = winner[0][0] if winner else None
-        extra: list[Attempt] = []
-        for index, (racer, racer_permit, started) in enumerate(racers):
-            if index == won or (won is None and index == 0):
-                continue  # the caller settles the winner, or the first racer's error
-            error = errors.get(index)
-            if error is None:  # still running when the winner answered: cancelled, counts as nothing
-                racer.finish(racer_permit, anyio.get_cancelled_exc_class()(), end)
-            else:
-                racer.finish(racer_permit, error, end)
-                failed[racer.name] = failed.get(racer.name, 0) + 1
-            extra.append(
-                Attempt(endpoint=racer.name, error=error, elapsed=end - started, hedge=index > 0, cancelled=error is None)
+    def closed(self) -> AbstractSet[str]:
+        """Endpoints this request will not try again: too small, refused, or every one
+        tried already once the budget is spent."""
+        if self.budget_spent:
+            return self.fresh_excluded()
+        return self.too_small | self.refused
+
+    def repeat_excluded(self, now: float) -> AbstractSet[str]:
+        """Endpoints a retry may not go to now: closed ones and those still backing off."""
+        return self.closed() | {name for name, at in self.ready_at.items() if at > now}
+
+    def soonest(self, now: float, tiers: list[Tier] | None = None, *, repeat: bool = True, patient: bool = False) -> float:
+        """The soonest loop time an endpoint of ``tiers`` (default: all) could take this
+        request's next attempt (``inf``: none will); ``repeat`` false leaves tried ones out,
+        ``patient`` those that timed out (another wait for them costs a whole timeout)."""
+        exclude = self.closed() if repeat else self.fresh_excluded()
+        if patient and self.timed_out:
+            exclude = exclude | self.timed_out
+        return min(
+            (
+                max(actor.available_at(self.tokens, now), self.ready_at.get(actor.name, now))
+                for tier in (self.tiers if tiers is None else tiers)
+                for actor in tier.actors
+                if _eligible(actor, exclude, self.min_window, self.accept)
+            ),
+            default=math.inf,
+        )
+
+    def record(self, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+        log_attempt(self.attempts)
+
+    def failed_on(self, actor: EndpointActor, exc: LLMError, end: float, retry: RetryPolicy, rng: random.Random) -> bool:
+        """Note a failed attempt; False when the error must reach the caller as it is."""
+        if isinstance(exc, ContextWindowExceeded):
+            # Only an endpoint with a larger window can help.
+            window = actor.endpoint.context_window
+            if window is not None:
+                self.min_window = max(self.min_window, window + 1)
+            self.too_small.add(actor.name)
+            self.raise_if_none = exc
+            return True
+        if not getattr(exc, "retryable", False):
+            return False
+        failures = self.failed[actor.name] = self.failed.get(actor.name, 0) + 1
+        if isinstance(exc, Timeout):
+            self.timed_out.add(actor.name)
+        self.ready_at[actor.name] = end + backoff_delay(failures, retry.backoff_base, retry.backoff_max, rng)
+        return True
+
+    def none_left(
+        self, route: str | None, now: float, until: float, why: Callable[[list[Tier], int, float, float], str]
+    ) -> None:
+        """Nothing can take the request before the deadline: raise what says so best, or
+        return None to let the run give up with its attempt trail."""
+        if self.raise_if_none is not None:
+            raise self.raise_if_none
+        if not self.attempts:
+            raise NoEndpointAvailable(
+                why(self.tiers, self.min_window, now, self.deadline),
+                route=route,
+                retry_after=None if math.isinf(until) else until - now,
             )
-        if won is None:
-            raise errors[0]
-        racer, racer_permit, _ = racers[won]
-        return winner[0][1], racer, racer_permit, extra
+
+    def give_up(self, route: str | None, deadline_hit: bool, max_attempts: int) -> LLMError:
+        """The error that ends a run without an answer."""
+        if self.raise_if_none is not None:
+            return self.raise_if_none
+        attempts = self.attempts
+        if not attempts:
+            return NoEndpointAvailable(
+                f"deadline reached before any endpoint could take the request (route {route!r})", route=route
+            )
+        if deadline_hit:
+            reason = "deadline reached"
+        elif len(attempts) >= max_attempts:
+            reason = f"{len(attempts)} attempts failed"
+        elif self.budget_spent:
+            reason = "retry budget spent"
+        else:
+            reason = "no endpoint can take another attempt before the deadline"
+        tried = {a.endpoint for a in attempts}
+        untried = [_describe(a) for tier in self.tiers for a in tier.actors if a.name not in tried]
+        if untried:
+            reason += f"; not tried: {', '.join(untried)}"
+        return AllEndpointsFailed(f"every attempt failed: {reason}", attempts=attempts)
+
+
+class _Race(Generic[T]):
+    """The racers of one hedged attempt.
+
+    Each racer's task owns its permit until the task ends (``with permit:`` settles it
+    on an error or cancellation); the winner's passes to whoever takes the result.
+    """
+
+    __slots__ = ("attempt", "done", "errors", "racers", "winner")
+
+    def __init__(self, attempt: Callable[[EndpointActor, float], Awaitable[T]]) -> None:
+        self.attempt = attempt
+        self.racers: list[tuple[EndpointActor, Permit, float]] = []
+        self.errors: dict[int, LLMError] = {}
+        self.winner: tuple[int, T] | None = None
+        self.done = anyio.Event()
+
+    def names(self) -> set[str]:
+        return {racer.name for racer, _, _ in self.racers}
+
+    def start(self, tg: TaskGroup, actor: EndpointActor, permit: Permit, timeout: float, now: float) -> None:
+        self.racers.append((actor, permit, now))
+        tg.start_soon(self._run, len(self.racers) - 1, actor, permit, timeout)
+
+    async def _run(self, index: int, actor: EndpointActor, permit: Permit, timeout: float) -> None:
+        try:
+            with permit:
+                value = await self.attempt(actor, timeout)
+        except LLMError as exc:
+            self.errors[index] = exc
+            if len(self.errors) == len(self.racers):
+                self.done.set()
+            return
+        if self.winner is None:
+            self.winner = (index, value)
+        else:
+            permit.settle(None)  # answered too, a moment late: a success all the same
+        self.done.set()
+
+    def abandon(self) -> None:
+        """The race was cancelled or broke: settle every permit, the winner's included
+        (nobody took its answer), as nothing."""
+        for _, permit, _ in self.racers:
+            permit.settle(_nothing())
+
+    def settle(self, walk: _Walk, end: float, retry: RetryPolicy, rng: random.Random) -> tuple[T, EndpointActor, Permit]:
+        """Record every racer's attempt and settle the losers; the winner, or the first racer's error."""
+        won = self.winner[0] if self.winner is not None else None
+        for index, (racer, permit, started) in enumerate(self.racers):
+            error = self.errors.get(index)
+            if index != won:
+                permit.settle(_nothing(), end)  # a loser still running counts as nothing (settled already on its error)
+                if error is not None and index > 0:
+                    walk.failed_on(racer, error, end, retry, rng)
+            walk.record(
+                Attempt(endpoint=racer.name, error=error, elapsed=end - started, hedge=index > 0, cancelled=error is None and index != won)
+            )
+        if self.winner is None:
+            raise self.errors[0]
+        racer, permit, _ = self.racers[self.winner[0]]
+        return self.winner[1], racer, permit
+
+
+async def _confirmed(actor: EndpointActor, permit: Permit) -> bool:
+    """Whether shared state ([shared]) takes the admitted permit too. A refusal, an error
+    or a cancellation while asking gives the permit back (as nothing)."""
+    if actor.confirm is None:
+        return True
+    with permit:
+        if await actor.confirm(permit):
+            return True
+    permit.settle(_nothing())
+    return False
+
+
+def _nothing() -> BaseException:
+    """The outcome of a permit that sent nothing or lost a race: a cancellation counts as nothing."""
+    return anyio.get_cancelled_exc_class()()
+
+
+def _hedge_delay(actor: EndpointActor, hedge: HedgePolicy) -> float:
+    """Seconds without an answer after which a hedge goes out (``inf``: no p95 known yet)."""
+    if hedge.after == "p95":
+        p95 = actor.latency.p95
+        return p95 if p95 is not None else math.inf
+    return float(hedge.after)
+
+
+async def _traced(attempt: Callable[[EndpointActor, float], Awaitable[T]], actor: EndpointActor, timeout: float, number: int) -> T:
+    """An attempt inside its own span, which records how it ended."""
+    with request_span(
+        f"attempt {actor.name}", {"endpoint": actor.name, "attempt": number, "gen_ai.provider.name": actor.provider}
+    ) as span:
+        try:
+            value = await attempt(actor, timeout)
+        except LLMError as exc:
+            span.set_attribute("outcome", type(exc).__name__)
+            raise
+        span.set_attribute("outcome", "ok")
+        return value
 
 
 def _describe(actor: EndpointActor) -> str:

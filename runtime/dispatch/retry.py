@@ -63,13 +63,22 @@ class RetryBudget:
         """Count a first attempt."""
         self._requests[self._advance(now)] += 1
 
-    def try_spend(self, now: float) -> bool:
-        """Take one extra attempt from the budget; False when it is spent."""
-        slot = self._advance(now)
-        if sum(self._retries) + 1 > self._floor_total + self._ratio * sum(self._requests):
+    def can_spend(self, now: float, ratio: float | None = None) -> bool:
+        """Whether one extra attempt would pass now, without taking it."""
+        self._advance(now)
+        share = self._ratio if ratio is None else ratio
+        return sum(self._retries) + 1 <= self._floor_total + share * sum(self._requests)
+
+    def try_spend(self, now: float, ratio: float | None = None) -> bool:
+        """Take one extra attempt from the budget; False when it is spent.
+
+        ``ratio`` replaces the budget's own for this one spend (a per-request hedge
+        policy's share of the same count of requests).
+        """
+        if not self.can_spend(now, ratio):
             self.refused += 1
             return False
-        self._retries[slot] += 1
+        self._retries[int(now) % self._window] += 1
         return True
 
     def statistics(self) -> RetryBudgetStats:

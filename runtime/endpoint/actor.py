@@ -20,6 +20,7 @@ import enum
 import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -81,13 +82,52 @@ class EndpointStatistics(FrozenStruct, frozen=True):
 
 
 class Permit:
-    """An admitted attempt: what :meth:`EndpointActor.finish` needs to settle it."""
+    """One admitted attempt's hold on its endpoint (a concurrency slot, a limiter
+    reservation, maybe a half-open trial), settled exactly once.
 
-    __slots__ = ("reservation", "started")
+    Whoever holds the object owns it; handing it over is passing the object. ``with
+    permit:`` settles it with the exception that escapes the block (a cancellation
+    counts as nothing) unless the holder settled it inside; a block that ends normally
+    leaves it to the holder, which settles it or hands it on. Settling twice is a no-op,
+    so an owner may settle on every exit path without counting.
+    """
 
-    def __init__(self, reservation: Reservation, started: float) -> None:
+    __slots__ = ("_actor", "reservation", "settled", "started")
+
+    def __init__(self, actor: EndpointActor, reservation: Reservation, started: float) -> None:
+        self._actor = actor
         self.reservation = reservation
         self.started = started
+        self.settled = False
+
+    def __repr__(self) -> str:
+        return f"<Permit {self._actor.name!r} {'settled' if self.settled else 'open'}>"
+
+    @property
+    def actor(self) -> EndpointActor:
+        """The live owner of the endpoint's state: the successor, after an actor restart."""
+        actor = self._actor
+        while actor._successor is not None:
+            actor = actor._successor
+        return actor
+
+    def settle(self, error: BaseException | None, now: float | None = None, tokens: int | None = None) -> None:
+        """Feed the outcome to the endpoint (breaker, limiter, latency) and give the slot back.
+
+        ``error`` is what the attempt ended with (None: success; a cancellation: nothing
+        happened), ``tokens`` the tokens the provider reported (None: unknown).
+        """
+        if self.settled:
+            return
+        self.settled = True
+        self.actor._settle(self, error, anyio.current_time() if now is None else now, tokens)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None:
+            self.settle(exc)
 
 
 class EndpointActor(Actor):
@@ -101,6 +141,7 @@ class EndpointActor(Actor):
         breaker_storage: BreakerStorage | None = None,
         limiter: Limiter | None = None,
         rng: random.Random | None = None,
+        predecessor: EndpointActor | None = None,
     ) -> None:
         super().__init__(endpoint.name)
         self.endpoint = endpoint
@@ -110,6 +151,19 @@ class EndpointActor(Actor):
         self.priority = endpoint.priority
         self.weight = endpoint.weight
         self._rng = rng
+        self._slow_call = endpoint.breaker.slow_call
+        self._successor: EndpointActor | None = None
+        self._failed = False
+        self._draining = False
+        self._wake = anyio.Event()
+        self.drained = anyio.Event()
+        self.first_chunk_timeout = endpoint.first_chunk_timeout or endpoint.timeout
+        # With shared state ([shared]), the dispatcher awaits this after a local admission:
+        # the cluster-wide check (one Redis call at most); False means refused and undone.
+        self.confirm: Callable[[Permit], Awaitable[bool]] | None = None
+        if predecessor is not None:
+            self._take_over(predecessor)
+            return
         self.breaker = Breaker(
             endpoint.breaker,
             endpoint=endpoint.name,
@@ -119,22 +173,33 @@ class EndpointActor(Actor):
             rng=self._rng,
         )
         self.limiter = limiter if limiter is not None else Limiter(endpoint.rpm, endpoint.tpm, endpoint.max_concurrency)
-        # With shared state ([shared]), the dispatcher awaits this after a local admission:
-        # the cluster-wide check (one Redis call at most); False means refused and undone.
-        self.confirm: Callable[[Permit], Awaitable[bool]] | None = None
         self.latency = LatencyTracker()
         self._schedule = ProbeSchedule(endpoint.health, self._rng)
-        self._slow_call = endpoint.breaker.slow_call
         self.health = EndpointState.HEALTHY
         self._misconfigured: str | None = endpoint.key_problem()
-        self._failed = False
-        self._draining = False
         self._probe_failing = False
         self._last_success = -math.inf
-        self._wake = anyio.Event()
-        self.drained = anyio.Event()
-        self.first_chunk_timeout = endpoint.first_chunk_timeout or endpoint.timeout
         self._refresh(anyio.current_time() if _in_loop() else 0.0, "started")
+
+    def _take_over(self, old: EndpointActor) -> None:
+        # The endpoint's state outlives the actor that crashed: one breaker, one limiter
+        # (whose slots the permits still out hold), one latency record. Only the tasks
+        # and the mailbox are new.
+        self.breaker = old.breaker
+        self.limiter = old.limiter
+        self.latency = old.latency
+        self._schedule = old._schedule
+        self.health = old.health
+        self._misconfigured = old._misconfigured
+        self._probe_failing = old._probe_failing
+        self._last_success = old._last_success
+        self.confirm = old.confirm
+        old._successor = self
+
+    def restarted(self) -> EndpointActor:
+        """A fresh actor for this endpoint that takes its state over (see :meth:`_take_over`);
+        permits this actor admitted settle on the successor from then on."""
+        return EndpointActor(self.endpoint, self.client, rng=self._rng, predecessor=self)
 
     def __repr__(self) -> str:
         return (
@@ -154,10 +219,14 @@ class EndpointActor(Actor):
         if reservation is None:
             self.breaker.record(Outcome.IGNORED, now)
             return None
-        return Permit(reservation, now)
+        return Permit(self, reservation, now)
 
     def finish(self, permit: Permit, error: BaseException | None, now: float, tokens: int | None = None) -> None:
-        """Settle an attempt: classify the outcome, feed breaker, limiter and latency."""
+        """Settle ``permit`` (see :meth:`Permit.settle`); a settled permit is left alone."""
+        permit.settle(error, now, tokens)
+
+    def _settle(self, permit: Permit, error: BaseException | None, now: float, tokens: int | None) -> None:
+        """Classify the outcome of an attempt and feed breaker, limiter and latency."""
         elapsed = now - permit.started
         if error is None and self._slow_call is None:
             self.breaker.record(Outcome.SUCCESS, now)  # the common case needs no classifying
@@ -172,6 +241,8 @@ class EndpointActor(Actor):
             self.latency.observe(elapsed, now)
             self._last_success = now
             if self.health is not EndpointState.HEALTHY:
+                # A real answer is better evidence than the last failed probe.
+                self._probe_failing = False
                 self._refresh(now, "request succeeded")
             return
         if isinstance(error, ProviderError):
@@ -347,14 +418,19 @@ class EndpointActor(Actor):
                 await wake.wait()
 
     async def probe(self) -> bool:
-        """Probe once now; True when the endpoint answered. Feeds breaker and state."""
+        """Probe once now; True when the endpoint answered. Feeds breaker and state.
+
+        Whatever the endpoint sends, a probe that did not succeed is a failed probe: the
+        actor never crashes on a probe's body, so the endpoint can never end up
+        ``failed`` for good because of what a server answered.
+        """
         timeout = self.endpoint.health.timeout
         try:
             await self.client.probe(timeout)
-        except LLMError as exc:
+        except Exception as exc:  # any failure to answer, even a bug decoding it, is a failed probe
             now = anyio.current_time()
             self._probe_failing = True
-            self.latency.error(f"probe: {type(exc).__name__}: {exc}", now, kind="probe_failure")
+            self.latency.error(f"probe: {type(exc).__name__}: {exc}"[:300], now, kind="probe_failure")
             if isinstance(exc, AuthenticationFailed):
                 self._misconfigured = f"authentication failed (HTTP {exc.status})"
             self._refresh(now, f"probe failed: {type(exc).__name__}")
@@ -369,7 +445,11 @@ class EndpointActor(Actor):
         return True
 
     async def _probe_loop(self) -> None:
-        """Probe on the schedule; skip while real traffic proves the endpoint healthy."""
+        """Probe on the schedule; skip while real traffic proves the endpoint healthy.
+
+        Each probe is a "probe" message through the mailbox, like one asked for by hand
+        (``await actor.ask("probe")``), so two probes of one endpoint never overlap.
+        """
         healthy = True
         while True:
             await anyio.sleep(self._schedule.next_delay(healthy))
@@ -382,7 +462,7 @@ class EndpointActor(Actor):
             ):
                 healthy = True  # passive health: real traffic succeeded lately
                 continue
-            healthy = await self.probe()
+            healthy = await self.ask("probe")
 
 
 def _in_loop() -> bool:

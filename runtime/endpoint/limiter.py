@@ -166,7 +166,7 @@ class TokenBucket:
 
 
 class Limiter:
-    """RPM and TPM buckets (aiolimiter), a concurrency cap, throttling and provider headers.
+    """RPM and TPM leaky buckets (our own, see the module docstring), a concurrency cap, throttling and provider headers.
 
     ``rpm``, ``tpm`` and ``max_concurrency`` are None when unlimited; with all three
     None and no throttle or provider gate active, admission is a couple of comparisons.
