@@ -42,6 +42,8 @@ async def pair() -> AsyncIterator[tuple[FaultyEndpoint, FaultyEndpoint]]:
 
 
 def runtime_of(*endpoints: FaultyEndpoint, **kwargs: Any) -> Runtime:
+    # A failed primary fails over at once (no wait for the preferred tier): these tests count failovers.
+    kwargs.setdefault("retry", RetryPolicy(tier_wait=0.0))
     return Runtime([ep.endpoint(health=QUIET, priority=i) for i, ep in enumerate(endpoints, 1)], **kwargs)
 
 
