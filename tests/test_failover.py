@@ -50,14 +50,14 @@ def tiered(*eps: FaultyEndpoint, **endpoint_kwargs: Any) -> list[Any]:
 
 
 async def burst(rt: Runtime, n: int, timeout: float) -> tuple[list[str], list[BaseException]]:
-    """``n`` concurrent chats, started 5 ms apart (all in flight together on a slow endpoint;
+    """``n`` concurrent chats, started 8 ms apart (all in flight together on a slow endpoint;
     a real listen queue drops a few hundred simultaneous SYNs): the endpoints that answered
     and the errors callers saw."""
     answered: list[str] = []
     failures: list[BaseException] = []
 
     async def one(i: int) -> None:
-        await anyio.sleep(i * 0.005)
+        await anyio.sleep(i * 0.008)
         try:
             answered.append((await rt.chat("hi", timeout=timeout)).endpoint)
         except LLMError as exc:
@@ -74,13 +74,13 @@ async def burst(rt: Runtime, n: int, timeout: float) -> tuple[list[str], list[Ba
 
 @pytest.mark.parametrize("tier_wait", [1.0, 0.0])
 async def test_burst_on_a_dying_primary_fails_over_whole(pair: tuple[FaultyEndpoint, FaultyEndpoint], tier_wait: float) -> None:
-    """500 requests in flight on a primary (4 s latency) that fails them all: every caller gets the backup's answer."""
+    """500 requests in flight on a primary (5 s latency) that fails them all: every caller gets the backup's answer."""
     primary, backup = pair
-    primary.faults.latency = 4.0
+    primary.faults.latency = 5.0
     primary.faults.error_rate, primary.faults.error_status = 1.0, 500
     async with Runtime(tiered(primary, backup), retry=RetryPolicy(tier_wait=tier_wait), seed=3) as rt:
         answered, failures = await burst(rt, 500, timeout=30)
-        assert failures == []
+        assert failures == [], [getattr(f, "attempts", None) for f in failures[:3]]
         assert answered == ["backup"] * 500
         assert all(s.in_flight == 0 for s in rt.status())
     # One attempt per request on each endpoint, plus at most the retry budget.
@@ -100,7 +100,7 @@ async def test_total_outage_attempts_stay_within_the_stated_bound(pair: tuple[Fa
     async with Runtime(tiered(primary, backup), retry=retry, seed=5) as rt:
         start = anyio.current_time()
         answered, failures = await burst(rt, requests, timeout=8)
-        assert anyio.current_time() - start <= requests * 0.005 + 8.0 + 0.01
+        assert anyio.current_time() - start <= requests * 0.008 + 8.0 + 0.01
     assert answered == [] and len(failures) == requests
     # Once both breakers are open, requests are refused before any attempt.
     assert all(isinstance(f, (AllEndpointsFailed, NoEndpointAvailable)) for f in failures)

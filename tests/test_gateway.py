@@ -230,7 +230,7 @@ async def test_failover_through_the_gateway(fault: str) -> None:
             if fault == "refuse":
                 p.faults.refuse()
             elif fault == "500":
-                p.faults.fail_next(1, 500)
+                p.faults.fail_next(2, 500)  # the preferred tier's one retry (tier_wait) fails too
             else:
                 p.faults.cut_after = 0
             raw = await client.chat.completions.with_raw_response.create(model="g", messages=HI, stream=True)
