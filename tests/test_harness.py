@@ -45,7 +45,10 @@ async def test_primary_outage_with_healthy_backup(span_exporter: InMemorySpanExp
     assert r.endpoints["backup"].served >= 145 and r.endpoints["primary"].served > 250
     assert r.attempts_source == "caller" and r.attempts_per_request_max is not None and r.attempts_per_request_max <= 3
     states = [(t.endpoint, t.to_state) for t in r.series.transitions if t.kind == "breaker"]
-    assert states == [("primary", "open"), ("primary", "half_open"), ("primary", "closed")]
+    # A trial that lands inside the outage (open_for is jittered +-10 % around its 30 s) reopens it.
+    assert {e for e, _ in states} == {"primary"}
+    seq = [s for _, s in states]
+    assert len(seq) >= 3 and seq == ["open", "half_open"] * (len(seq) // 2) + ["closed"]
     assert r.cost_usd > 0 and r.latency_ms.p99 is not None
 
 

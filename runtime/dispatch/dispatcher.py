@@ -494,11 +494,14 @@ class _Walk:
     def resume(self, now: float, retry: RetryPolicy, rng: random.Random) -> None:
         """Walk on from the attempts already in the trail: they count against
         ``max_attempts``, the endpoints that failed them are repeats (tried again only
-        after backoff, on the retry budget), and the request is not counted again."""
+        after backoff, on the retry budget), and the request is not counted again. Their
+        tiers are not waited for: the answer they cut already cost the caller its wait."""
         for earlier in self.attempts:
             if earlier.error is not None and getattr(earlier.error, "retryable", False):
-                failures = self.failed[earlier.endpoint] = self.failed.get(earlier.endpoint, 0) + 1
-                self.ready_at[earlier.endpoint] = now + backoff_delay(failures, retry.backoff_base, retry.backoff_max, rng)
+                name = earlier.endpoint
+                failures = self.failed[name] = self.failed.get(name, 0) + 1
+                self.ready_at[name] = now + backoff_delay(failures, retry.backoff_base, retry.backoff_max, rng)
+                self.waited.update(i for i, tier in enumerate(self.tiers) if any(a.name == name for a in tier.actors))
 
     def fresh_excluded(self) -> AbstractSet[str]:
         """Endpoints a failover may not go to: every one tried or refused already."""
