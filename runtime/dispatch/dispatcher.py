@@ -275,6 +275,8 @@ class Dispatcher:
         while (picked := await self._next(walk, route)) is not None:
             actor, permit = picked
             timeout = min(actor.endpoint.timeout, deadline - self._clock())
+            if not await _confirmed(actor, permit):
+                continue  # shared state refused it (and undid the permit): choose again
             try:
                 if hedge is None:
                     value = await self._single(walk, attempt, actor, permit, timeout)
@@ -306,7 +308,7 @@ class Dispatcher:
                 rank, actor, permit = fresh
                 better = self._tier_wait(walk, rank, now)
                 if better is None:
-                    if await _confirmed(actor, permit) and self._spend(walk, actor, permit, now):
+                    if self._spend(walk, actor, permit, now):
                         return actor, permit
                     continue
                 permit.settle(_nothing(), now)  # sent nothing: counts as nothing
@@ -321,8 +323,10 @@ class Dispatcher:
                 tiers = walk.tiers
             await anyio.sleep(max(MIN_CAPACITY_WAIT, until - now))
             now = self._clock()
+            if now >= walk.deadline:
+                return None
             again = self.choose(tiers, walk.tokens, now, walk.repeat_excluded(now), walk.min_window, walk.accept)
-            if again is not None and await _confirmed(*again) and self._spend(walk, *again, now):
+            if again is not None and self._spend(walk, *again, now):
                 return again
 
     def _choose_ranked(self, tiers: list[Tier], walk: _Walk, now: float) -> tuple[int, EndpointActor, Permit] | None:
@@ -658,15 +662,13 @@ class _Race(Generic[T]):
 
 
 async def _confirmed(actor: EndpointActor, permit: Permit) -> bool:
-    """Whether shared state ([shared]) takes the admitted permit too. A refusal, an error
-    or a cancellation while asking gives the permit back (as nothing)."""
+    """Whether shared state ([shared]) takes the admitted permit too. A refusal is undone
+    by the confirmation itself (the shared record never counted it); an error or a
+    cancellation while asking settles the permit here."""
     if actor.confirm is None:
         return True
     with permit:
-        if await actor.confirm(permit):
-            return True
-    permit.settle(_nothing())
-    return False
+        return await actor.confirm(permit)
 
 
 def _nothing() -> BaseException:
