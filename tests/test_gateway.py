@@ -417,6 +417,27 @@ async def test_key_rpm_and_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 'llm_runtime_gateway_key_budget_remaining{key="b",kind="daily_tokens"}' in metrics
 
 
+async def test_key_slots_are_returned_on_every_path() -> None:
+    """A key with max_concurrency 1 keeps working after refusals, upstream failures and embeddings."""
+    keys = [GatewayKey(name="k", key="sk", max_concurrency=1, daily_tokens=10_000)]
+    async with FaultyEndpoint("openai", name="up") as up:
+        async with serving([endpoint(up)], GatewayConfig(port=0, keys=keys), retry=RetryPolicy(max_attempts=1)) as gw:
+            async with openai_client(gw, "sk") as client, aiohttp.ClientSession() as session:
+                body = {"model": "up", "messages": HI, "stream": True}
+                headers = {"Authorization": "Bearer sk", "x-llm-on-interrupt": "sometimes"}
+                async with session.post(gw.base_url + "/v1/chat/completions", json=body, headers=headers) as resp:
+                    bad_header = resp.status
+                up.faults.fail_next(1, 500)
+                with pytest.raises(openai.InternalServerError):
+                    await client.chat.completions.create(model="up", messages=HI)
+                await client.embeddings.create(model="up", input="a")
+                await client.embeddings.create(model="up", input="b")
+                reply = await client.chat.completions.create(model="up", messages=HI)
+            key = gw.keys.keys[0]
+    assert bad_header == 400 and reply.choices[0].message.content
+    assert key.limiter.in_flight == 0 and key.budget is not None and key.budget.statistics().in_flight == 0
+
+
 # --- operations ----------------------------------------------------------------------------------------
 
 

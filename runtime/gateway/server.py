@@ -241,18 +241,24 @@ class Gateway:
             return Failure(403, "model_not_allowed", f"gateway key {client.name!r} may not use {model!r}", "model")
         return routing
 
-    def _admit(self, client: ClientKey | None, call: Call) -> Grant | Failure | None:
+    def _admit(self, client: ClientKey | None, tokens: Callable[[], int]) -> Grant | Failure | None:
+        """Take the request's share of its key's limits and budget (``tokens()``: its estimate,
+        asked only when a limit reads it), or the 429 saying when to come back."""
         if client is None:
             return None
-        tokens = 1
-        if client.counts_tokens:
-            prompt = ChatRequest(messages=call.messages, model=call.model, tools=call.options.get("tools"))
-            tokens = estimate_request_tokens(prompt) + (call.max_tokens or DEFAULT_REPLY_RESERVE)
-        granted = client.admit(tokens, _now())
+        try:
+            granted = client.admit(tokens() if client.counts_tokens else 1, _now())
+        except LLMError as exc:  # the key's budget is spent
+            return failure_of(exc)
         if isinstance(granted, float):
             why = f"gateway key {client.name!r} is over its {client.limiter.last_refusal or 'rate'} limit"
             return Failure(429, "rate_limit_exceeded", why, retry_after=granted)
         return granted
+
+    @staticmethod
+    def _estimate(call: Call) -> int:
+        prompt = ChatRequest(messages=call.messages, model=call.model, tools=call.options.get("tools"))
+        return estimate_request_tokens(prompt) + (call.max_tokens or DEFAULT_REPLY_RESERVE)
 
     def _on_interrupt(self, request: web.Request) -> str | Failure:
         """What a stream that fails after content does: ``x-llm-on-interrupt`` (raise or continue),
@@ -297,17 +303,15 @@ class Gateway:
         routing = self._routing(call.model, client)
         if isinstance(routing, Failure):
             return self._failure(rid, face.dialect, routing)
-        try:
-            grant = self._admit(client, call)
-        except LLMError as exc:  # the key's budget is spent
-            return self._failure(rid, face.dialect, failure_of(exc))
-        if isinstance(grant, Failure):
-            return self._failure(rid, face.dialect, grant, client.headers(_now()) if client else None)
         if call.stream:
             recovery = self._on_interrupt(request)
             if isinstance(recovery, Failure):
                 return self._failure(rid, face.dialect, recovery)
             routing = {**routing, "on_interrupt": recovery}
+        # The key's share is taken last: every refusal above holds nothing.
+        grant = self._admit(client, lambda: self._estimate(call))
+        if isinstance(grant, Failure):
+            return self._failure(rid, face.dialect, grant, client.headers(_now()) if client else None)
         settled = False
         try:
             if call.stream:
@@ -381,20 +385,20 @@ class Gateway:
         if isinstance(routing, Failure):
             return self._failure(rid, "openai", routing)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        grant: Grant | Failure | None = None
-        if client is not None:
-            granted = client.admit(sum(len(t) for t in texts) // 4 + 1, _now())
-            if isinstance(granted, float):
-                return self._failure(rid, "openai", Failure(429, "rate_limit_exceeded", f"gateway key {client.name!r} is over its limit", retry_after=granted))
-            grant = granted
+        grant = self._admit(client, lambda: sum(len(t) for t in texts) // 4 + 1)
+        if isinstance(grant, Failure):
+            return self._failure(rid, "openai", grant, client.headers(_now()) if client else None)
+        settled = False
         try:
             reply = await self.rt.embed(texts, dimensions=body.dimensions, **routing)
+            if client is not None and grant is not None:
+                client.settle(grant, reply.usage.input_tokens, reply.cost_usd, _now())
+                settled = True
         except LLMError as exc:
-            if client is not None and isinstance(grant, Grant):
-                client.release(grant, _now())
             return self._failure(rid, "openai", failure_of(exc))
-        if client is not None and isinstance(grant, Grant):
-            client.settle(grant, reply.usage.input_tokens, reply.cost_usd, _now())
+        finally:
+            if not settled and client is not None and grant is not None:
+                client.release(grant, _now())
         headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), reply.cost_usd)
         return web.Response(body=openai_wire.embedding_list(reply, body.encoding_format), content_type=_JSON, headers=headers)
 
