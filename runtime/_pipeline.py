@@ -641,15 +641,19 @@ def _embeddings_filter(accept: Callable[[EndpointActor], bool] | None) -> Callab
 
 
 def _annotate(span: Any, reply: ChatResponse | EmbeddingResponse, usage: Usage, model: str, attempts: int) -> None:
-    span.set_attribute("gen_ai.request.model", model)
-    span.set_attribute("gen_ai.provider.name", reply.provider)
-    span.set_attribute("gen_ai.response.model", reply.model)
-    span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-    span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+    # One set_attributes call: the SDK takes its lock once, not once per attribute.
+    attributes: dict[str, Any] = {
+        "gen_ai.request.model": model,
+        "gen_ai.provider.name": reply.provider,
+        "gen_ai.response.model": reply.model,
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens,
+        "endpoint": reply.endpoint,
+        "attempts": attempts,
+        "llm_runtime.cost_usd": reply.cost_usd,
+    }
     if isinstance(reply, ChatResponse) and reply.finish_reason:
-        span.set_attribute("gen_ai.response.finish_reasons", [reply.finish_reason])
-    span.set_attribute("endpoint", reply.endpoint)
-    span.set_attribute("attempts", attempts)
-    span.set_attribute("llm_runtime.cost_usd", reply.cost_usd)
+        attributes["gen_ai.response.finish_reasons"] = [reply.finish_reason]
     if not reply.cost_known:
-        span.set_attribute("llm_runtime.cost_known", False)
+        attributes["llm_runtime.cost_known"] = False
+    span.set_attributes(attributes)

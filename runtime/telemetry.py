@@ -51,8 +51,20 @@ INSTRUMENTATION_NAME = "llm-runtime"
 
 
 def tracer() -> trace.Tracer:
-    """The runtime's tracer from the current global provider."""
-    return trace.get_tracer(INSTRUMENTATION_NAME)
+    """The runtime's tracer from the current global provider, looked up once per provider.
+
+    ``get_tracer`` builds an instrumentation scope and, on the SDK, checks it under a
+    warnings filter: tens of microseconds that a span per request must not pay.
+    """
+    global _tracer, _tracer_of
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNREAD)
+    if _tracer is None or provider is not _tracer_of or provider is _UNREAD:
+        _tracer, _tracer_of = trace.get_tracer(INSTRUMENTATION_NAME), provider
+    return _tracer
+
+
+_tracer: trace.Tracer | None = None
+_tracer_of: object = None
 
 
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
@@ -110,7 +122,7 @@ def request_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
     """A current span for an attempt (a context manager), or a shared no-op when tracing is off."""
     if not tracing_enabled():
         return NO_SPAN
-    return trace.get_tracer(INSTRUMENTATION_NAME).start_as_current_span(name, attributes=attributes)
+    return tracer().start_as_current_span(name, attributes=attributes)
 
 
 def start_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
@@ -119,7 +131,7 @@ def start_span(name: str, attributes: dict[str, AttributeValue]) -> Any:
     shared no-op when tracing is off."""
     if not tracing_enabled():
         return NO_SPAN
-    return trace.get_tracer(INSTRUMENTATION_NAME).start_span(name, attributes=attributes)
+    return tracer().start_span(name, attributes=attributes)
 
 
 def activate(span: Any) -> Any:
