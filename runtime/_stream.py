@@ -232,6 +232,7 @@ class ReplyStream:
         else:
             recovery.restarts += 1
             self._answer = PartialReply()
+            self._trim_lead = False  # a new answer keeps its own leading whitespace
             # The marker the caller gets before the new answer: everything before it is void.
             self._buffer = [StreamChunk(restart=True), *opened.held]
         self._record(failed_on, opened.mode or "restart", cause)
