@@ -28,6 +28,7 @@ from ``parsed``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -47,6 +48,7 @@ OUTPUT_TOOL = "structured_output"
 # What OpenAI and Anthropic allow as a schema's name.
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
+_canonical = msgspec.json.Encoder(order="sorted").encode
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
 
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "format", "$schema", "$id", "$comment"})
@@ -112,7 +114,11 @@ def output_schema(value: Any) -> OutputSchema | None:
     if isinstance(value, Mapping):
         if not _is_json_schema(value):
             return None
-        return _from_dict(dict(value))
+        try:
+            canonical = _canonical(value)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise InvalidRequest(f"response_format: a JSON schema holds only JSON values ({exc})", field="response_format") from None
+        return _from_json(canonical)
     raise InvalidRequest(
         "response_format must be a msgspec Struct, dataclass or TypedDict type, a JSON-schema dict, "
         f"or an OpenAI response_format dict; got {value!r}",
@@ -129,6 +135,9 @@ def _is_model(cls: type) -> bool:
     return issubclass(cls, msgspec.Struct) or dataclasses.is_dataclass(cls) or typing.is_typeddict(cls)
 
 
+# One conversion per distinct type or schema: building a schema and its decoder costs tens
+# of microseconds, far more than the request path should pay each time.
+@functools.lru_cache(maxsize=256)
 def _from_type(cls: type) -> OutputSchema:
     try:
         schema = msgspec.json.schema(cls)
@@ -143,7 +152,10 @@ def _from_type(cls: type) -> OutputSchema:
     return _finish(cls.__name__, root, decoder)
 
 
-def _from_dict(schema: dict[str, Any]) -> OutputSchema:
+@functools.lru_cache(maxsize=256)
+def _from_json(canonical: bytes) -> OutputSchema:
+    """The schema from its canonical JSON: a fresh copy, so the caller's dict is never changed."""
+    schema: dict[str, Any] = msgspec.json.decode(canonical)
     if schema.get("type") != "object":
         raise InvalidRequest(
             "response_format: a JSON schema's root must be {\"type\": \"object\", ...} "

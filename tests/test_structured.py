@@ -342,3 +342,18 @@ async def test_an_invalid_reply_is_not_cached() -> None:
         assert ep.stats.requests == 2
     assert (first.cached, again.cached) == (False, True)
     assert again.parsed == Person(name="Ada", age=36, city=City(name="London"))
+
+
+def test_conversion_is_done_once_and_leaves_the_callers_schema_alone() -> None:
+    """The same type or schema converts once (the request path reuses it); a strict schema's
+    additionalProperties go on a copy, never on the caller's dict."""
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}}, "required": ["a"]}
+    before = json.dumps(schema, sort_keys=True)
+    first, again = output_schema(schema), output_schema(dict(schema))
+    assert first is again and first is not None and first.strict
+    assert first.schema["properties"]["a"]["additionalProperties"] is False
+    assert json.dumps(schema, sort_keys=True) == before
+    assert output_schema(Person) is output_schema(Person)
+    with pytest.raises(InvalidRequest) as info:
+        output_schema({"type": "object", "properties": {"a": {"type": "string", "default": object()}}})
+    assert info.value.field == "response_format"
