@@ -157,10 +157,6 @@ class Dispatcher:
         # rationed against the same count of requests.
         self.hedge_budget = RetryBudget((hedge or HedgePolicy()).budget_ratio, 0.0)
 
-    @staticmethod
-    def _clock() -> float:
-        return asyncio.get_running_loop().time()
-
     def __repr__(self) -> str:
         return f"<Dispatcher [endpoints: {len(self.routes.actors)} | {self.retry_budget!r}]>"
 
@@ -265,17 +261,23 @@ class Dispatcher:
         A trail that already holds attempts is a request walking on (a stream restarting
         after its answer failed): see :meth:`_Walk.resume`.
         """
-        now = self._clock()
         walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail)
+        clock = walk.clock
+        now = clock()
+        picked = None
         if walk.attempts:
             walk.resume(now, self.retry, self._rng)
         else:
             self.retry_budget.record_request(now)
-            self.hedge_budget.record_request(now)
-        while (picked := await self._next(walk, route)) is not None:
+            if hedge is not None or self.hedge is not None:
+                self.hedge_budget.record_request(now)
+            # The common case, decided without a wait: an endpoint of the first tier takes it now.
+            picked = self._choose_in(tiers[0], tokens, now, _NONE, prompt_tokens, accept) if tiers and now < deadline else None
+        while picked is not None or (picked := await self._next(walk, route)) is not None:
             actor, permit = picked
-            timeout = min(actor.endpoint.timeout, deadline - self._clock())
-            if not await _confirmed(actor, permit):
+            picked = None
+            timeout = min(actor.endpoint.timeout, deadline - clock())
+            if actor.confirm is not None and not await _confirmed(actor, permit):
                 continue  # shared state refused it (and undid the permit): choose again
             try:
                 if hedge is None:
@@ -283,13 +285,13 @@ class Dispatcher:
                 else:
                     value, actor, permit = await self._hedged(walk, attempt, actor, permit, timeout, hedge)
             except LLMError as exc:
-                if walk.failed_on(actor, exc, self._clock(), self.retry, self._rng):
+                if walk.failed_on(actor, exc, clock(), self.retry, self._rng):
                     continue
                 raise
             if settle:
-                permit.settle(None, self._clock(), usage_tokens(value) if usage_tokens else None)
+                permit.settle(None, clock(), usage_tokens(value) if usage_tokens else None)
             return Outcome(value, actor, permit, walk.attempts)
-        raise walk.give_up(route, self._clock() >= deadline, self.retry.max_attempts)
+        raise walk.give_up(route, clock() >= deadline, self.retry.max_attempts)
 
     async def _next(self, walk: _Walk, route: str | None) -> tuple[EndpointActor, Permit] | None:
         """The next endpoint to try and its permit, after whatever wait the rules allow.
@@ -300,7 +302,7 @@ class Dispatcher:
         capacity. None when nothing can before the deadline or the attempts are used up.
         """
         while True:
-            now = self._clock()
+            now = walk.clock()
             if now >= walk.deadline or len(walk.attempts) >= self.retry.max_attempts:
                 return None
             fresh = self._choose_ranked(walk.tiers, walk, now)
@@ -322,7 +324,7 @@ class Dispatcher:
                     return None
                 tiers = walk.tiers
             await anyio.sleep(max(MIN_CAPACITY_WAIT, until - now))
-            now = self._clock()
+            now = walk.clock()
             if now >= walk.deadline:
                 return None
             again = self.choose(tiers, walk.tokens, now, walk.repeat_excluded(now), walk.min_window, walk.accept)
@@ -382,7 +384,7 @@ class Dispatcher:
         timeout: float,
     ) -> T:
         """One attempt; the permit is settled here on any error or cancellation, left open on success."""
-        started = self._clock()
+        started = walk.clock()
         try:
             with permit:
                 if tracing_enabled():
@@ -390,9 +392,9 @@ class Dispatcher:
                 else:
                     value = await attempt(actor, timeout)
         except LLMError as exc:
-            walk.record(Attempt(endpoint=actor.name, error=exc, elapsed=self._clock() - started))
+            walk.record(Attempt(endpoint=actor.name, error=exc, elapsed=walk.clock() - started))
             raise
-        walk.record(Attempt(endpoint=actor.name, elapsed=self._clock() - started))
+        walk.record(Attempt(endpoint=actor.name, elapsed=walk.clock() - started))
         return value
 
     def _why_none(self, tiers: list[Tier], min_window: int, now: float, deadline: float) -> str:
@@ -422,13 +424,13 @@ class Dispatcher:
         race: _Race[T] = _Race(attempt)
         try:
             async with anyio.create_task_group() as tg:
-                race.start(tg, actor, permit, timeout, self._clock())
+                race.start(tg, actor, permit, timeout, walk.clock())
                 await self._launch_hedges(tg, race, walk, hedge, _hedge_delay(actor, hedge))
                 tg.cancel_scope.cancel()
         except BaseException:
             race.abandon()
             raise
-        return race.settle(walk, self._clock(), self.retry, self._rng)
+        return race.settle(walk, walk.clock(), self.retry, self._rng)
 
     async def _launch_hedges(self, tg: TaskGroup, race: _Race[T], walk: _Walk, hedge: HedgePolicy, delay: float) -> None:
         """Start up to ``max_extra`` hedges, one per ``delay`` without an answer, until the race is decided."""
@@ -439,10 +441,10 @@ class Dispatcher:
             if race.done.is_set():
                 return
             launched += 1
-            now = self._clock()
+            now = walk.clock()
             exclude = race.names() | walk.fresh_excluded()
             picked = self.choose(walk.tiers, walk.tokens, now, exclude, walk.min_window, walk.accept)
-            if picked is None or not await _confirmed(*picked):
+            if picked is None or (picked[0].confirm is not None and not await _confirmed(*picked)):
                 continue
             racer, permit = picked
             if not self.hedge_budget.try_spend(now, hedge.budget_ratio):
@@ -458,6 +460,7 @@ class _Walk:
         "accept",
         "attempts",
         "budget_spent",
+        "clock",
         "deadline",
         "failed",
         "min_window",
@@ -480,6 +483,7 @@ class _Walk:
         accept: Callable[[EndpointActor], bool] | None,
         trail: list[Attempt] | None,
     ) -> None:
+        self.clock = asyncio.get_running_loop().time
         self.tiers = tiers
         self.tokens = tokens
         self.deadline = deadline
@@ -509,6 +513,8 @@ class _Walk:
 
     def fresh_excluded(self) -> AbstractSet[str]:
         """Endpoints a failover may not go to: every one tried or refused already."""
+        if not (self.failed or self.too_small or self.refused):
+            return _NONE  # the first pick of nearly every request: build no set
         return self.failed.keys() | self.too_small | self.refused
 
     def closed(self) -> AbstractSet[str]:
@@ -662,13 +668,15 @@ class _Race(Generic[T]):
 
 
 async def _confirmed(actor: EndpointActor, permit: Permit) -> bool:
-    """Whether shared state ([shared]) takes the admitted permit too. A refusal is undone
-    by the confirmation itself (the shared record never counted it); an error or a
-    cancellation while asking settles the permit here."""
-    if actor.confirm is None:
-        return True
+    """Whether shared state ([shared]; ``actor.confirm`` is set) takes the admitted permit
+    too. A refusal is undone by the confirmation itself (the shared record never counted
+    it); an error or a cancellation while asking settles the permit here."""
+    assert actor.confirm is not None
     with permit:
         return await actor.confirm(permit)
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 def _nothing() -> BaseException:
