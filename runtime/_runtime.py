@@ -130,6 +130,7 @@ class Runtime:
         # only then); without it, everything is in-process.
         self._shared = _shared_state(shared, self._rng)
         new_guard: Callable[..., BudgetGuard] = BudgetGuard if self._shared is None else self._shared.budget_guard
+        self._new_guard = new_guard
         self.budget_guard = new_guard(budget) if budget is not None else None
         self._endpoint_budgets = {
             ep.name: new_guard(ep.budget, scope=ep.name) for ep in endpoints if ep.budget is not None
@@ -348,6 +349,11 @@ class Runtime:
         if options.request.n not in (None, 1):
             raise InvalidRequest("n > 1 cannot be streamed: use complete() to get every choice", field="n")
         return pipeline.stream(options)
+
+    def budget_guard_for(self, budget: Budget, *, scope: str) -> BudgetGuard:
+        """A guard enforcing ``budget`` for ``scope`` (a gateway key, say) the way the runtime's
+        own budgets are enforced: its totals shared through Redis with ``shared``, else this process's."""
+        return self._new_guard(budget, scope=scope)
 
     # --- introspection ---------------------------------------------------------------------
 

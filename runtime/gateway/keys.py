@@ -8,7 +8,8 @@ kept in memory after start.
 Each key's ``rpm``, ``tpm`` and ``max_concurrency`` are a :class:`~runtime.endpoint.limiter.Limiter`
 and its budgets a :class:`~runtime.accounting.BudgetGuard`, the very classes that limit
 endpoints and the runtime: reserve before sending, reconcile with the real usage after.
-They are this process's; with ``--workers N`` each worker holds its own.
+The rate and concurrency limits are this process's (with ``--workers N`` each worker holds
+its own); the budgets' totals are shared through Redis when the runtime has ``[shared]``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..accounting import BudgetGuard
 from ..accounting.budget import Reservation as BudgetReservation
@@ -24,7 +25,10 @@ from ..endpoint.limiter import Limiter
 from ..endpoint.limiter import Reservation as LimiterReservation
 from .config import GatewayKey
 
-__all__ = ["ClientKey", "Grant", "KeyRing"]
+__all__ = ["ClientKey", "GuardFactory", "Grant", "KeyRing"]
+
+#: Makes a key's budget guard: ``Runtime.budget_guard_for`` (shared with ``[shared]``) or BudgetGuard.
+GuardFactory = Callable[..., BudgetGuard]
 
 
 class Grant:
@@ -41,13 +45,13 @@ class Grant:
 class ClientKey:
     """A configured key at run time: its digest, allowed routes, limiter and budget guard."""
 
-    def __init__(self, config: GatewayKey) -> None:
+    def __init__(self, config: GatewayKey, new_guard: GuardFactory = BudgetGuard) -> None:
         self.name = config.name
         self.digest = config.digest()
         self.routes = frozenset(config.models)
         self.limiter = Limiter(rpm=config.rpm, tpm=config.tpm, max_concurrency=config.max_concurrency)
         budget = config.budget
-        self.budget = BudgetGuard(budget, scope=f"key {config.name}") if budget is not None else None
+        self.budget = new_guard(budget, scope=f"key {config.name}") if budget is not None else None
         # Counting a prompt's tokens costs microseconds: only when a limit reads the count.
         self.counts_tokens = bool(config.tpm) or budget is not None
 
@@ -104,8 +108,8 @@ class ClientKey:
 class KeyRing:
     """The configured keys; :meth:`find` looks a presented key up in constant time."""
 
-    def __init__(self, keys: Sequence[GatewayKey]) -> None:
-        self.keys = [ClientKey(k) for k in keys]
+    def __init__(self, keys: Sequence[GatewayKey], new_guard: GuardFactory = BudgetGuard) -> None:
+        self.keys = [ClientKey(k, new_guard) for k in keys]
 
     def __bool__(self) -> bool:
         return bool(self.keys)

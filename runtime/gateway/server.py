@@ -72,7 +72,7 @@ class Gateway:
     def __init__(self, runtime: Runtime, config: GatewayConfig | None = None) -> None:
         self.rt = runtime
         self.config = config or GatewayConfig()
-        self.keys = KeyRing(self.config.keys)
+        self.keys = KeyRing(self.config.keys, runtime.budget_guard_for)
         self.routes = _routes(runtime)
         self.draining = False
         self.counts: dict[tuple[str, int], int] = {}
