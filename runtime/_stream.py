@@ -310,19 +310,22 @@ class ReplyStream:
         """Leave the stream: close the connection and release the endpoint's slot and reservation."""
         self._ended = True
         self._buffer.clear()
-        if self._chunks is not None:
-            await self._chunks.aclose()
-        # Leaving early is the caller's choice: it counts as nothing against the endpoint.
-        cancelled = anyio.get_cancelled_exc_class()()
-        if self._settle(cancelled) is not None:
-            self._call.fail(cancelled)
+        try:
+            if self._chunks is not None:
+                await self._chunks.aclose()
+        finally:
+            # Leaving early is the caller's choice: it counts as nothing against the endpoint.
+            # Settled even when closing failed or was cancelled: the stream owns the permit.
+            cancelled = anyio.get_cancelled_exc_class()()
+            if self._settle(cancelled) is not None:
+                self._call.fail(cancelled)
 
     def _settle(self, outcome: BaseException | None, tokens: int | None = None) -> EndpointActor | None:
-        """Settle the still-open permit with ``outcome``, once; the actor it was settled with,
-        or None when there was nothing to settle."""
-        actor, permit = self._actor, self._permit
-        if actor is None or permit is None:
+        """Settle the permit this stream owns with ``outcome``, once; the endpoint's live actor
+        it was settled on, or None when there was nothing to settle."""
+        permit = self._permit
+        if permit is None:
             return None
         self._permit = None
-        actor.finish(permit, outcome, anyio.current_time(), tokens)
-        return actor
+        permit.settle(outcome, anyio.current_time(), tokens)
+        return permit.actor

@@ -70,3 +70,26 @@ async def test_slow_chunks_after_content_cannot_outlive_the_deadline() -> None:
             assert anyio.current_time() - start < 2.0 + SLACK
             assert rt.status()[0].in_flight == 0
     assert info.value.partial and isinstance(info.value.cause, Timeout)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_cancelling_a_stream_anywhere_settles_its_permit(dialect: str) -> None:
+    """Cancelled while choosing, before the first content, mid-stream or while leaving: the
+    stream's permit is settled every time, so a max_concurrency=1 endpoint keeps serving and
+    no budget stays reserved."""
+    from runtime import Budget
+
+    async with FaultyEndpoint(dialect, name="one", text=" ".join(["word"] * 20)) as ep:
+        ep.faults.chunk_delay = 0.05
+        async with Runtime([ep.endpoint(health=QUIET, max_concurrency=1)], budget=Budget(daily_tokens=10**9)) as rt:
+            for cancel_after in (0.0, 0.01, 0.03, 0.07, 0.2, 0.5, 0.9):
+                with anyio.move_on_after(cancel_after):
+                    async with rt.stream("hi", timeout=5) as stream:
+                        async for _ in stream:
+                            pass
+                assert rt.status()[0].in_flight == 0, cancel_after
+                guard = rt.budget_guard
+                assert guard is not None and guard.statistics().in_flight == 0, cancel_after
+            async with rt.stream("hi", timeout=5) as stream:
+                text = "".join([chunk.text async for chunk in stream])
+    assert text.split() == ["word"] * 20
