@@ -23,6 +23,7 @@ from runtime import HealthPolicy, Runtime
 from runtime.errors import LLMError, ProtocolError, ProviderError
 from runtime.policy import Endpoint
 from runtime.providers import Adapter, adapter_for
+from runtime.providers.base import MAX_WAIT
 from runtime.testing import FaultyEndpoint
 from runtime.types import StreamChunk
 
@@ -291,3 +292,27 @@ async def test_a_stream_starting_with_a_bom_keeps_its_first_event() -> None:
     calls = s.response.tool_calls
     assert calls and all(call.id and call.name for call in calls)
     assert [(c.id, c.name) for c in calls] == [(i, n) for i, n, _ in whole[1][1].values()]
+
+
+_HEADER_VALUES = st.one_of(
+    st.sampled_from(["inf", "-inf", "nan", "1e400", "-5", "", " ", "9" * 400, "6m0s", "1h1m1.5s", "2025-13-45T99:99:99Z"]),
+    st.text(max_size=40),
+)
+_HEADER_NAMES = [
+    "retry-after", "retry-after-ms", "x-should-retry",
+    *(f"x-ratelimit-{f}-{k}" for f in ("limit", "remaining", "reset") for k in ("requests", "tokens")),
+    *(f"anthropic-ratelimit-{k}-{f}" for f in ("limit", "remaining", "reset") for k in ("requests", "tokens", "input-tokens")),
+]
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic", "ollama"])
+@FAST
+@given(headers=st.dictionaries(st.sampled_from(_HEADER_NAMES), _HEADER_VALUES, max_size=8), status=st.sampled_from([400, 429, 500, 503, 529]))
+def test_hostile_headers_never_raise_and_never_wait_forever(dialect: str, headers: dict[str, str], status: int) -> None:
+    """Rate-limit and retry headers of any value: read or ignored, never an exception, never an infinite wait."""
+    a = adapter(dialect)
+    snapshot = a.rate_limit(headers)
+    error = a.parse_error(status, headers, b'{"error": {"message": "x"}}')
+    assert isinstance(error, ProviderError)
+    waits = [error.retry_after] + ([snapshot.reset_requests, snapshot.reset_tokens] if snapshot else [])
+    assert all(w is None or 0 <= w <= MAX_WAIT for w in waits)

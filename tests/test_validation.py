@@ -242,3 +242,22 @@ def test_header_rules() -> None:
     for name, value in (("X", "a\nb"), ("X", "a\rb"), ("X", "a\0b"), ("bad name", "v"), ("", "v"), ("X", 5)):
         with pytest.raises(InvalidRequest):
             check_header(name, value, "h")
+
+
+async def test_an_adapter_that_cannot_write_the_request_is_the_requests_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever an adapter raises while building the request is InvalidRequest for that
+    endpoint: nothing is sent and the breaker never counts it."""
+    from runtime.providers.openai import OpenAIAdapter
+
+    def broken(self: OpenAIAdapter, request: Any, *, stream: bool) -> Any:
+        raise AttributeError("'int' object has no attribute 'get'")
+
+    monkeypatch.setattr(OpenAIAdapter, "chat_request", broken)
+    async with FaultyEndpoint("openai", name="ep") as server:
+        async with Runtime([server.endpoint(health=QUIET)]) as rt:
+            for _ in range(10):
+                with pytest.raises(InvalidRequest) as info:
+                    await rt.chat("hi")
+                assert info.value.endpoint == "ep" and isinstance(info.value.__cause__, AttributeError)
+            assert rt.status()[0].breaker == "closed"
+        assert server.stats.requests == 0

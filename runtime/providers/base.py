@@ -63,6 +63,7 @@ __all__ = [
     "StreamDecoder",
     "CONTENT_FILTER_CODES",
     "DECODE_ERRORS",
+    "MAX_WAIT",
     "build_error",
     "decode_error_body",
     "decode_failure",
@@ -369,7 +370,7 @@ def parse_go_duration(value: str) -> float | None:
         pos = match.end()
     if pos != len(value):
         return _seconds(value)  # a bare number means seconds
-    return total if math.isfinite(total) else None
+    return _wait(total)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -387,19 +388,28 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return _wait(when.timestamp() - (time.time() if now is None else now))
+
+
+#: The longest wait a provider's header is taken at its word for: a day (a daily quota's
+#: reset); "1e300" or "inf" would otherwise shut an endpoint for good.
+MAX_WAIT = 86400.0
 
 
 def _seconds(value: str | None) -> float | None:
-    # A wait a server asked for: finite and not negative, or nothing ("inf" and "nan" are
-    # no waits a client can keep).
+    # A wait a server asked for: not negative, at most MAX_WAIT, or nothing ("nan" is no
+    # wait a client can keep).
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
         return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    return None if math.isnan(seconds) else _wait(seconds)
+
+
+def _wait(seconds: float) -> float:
+    return min(max(0.0, seconds), MAX_WAIT)
 
 
 def should_retry_header(headers: Mapping[str, str]) -> bool | None:
@@ -574,7 +584,7 @@ def parse_rfc3339_delay(value: str | None, now: float | None = None) -> float | 
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return _wait(when.timestamp() - (time.time() if now is None else now))
 
 
 # --- the I/O boundary ------------------------------------------------------------------
