@@ -34,7 +34,7 @@ def run_example(name: str) -> subprocess.CompletedProcess[str]:
 def test_every_example_is_tested() -> None:
     """A new example must get a test here."""
     assert sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".toml")) == [
-        "agent_loop.py", "embeddings.py", "runtime.toml", "test_your_agent.py",
+        "agent_loop.py", "embeddings.py", "runtime.toml", "structured_output.py", "test_your_agent.py",
     ]
 
 
@@ -48,6 +48,18 @@ def test_agent_loop_solves_every_task_through_the_outage() -> None:
     assert all("via backup" in line for line in lines[outage + 1 : back])
     assert all("via primary" in line for line in lines[back + 1 : back + 4])
     assert "8 of 8 tasks solved" in lines and "primary: healthy, breaker closed" in lines
+
+
+def test_structured_output_is_repaired_and_survives_failover() -> None:
+    """Every reply is a Ticket: repaired on the primary, then from the Anthropic backup; the completion skips it."""
+    done = run_example("structured_output.py")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "without repair: InvalidOutput at $: Object missing required field `steps`"
+    assert lines[1].startswith("with repair=1: Ticket(") and lines[1].endswith("via primary (2 attempts)")
+    assert "failover: Ticket with priority 'high' via backup" in lines
+    assert "completion via local: and the password was reset." in lines
+    assert lines[-1] == "every reply is a Ticket"
 
 
 def test_embeddings_fail_over_between_replicas() -> None:

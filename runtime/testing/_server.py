@@ -504,9 +504,11 @@ def _arguments_for(schema: dict[str, Any], last_user: str) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for key, spec in props.items():
         kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind == "string":
-            enum = spec.get("enum")
-            args[key] = enum[0] if isinstance(enum, list) and enum else (last_user or key)
+        enum = spec.get("enum") if isinstance(spec, dict) else None
+        if isinstance(enum, list) and enum:  # with or without a type (msgspec's Literal schemas have none)
+            args[key] = enum[0]
+        elif kind == "string":
+            args[key] = last_user or key
         elif kind in ("integer", "number"):
             args[key] = 1
         elif kind == "boolean":
