@@ -306,3 +306,29 @@ async def test_a_trip_made_while_redis_was_away_is_shared_when_it_is_back(local:
                     break
             assert b.status()[0].breaker == "open"
             assert a.status()[0].shared == b.status()[0].shared == f"redis {srv.url}"
+
+
+async def test_isolate_and_reset_by_hand_hold_for_every_runtime(
+    server: RedisServer, prefix: str, local: FaultyEndpoint
+) -> None:
+    """isolate() in one runtime opens the endpoint's breaker everywhere; reset() closes it and
+    ends a shared throttle everywhere."""
+    endpoint = local.endpoint(name="hand", health=QUIET)
+    policy = _policy(server, prefix)
+    async with Runtime([endpoint], shared=policy) as a, Runtime([endpoint], shared=policy) as b:
+        a.actor("hand").isolate()
+        await asyncio.sleep(0.2)
+        assert b.status()[0].breaker == "open" and b.actor("hand").breaker.isolated
+        a.actor("hand").reset()
+        await asyncio.sleep(0.2)
+        assert b.status()[0].breaker == "closed"
+        local.faults.fail_next(1, 429, retry_after=30.0)
+        with pytest.raises(AllEndpointsFailed):
+            await b.chat("hi", timeout=1)
+        await asyncio.sleep(0.2)
+        assert a.status()[0].state == "throttled"
+        b.actor("hand").reset()
+        await asyncio.sleep(0.2)
+        assert [s.breaker for s in (*a.status(), *b.status())] == ["closed", "closed"]
+        assert a.status()[0].state == "healthy"
+        assert (await a.chat("hi")).text

@@ -128,9 +128,19 @@ class SharedLimiter(Limiter):
         super().throttle(until)
         self._share.throttle_everywhere(until)
 
+    def unthrottle(self) -> None:
+        """As :meth:`Limiter.unthrottle`, for every process (a reset by hand)."""
+        super().unthrottle()
+        if self._share.available:
+            self._share.send(("throttle", self._share.keys[:1], [0]))
+
     def throttle_here(self, until: float) -> None:
         """Throttle this process only: what another process's 429 told Redis."""
         super().throttle(until)
+
+    def unthrottle_here(self) -> None:
+        """End this process's throttle only: Redis holds none (it ended, or was reset by hand)."""
+        super().unthrottle()
 
 
 class SharedBreakerStorage(BreakerStorage):
@@ -325,8 +335,12 @@ class EndpointShare:
         throttle = _adopt(self.storage.record, view, now)
         if self.storage.record.state != S_HALF_OPEN:
             self.storage.trials_held = 0  # a new period: permits from the last one are void there too
+        limiter = self.limiter
+        throttled = limiter.throttled_until > now
         if throttle > 0:
-            self.limiter.throttle_here(now + throttle)
+            limiter.throttle_here(now + throttle)
+        elif throttled:
+            limiter.unthrottle_here()
         actor = self.actor
         if announce and actor is not None:
             record = self.storage.record
@@ -336,7 +350,7 @@ class EndpointShare:
             facts["open_for"] = None if record.open_for is None or record.state != S_OPEN else round(record.open_for, 6)
             facts.setdefault("retry_after", None)
             actor.breaker.announce((announce[0], announce[1], announce[2], facts))
-        if actor is not None and (self.storage.record.state != before or throttle > 0):
+        if actor is not None and (self.storage.record.state != before or throttled != (throttle > 0)):
             actor.notice()
 
     def breaker_step(self, step: str, local: Transition | None, policy: BreakerPolicy | None, reason: str,

@@ -168,11 +168,16 @@ return 1
 """
 
 THROTTLE = _PRELUDE + r"""
--- ARGV: seconds. Only ever extends: a shorter Retry-After arriving late does not cut a throttle short.
+-- ARGV: seconds. Only ever extends: a shorter Retry-After arriving late does not cut a throttle
+-- short; 0 or less ends the throttle (a reset by hand).
 local now = clock()
 local b = load(KEYS[1])
-local until_ = now + tonumber(ARGV[1])
-if until_ > b.thr then redis.call('HSET', KEYS[1], 'thr', tostring(until_)) end
+local seconds = tonumber(ARGV[1])
+if seconds <= 0 then
+  redis.call('HSET', KEYS[1], 'thr', '0')
+elseif now + seconds > b.thr then
+  redis.call('HSET', KEYS[1], 'thr', tostring(now + seconds))
+end
 return 1
 """
 
