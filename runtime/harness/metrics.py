@@ -7,8 +7,8 @@ Definitions (the README's "Failover benchmark harness" section says the same):
 - a request's *route* is the first endpoint it went to: its first attempt when the system
   reports attempts, else the first fake that saw it, else the one that served it (a
   request that failed and reached no fake has no known route: it never counts as moved);
-- a fault window's endpoint is *serving* when most requests before the fault were routed
-  to it (the priority-1 endpoint for a fault at the very start);
+- a fault window's endpoint is *serving* when at least a third of the last 50 requests
+  before the fault were routed to it (a priority-1 endpoint, for a fault at the very start);
 - *time to detect*: fault start → the first request (started inside the window) from which
   three in a row were routed elsewhere; *time to recover*: fault end → the first request
   from which three in a row were routed back to it and answered whole. Both only for
@@ -187,10 +187,10 @@ def _window(
     inside = [r for r in run.requests if fault.start <= r.start < fault.end]
     before = [r for r in run.requests if r.start < fault.start]
     if before:
-        share = Counter(routes.route(r) for r in before[-50:])
-        serving = share.most_common(1)[0][0] == fault.endpoint
+        recent = before[-50:]
+        serving = 3 * sum(routes.route(r) == fault.endpoint for r in recent) >= len(recent)
     else:
-        serving = names[0] == fault.endpoint
+        serving = run.scenario.priorities()[fault.endpoint] == min(run.scenario.priorities().values())
     detect = recover = None
     if serving and fault.for_:
         detect = _streak(inside, lambda r: routes.route(r) not in (None, fault.endpoint), fault.start)
@@ -233,7 +233,8 @@ def _endpoints(run: RunRecord, routes: _Routes, names: list[str]) -> dict[str, E
     mix = run.scenario.requests
     words = mix.answer_words if mix.max_tokens is None else min(mix.answer_words, mix.max_tokens)
     out = {}
-    for priority, name in enumerate(names, 1):
+    priorities = run.scenario.priorities()
+    for name in names:
         seen = [a for a in run.arrivals if a.endpoint == name]
         chat = [a for a in seen if a.kind != "probe"]
         answered = sum(1 for a in chat if a.action in ("answer", "malformed"))
@@ -243,7 +244,7 @@ def _endpoints(run: RunRecord, routes: _Routes, names: list[str]) -> dict[str, E
             run.models.get(name, ""), spec.dialect, spec.price,
         )
         out[name] = EndpointResult(
-            priority=priority,
+            priority=priorities[name],
             received=len(chat),
             probes=len(seen) - len(chat),
             injected=sum(1 for a in chat if a.action != "answer"),

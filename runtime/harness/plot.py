@@ -52,8 +52,9 @@ def plot_scenario(runs: Sequence[RunResult], path: Path) -> None:
     end = max([first.duration_s] + [r.end for run in runs for r in run.series.requests])
     width = _bucket(end)
     edges = [i * width for i in range(int(end / width) + 2)]
+    rows = len(first.windows) + len(names)
     fig, axes = plt.subplots(
-        4, 1, sharex=True, figsize=(11, 8.5), gridspec_kw={"height_ratios": [3, 1.6, 2, 0.5 + 0.35 * len(names)]}
+        4, 1, sharex=True, figsize=(11, 8 + 0.2 * rows), gridspec_kw={"height_ratios": [3, 1.6, 2, 0.5 + 0.3 * rows]}
     )
     served, rate, latency, lanes = axes
     for ax in axes:
@@ -66,11 +67,6 @@ def plot_scenario(runs: Sequence[RunResult], path: Path) -> None:
         _latency(latency, run, edges, width, colour)
     _lanes(lanes, next((r for r in runs if r.series.transitions), first), names, end)
     served.set_title(f"{first.scenario}: {first.description}"[:140], fontsize=9, loc="left")
-    for w in first.windows:
-        served.annotate(
-            f"{w.endpoint}: {w.label}"[:40], (w.start, 1.0), xycoords=("data", "axes fraction"),
-            fontsize=7, va="top", ha="left", rotation=0, color="#a33",
-        )
     served.set_ylabel(f"requests / {width:g} s")
     rate.set_ylabel("success")
     rate.set_ylim(-0.05, 1.05)
@@ -134,10 +130,19 @@ def _latency(ax: Any, run: RunResult, edges: list[float], width: float, colour: 
 
 
 def _lanes(ax: Any, run: RunResult, names: list[str], end: float) -> None:
-    ax.set_yticks(range(len(names)), [f"{n} breaker" for n in names], fontsize=7)
-    ax.set_ylim(-0.6, len(names) - 0.4)
+    """The faults, one lane each (labelled), above each endpoint's breaker lane."""
+    windows = run.windows
+    labels = [f"{n} breaker" for n in names] + [f"fault: {w.endpoint}" for w in reversed(windows)]
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    for i, w in enumerate(reversed(windows)):
+        lane = len(names) + i
+        width = max(w.end - w.start, end / 200)
+        ax.broken_barh([(w.start, width)], (lane - 0.35, 0.7), color="#f4a6a6")
+        ax.text(w.start + end / 200, lane, w.label, fontsize=7, va="center", ha="left", color="#722")
     if not run.series.transitions:
-        ax.text(0.5, 0.5, f"{run.system} reports no breaker states", transform=ax.transAxes, ha="center", fontsize=8, color="#777")
+        ax.text(0.5, (len(names) / 2) / len(labels), f"{run.system} reports no breaker states", transform=ax.transAxes,
+                ha="center", va="center", fontsize=8, color="#777")
         return
     for lane, name in enumerate(names):
         state, since = "closed", 0.0

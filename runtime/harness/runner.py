@@ -238,10 +238,10 @@ async def run_scenario(
     try:
         async with fleet:
             _listen(scenario, fleet, arrivals, spans)
+            priorities = scenario.priorities()
             target = Target(
                 endpoints=[
-                    TargetEndpoint(ep.name, ep.provider, ep.model, ep.base_url, priority)
-                    for priority, ep in enumerate(fleet, 1)
+                    TargetEndpoint(ep.name, ep.provider, ep.model, ep.base_url, priorities[ep.name]) for ep in fleet
                 ],
                 budget=scenario.budget,
                 runtime=scenario.runtime,
@@ -355,7 +355,7 @@ def _start_load(scenario: Scenario, tg: Any, one: Callable[[], Any], t0: float) 
         tg.start_soon(_open_loop, tg, one, t0, scenario.duration, load.rate)
     if load.concurrency is not None:
         for _ in range(load.concurrency):
-            tg.start_soon(_closed_loop, one, t0 + scenario.duration)
+            tg.start_soon(_closed_loop, one, t0 + scenario.duration, load.think)
     for burst in load.bursts:
         tg.start_soon(_burst, tg, one, t0 + burst.at, burst.n)
 
@@ -367,10 +367,12 @@ async def _open_loop(tg: Any, one: Callable[[], Any], t0: float, duration: float
         tg.start_soon(one)
 
 
-async def _closed_loop(one: Callable[[], Any], until: float) -> None:
-    """One caller: the next request as soon as the last one finished."""
+async def _closed_loop(one: Callable[[], Any], until: float, think: float) -> None:
+    """One caller: the next request ``think`` seconds after the last one finished."""
     while anyio.current_time() < until:
         await one()
+        if think > 0:
+            await anyio.sleep(think)
 
 
 async def _burst(tg: Any, one: Callable[[], Any], at: float, n: int) -> None:

@@ -21,7 +21,7 @@ A scenario is a TOML file::
                                        # or any runtime.testing.Faults knob: error_rate = 1.0, ...
 
     [load]
-    rate = 10                          # open loop, requests/s; or concurrency = C (closed loop)
+    rate = 10                          # open loop, requests/s; or concurrency = C (closed loop, think = S)
     bursts = [{at = 40, n = 50}]       # N requests at once
 
     [requests]
@@ -94,6 +94,8 @@ class EndpointSpec(_Spec, frozen=True):
 
     name: str
     dialect: DialectName = "openai"
+    #: default: its place in the list (1, 2, ...); equal priorities share the traffic
+    priority: int | None = None
     model: str | None = None
     #: seconds before every answer when no fault says otherwise (a provider's normal speed)
     latency: float = 0.0
@@ -175,6 +177,8 @@ class LoadSpec(_Spec, frozen=True):
 
     rate: float | None = None
     concurrency: int | None = None
+    #: seconds a closed-loop caller waits between its requests (so fast failures do not spin)
+    think: float = 0.0
     bursts: list[BurstSpec] = msgspec.field(default_factory=list)
 
 
@@ -231,6 +235,10 @@ class Scenario(_Spec, frozen=True):
     budget: BudgetSpec = msgspec.field(default_factory=BudgetSpec)
     runtime: RuntimeSpec = msgspec.field(default_factory=RuntimeSpec)
     expect: Expectations = msgspec.field(default_factory=Expectations)
+
+    def priorities(self) -> dict[str, int]:
+        """Each endpoint's priority: as given, else its place in the list."""
+        return {ep.name: ep.priority or i for i, ep in enumerate(self.endpoints, 1)}
 
     def endpoint(self, name: str) -> EndpointSpec:
         """The endpoint called ``name``."""
@@ -326,10 +334,11 @@ def _knob_value(name: str, value: Any, default: Any, key: str, source: str) -> A
     if value is False and (default is None or name == "retry_after"):
         return None  # TOML has no null: false turns the knob off
     if isinstance(value, bool) or not isinstance(value, int | float):
+        # Knobs that are not numbers or switches (``body``) are for tests written in Python.
         raise ConfigError(f"{source}: {name} must be a number, got {value!r}", key=key)
     if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"{source}: {name} must be a finite number >= 0, got {value!r}", key=key)
-    if (isinstance(default, int) or default is None) and not isinstance(value, int):
+    if isinstance(default, int) and not isinstance(value, int):
         raise ConfigError(f"{source}: {name} must be a whole number, got {value!r}", key=key)
     if name == "error_rate" and value > 1:
         raise ConfigError(f"{source}: error_rate must be between 0 and 1, got {value!r}", key=key)
@@ -348,6 +357,8 @@ def _check(s: Scenario, source: str) -> None:
     for i, ep in enumerate(s.endpoints):
         if not ep.name or names.index(ep.name) != i:
             raise bad("name", "endpoint names must be unique and not empty", ep.name)
+        if ep.priority is not None and ep.priority < 1:
+            raise bad("priority", f"must be at least 1, got {ep.priority}", ep.name)
         if ep.latency < 0 or ep.chunk_delay < 0 or not 0 <= ep.port < 65536:
             raise bad("latency", "latency and chunk_delay must be >= 0 and port 0-65535", ep.name)
     if not (math.isfinite(s.duration) and s.duration > 0):
@@ -392,6 +403,8 @@ def _check_load(s: Scenario, bad: Any) -> None:
         raise bad("load", "no load: give rate, concurrency or bursts")
     if load.rate is not None and not (math.isfinite(load.rate) and load.rate > 0):
         raise bad("load.rate", f"must be a positive number of requests per second, got {load.rate!r}")
+    if not (math.isfinite(load.think) and load.think >= 0):
+        raise bad("load.think", f"must be a number of seconds >= 0, got {load.think!r}")
     if load.concurrency is not None and load.concurrency < 1:
         raise bad("load.concurrency", f"must be at least 1, got {load.concurrency}")
     for i, burst in enumerate(load.bursts):
