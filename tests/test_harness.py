@@ -4,7 +4,7 @@ against what each scenario implies; a truncating system is caught; the control r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import pytest
@@ -20,9 +20,11 @@ from runtime.harness import (
     System,
     Target,
     builtin,
+    catalogue,
     run_scenario,
     score,
 )
+from runtime.harness.metrics import WindowResult
 
 pytestmark = pytest.mark.anyio
 
@@ -50,6 +52,60 @@ async def test_primary_outage_with_healthy_backup(span_exporter: InMemorySpanExp
     seq = [s for _, s in states]
     assert len(seq) >= 3 and seq == ["open", "half_open"] * (len(seq) // 2) + ["closed"]
     assert r.cost_usd > 0 and r.latency_ms.p99 is not None
+
+
+def _breaker_opened(r: RunResult, endpoint: str = "primary") -> bool:
+    return any(t.kind == "breaker" and t.endpoint == endpoint and t.to_state == "open" for t in r.series.transitions)
+
+
+def _window(r: RunResult, i: int = 0) -> WindowResult:
+    return r.windows[i]
+
+
+#: What each scenario implies beyond its own [expect] table, as checks on the result.
+_IMPLIED: dict[str, Callable[[RunResult], bool]] = {
+    "429-with-retry-after": lambda r: r.failed == 0 and _window(r).absorbed <= 12,  # Retry-After: 5 is honoured
+    "429-without-retry-after": lambda r: r.failed == 0 and not _breaker_opened(r),  # a 429 is not a breaker failure
+    "500-once": lambda r: sum(len(q.attempts or ()) == 2 for q in r.series.requests) == 1,
+    "503-persistent": lambda r: _window(r).absorbed <= 10 and _breaker_opened(r),
+    "reset-before-headers": lambda r: r.failed == 0 and _breaker_opened(r),
+    "no-response": lambda r: r.failed == 0 and (r.latency_ms.p99 or 0) >= 2000,  # the attempt timeout shows
+    "slow-first-token": lambda r: r.failed == 0 and r.ttfc_ms.p99 is not None and r.ttfc_ms.p99 < 3000,
+    "stream-cut-mid-answer": lambda r: set(r.errors) <= {"StreamInterrupted"} and _breaker_opened(r),
+    "stream-cut-restart": lambda r: r.failed == 0 and r.endpoints["backup"].served >= 90,
+    "stall-mid-stream": lambda r: set(r.errors) <= {"StreamInterrupted"},
+    "malformed-event": lambda r: set(r.errors) <= {"StreamInterrupted"},
+    "stream-without-sentinel": lambda r: r.succeeded == r.requests,
+    "stream-ends-early": lambda r: set(r.errors) <= {"StreamInterrupted"},
+    "context-length-exceeded": lambda r: r.endpoints["backup"].served >= 20 and not _breaker_opened(r),
+    "content-filter": lambda r: r.errors == {"ContentFiltered": 10} and not _breaker_opened(r),
+    "fallback-rejects-prefill": lambda r: r.failed == 0 and r.endpoints["backup"].served >= 90,
+    "failover-accounting": lambda r: (
+        sum(e.served for e in r.endpoints.values()) == r.requests
+        and r.endpoints["primary"].cost_usd > r.endpoints["backup"].cost_usd > 0
+    ),
+    "demo": lambda r: all(e.served > 0 for e in r.endpoints.values()),
+    "brown-out": lambda r: (r.latency_ms.p99 or 0) >= 1000,
+    "429-storm-under-concurrency": lambda r: r.endpoints["local"].served > 0,
+    "priority-1-all-down": lambda r: r.endpoints["backup"].served >= _window(r).requests - 10,
+    "burst-when-primary-dies": lambda r: r.requests >= 150 and r.endpoints["backup"].served >= 50,
+    "primary-down-then-healthy": lambda r: r.endpoints["backup"].served >= 145,
+}
+
+
+def test_every_catalogue_scenario_has_its_implied_checks() -> None:
+    """The table below covers the whole catalogue, and nothing that is not in it."""
+    assert set(_IMPLIED) == set(catalogue())
+
+
+@pytest.mark.parametrize("name", sorted(catalogue()))
+async def test_catalogue_for_llm_runtime(name: str, span_exporter: InMemorySpanExporter) -> None:
+    """Each built-in scenario against llm-runtime's defaults: its expectations met, no
+    truncated answer ever, and what the scenario implies about the numbers."""
+    r = await _score(name)
+    assert r.passed, [x for x in r.expectations if not x.passed]
+    assert r.truncated == 0 and r.requests > 0
+    assert _IMPLIED[name](r), (r.errors, r.windows, r.endpoints)
 
 
 class _Truncating(System):

@@ -251,6 +251,8 @@ async def run_scenario(
                 spans.names = session.names
                 requests = await _drive(scenario, session, fleet, spans, watch, _Judge(texts, scenario.requests.max_tokens), seed)
                 mapping = list(session.mapping)
+                # Taken before the system closes: its shutdown (endpoints "draining") is not part of the run.
+                transitions = list(spans.transitions)
     finally:
         tap.sinks.remove(spans)
     return RunRecord(
@@ -263,9 +265,9 @@ async def run_scenario(
         models={fake.name: fake.model for fake in fleet},
         requests=sorted(requests, key=lambda r: r.index),
         arrivals=arrivals,
-        transitions=list(spans.transitions),
+        transitions=transitions,
         wall_s=round(time.perf_counter() - wall, 3),
-        observes_breakers=bool(spans.transitions) or system.name.startswith("llm-runtime"),
+        observes_breakers=bool(transitions) or system.name.startswith("llm-runtime"),
     )
 
 

@@ -46,7 +46,7 @@ the end without ``for``). ``false`` turns off a knob whose off value is None
 ``fail`` are one-shot behaviours consumed by the next requests.
 
 ``[runtime]`` tunes llm-runtime when it is the system under test without a ``--config``
-(``breaker``, ``health``, ``retry`` tables as in a ``runtime.toml``). Every problem is a
+(``breaker``, ``health``, ``retry`` tables and ``on_interrupt`` as in a ``runtime.toml``). Every problem is a
 :class:`~runtime.errors.ConfigError` naming the key (``faults[1].error_rat``), as the
 config loader does; nothing is half-loaded.
 """
@@ -63,7 +63,7 @@ import msgspec
 
 from ..config import _translate
 from ..errors import ConfigError
-from ..policy import BreakerPolicy, HealthPolicy, Price, RetryPolicy
+from ..policy import BreakerPolicy, HealthPolicy, OnInterrupt, Price, RetryPolicy
 from ..testing import Faults
 
 __all__ = [
@@ -208,6 +208,8 @@ class RuntimeSpec(_Spec, frozen=True):
     breaker: BreakerPolicy | None = None
     health: HealthPolicy | None = None
     retry: RetryPolicy | None = None
+    #: what a stream that fails after content reached the caller does (the runtime's default: raise)
+    on_interrupt: OnInterrupt | None = None
 
 
 class Expectations(_Spec, frozen=True):

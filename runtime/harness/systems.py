@@ -182,8 +182,12 @@ class LLMRuntime(System):
                 f"endpoints: {', '.join(f'{ep.name} ({ep.provider}) priority {ep.priority}' for ep in target.endpoints)}",
                 f"retry: max_attempts {b.attempts}; timeouts: attempt {b.attempt_timeout:g} s, request {b.request_timeout:g} s",
                 f"breaker: {spec.breaker or 'defaults'}; health: {spec.health or 'defaults'}",
+                f"streams interrupted after content: {spec.on_interrupt or 'raise'}",
             ]
-            rt = Runtime(endpoints, timeout=b.request_timeout, retry=retry, shutdown_grace=2.0, seed=target.seed)
+            rt = Runtime(
+                endpoints, timeout=b.request_timeout, retry=retry, shutdown_grace=2.0, seed=target.seed,
+                on_interrupt=spec.on_interrupt or "raise",
+            )
             return rt, session
         config = load_config(self.config)
         pairs = _pair(config.endpoints, target.endpoints)
@@ -250,6 +254,8 @@ class _RuntimeSession(Session):
             ttfc: list[float] = []
             async with rt.stream(call.prompt, max_tokens=call.max_tokens) as s:
                 async for chunk in s:
+                    if chunk.restart:  # what came before is void: a new answer begins
+                        parts.clear()
                     _timed_text(parts, ttfc, started, chunk.text)
                 reply = s.response
             return Answer(
