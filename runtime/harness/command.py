@@ -4,7 +4,7 @@
 
     llm-runtime bench list
     llm-runtime bench run [NAME|FILE ...] [--system S ...] [--config F] [--out DIR] [--seed N]
-                          [--clock virtual|real] [--no-control] [--no-plots]
+                          [--clock virtual|real] [--jobs N] [--no-control] [--no-plots]
     llm-runtime bench report DIR ... [--out DIR]
 
 ``run`` without a scenario runs the whole catalogue. It exits 1 when a gated run (any
@@ -18,8 +18,11 @@ couple of minutes; ``--clock real`` runs them on the wall clock.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,8 @@ def add_bench(commands: Any, command: Callable[..., argparse.ArgumentParser], pa
     run.add_argument("--clock", choices=["virtual", "real"], default="virtual",
                      help="virtual: timeouts and the timeline fast-forward (default); real: the wall clock")
     run.add_argument("--no-control", action="store_true", help="leave out the bare aiohttp control row")
+    run.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
+                     help="scenarios run in N worker processes at once (default: 2, or 1 on one core)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     report = command(actions, "report", _report, configured=False, help="set earlier reports side by side",
                      description="Read report.json from each DIR and write one report with every run side by side.")
@@ -172,34 +177,72 @@ async def run_all(
     return results
 
 
-def _systems(args: argparse.Namespace) -> list[System]:
-    specs = args.system or ["llm-runtime"]
-    if args.config and "llm-runtime" not in specs:
+def _systems(specs: Sequence[str], config: str | None, control: bool) -> list[System]:
+    if config and "llm-runtime" not in specs:
         raise ConfigError("--config configures llm-runtime: add --system llm-runtime", key="config")
-    systems = [system_from_spec(spec, config=args.config) for spec in specs]
-    if not args.no_control and not any(isinstance(s, BareAiohttp) for s in systems):
+    systems = [system_from_spec(spec, config=config) for spec in specs]
+    if control and not any(isinstance(s, BareAiohttp) for s in systems):
         systems.append(BareAiohttp())
     return systems
 
 
+def _loop_options(clock: str) -> dict[str, Any]:
+    if clock != "virtual":
+        return {}
+    from ..testing import VirtualClockLoop
+
+    return {"loop_factory": VirtualClockLoop}
+
+
+def _job(scenario: Scenario, specs: list[str], config: str | None, control: bool, seed: int, clock: str) -> bytes:
+    """One scenario against every system, in a worker process; the results as msgpack."""
+    systems = _systems(specs, config, control)
+    results = anyio.run(lambda: run_all([scenario], systems, seed=seed), backend="asyncio", backend_options=_loop_options(clock))
+    return msgspec.msgpack.encode(results)
+
+
 def _run(args: argparse.Namespace) -> int:
     scenarios = [resolve(name) for name in args.scenarios] if args.scenarios else list(catalogue().values())
-    systems = _systems(args)
-    options: dict[str, Any] = {}
-    if args.clock == "virtual":
-        from ..testing import VirtualClockLoop
-
-        options["loop_factory"] = VirtualClockLoop
+    specs: list[str] = args.system or ["llm-runtime"]
+    systems = _systems(specs, args.config, not args.no_control)  # refuses bad names before anything starts
+    if args.jobs < 1:
+        raise ConfigError(f"must be at least 1, got {args.jobs}", key="jobs")
     console = Console(stderr=True)
-    with _Progress(console, len(scenarios) * len(systems)) as progress:
-        results = anyio.run(
-            lambda: run_all(scenarios, systems, seed=args.seed, progress=progress),
-            backend="asyncio", backend_options=options,
-        )
+    jobs = min(args.jobs, len(scenarios))
+    if jobs <= 1:
+        with _Progress(console, len(scenarios) * len(systems)) as progress:
+            results = anyio.run(
+                lambda: run_all(scenarios, systems, seed=args.seed, progress=progress),
+                backend="asyncio", backend_options=_loop_options(args.clock),
+            )
+    else:
+        results = _run_parallel(scenarios, specs, args, console, jobs, len(systems))
     if not results:
         raise ConfigError("no system could run these scenarios", key="system")
     report = new_report(results, args.seed)
     return _publish(report, Path(args.out), args)
+
+
+def _run_parallel(
+    scenarios: Sequence[Scenario], specs: list[str], args: argparse.Namespace, console: Console, jobs: int, per: int
+) -> list[RunResult]:
+    """Scenarios spread over ``jobs`` worker processes (each its own event loop and fakes); results in order."""
+    # spawn, not fork: a forked child would inherit the parent's threads' locks (telemetry exporters).
+    context = multiprocessing.get_context("spawn")
+    done: dict[int, list[RunResult]] = {}
+    with _Progress(console, len(scenarios) * per) as progress, ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(_job, s, specs, args.config, not args.no_control, args.seed, args.clock): i
+            for i, s in enumerate(scenarios)
+        }
+        finished = 0
+        for future in as_completed(futures):
+            results = msgspec.msgpack.decode(future.result(), type=list[RunResult])
+            done[futures[future]] = results
+            for result in results:
+                finished += 1
+                progress.finished(result, f"[{finished}/{len(scenarios) * per}]")
+    return [r for i in sorted(done) for r in done[i]]
 
 
 def _publish(report: Report, out: Path, args: argparse.Namespace) -> int:

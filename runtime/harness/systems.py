@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
+import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -448,6 +449,8 @@ class LiteLLMRouter(System):
 
     @contextlib.asynccontextmanager
     async def session(self, target: Target) -> AsyncIterator[Session]:
+        # Its price list from the package, not fetched from the network on import.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         try:
             # Not a dependency: typed as Any, found at run time when installed.
             litellm: Any = importlib.import_module("litellm")
