@@ -36,5 +36,6 @@ bench: install
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/tokens.py
 	$(BIN)/python benchmarks/chat_streaming.py
+	$(BIN)/python benchmarks/harness.py
 	$(BIN)/python benchmarks/shared.py
 	$(BIN)/python benchmarks/gateway.py
