@@ -539,17 +539,20 @@ def _int(value: str | None) -> int | None:
 
 
 
+@functools.cache
+def _rate_limit_names(template: str, tokens: str) -> tuple[str, ...]:
+    # Formatted once per provider, not six times per response (that was ~3 µs a reply).
+    return tuple(template.format(field=f, kind=k) for k in ("requests", tokens) for f in ("limit", "remaining", "reset"))
+
+
 def rate_limit_snapshot(
     headers: Mapping[str, str], template: str, reset: Callable[[str], float | None], *, tokens: str = "tokens"
 ) -> RateLimitSnapshot | None:
     """The six rate-limit headers a provider names by ``template`` (``{field}`` is
     ``limit``/``remaining``/``reset``, ``{kind}`` is ``requests`` or ``tokens``), resets read
     by ``reset``; None when the response carried none of them."""
-    def read(field: str, kind: str) -> str | None:
-        return headers.get(template.format(field=field, kind=kind))
-
-    values = [read(field, kind) for kind in ("requests", tokens) for field in ("limit", "remaining", "reset")]
-    if all(v is None for v in values):
+    values = list(map(headers.get, _rate_limit_names(template, tokens)))
+    if values.count(None) == len(values):
         return None
     limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = values
     return RateLimitSnapshot(
