@@ -316,3 +316,37 @@ def test_hostile_headers_never_raise_and_never_wait_forever(dialect: str, header
     assert isinstance(error, ProviderError)
     waits = [error.retry_after] + ([snapshot.reset_requests, snapshot.reset_tokens] if snapshot else [])
     assert all(w is None or 0 <= w <= MAX_WAIT for w in waits)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_a_stream_cut_short_says_how_much_had_arrived(dialect: str) -> None:
+    """A body that ends cleanly before the answer's end: the error says how many characters
+    the caller already had, in our words, and stays a ProtocolError."""
+    from runtime.errors import StreamInterrupted
+
+    async with FaultyEndpoint(dialect, name="cut", text="alpha beta gamma delta") as server:
+        server.faults.end_after = 2
+        async with Runtime([server.endpoint(health=QUIET)]) as rt:
+            with pytest.raises(StreamInterrupted) as info:
+                async with rt.stream("hi") as s:
+                    async for _ in s:
+                        pass
+    cause = info.value.cause
+    assert isinstance(cause, ProtocolError)
+    assert f"the stream was cut after {len(info.value.partial)} characters" in str(cause)
+
+
+@pytest.mark.anyio
+async def test_a_body_past_the_limit_is_a_protocol_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole body larger than MAX_BODY_BYTES is refused while it is read, and fails over."""
+    import runtime.providers.base as base
+
+    monkeypatch.setattr(base, "MAX_BODY_BYTES", 1000)
+    async with FaultyEndpoint("openai", name="huge") as bad, FaultyEndpoint("openai", name="good") as good:
+        bad.faults.body = b'{"choices": [{"index": 0, "message": {"content": "' + b"x" * 5000 + b'"}}]}'
+        async with Runtime([bad.endpoint(health=QUIET, priority=1), good.endpoint(health=QUIET, priority=2)]) as rt:
+            reply = await rt.chat("hi")
+    assert reply.endpoint == "good"
+    error = reply.attempts[0].error
+    assert isinstance(error, ProtocolError) and "exceeds the 1000-byte limit" in str(error)

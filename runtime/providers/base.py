@@ -63,6 +63,7 @@ __all__ = [
     "StreamDecoder",
     "CONTENT_FILTER_CODES",
     "DECODE_ERRORS",
+    "MAX_BODY_BYTES",
     "MAX_WAIT",
     "build_error",
     "decode_error_body",
@@ -391,6 +392,10 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return _wait(when.timestamp() - (time.time() if now is None else now))
 
 
+#: The largest whole body (a reply, an error, a batch of embeddings) read into memory.
+#: 2048 embeddings of 3072 dimensions are about 130 MB of JSON; more is a broken server.
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
 #: The longest wait a provider's header is taken at its word for: a day (a daily quota's
 #: reset); "1e300" or "inf" would otherwise shut an endpoint for good.
 MAX_WAIT = 86400.0
@@ -666,8 +671,23 @@ class ProviderClient:
             ) from self.adapter.scrub(exc)
 
     async def _fail(self, resp: aiohttp.ClientResponse) -> ProviderError:
-        body = await resp.read()
+        body = await self._read(resp)
         return self.adapter.parse_error(resp.status, resp.headers, body)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, refused with :class:`ProtocolError` past :data:`MAX_BODY_BYTES`
+        (decompressed: a small gzip body can inflate to gigabytes)."""
+        size = resp.content_length
+        if size is not None and size <= MAX_BODY_BYTES and "Content-Encoding" not in resp.headers:
+            return await resp.read()  # the common case: a known, bounded length
+        parts: list[bytes] = []
+        total = 0
+        async for piece in resp.content.iter_any():
+            total += len(piece)
+            if total > MAX_BODY_BYTES:
+                raise self.adapter._protocol(f"the body exceeds the {MAX_BODY_BYTES}-byte limit")
+            parts.append(piece)
+        return b"".join(parts)
 
     async def chat(self, request: ChatRequest, timeout: float) -> tuple[ChatResponse, RateLimitSnapshot | None]:
         """One non-streaming chat attempt, bounded by ``timeout`` seconds."""
@@ -696,7 +716,7 @@ class ProviderClient:
             ) as resp:
                 if resp.status >= 400:
                     raise await self._fail(resp)
-                body = await resp.read()
+                body = await self._read(resp)
                 # The raw header, not aiohttp's parsed property: parsing costs more than the check.
                 if what == "reply" and not resp.headers.get("Content-Type", "").startswith("application/json"):
                     raise self.adapter._protocol(f"expected application/json, got {resp.content_type!r}")
@@ -764,7 +784,7 @@ class ChunkStream:
                 if resp.status >= 400:
                     raise await client._fail(resp)
                 if resp.content_type not in client.adapter.stream_content_types:
-                    body = await resp.read()
+                    body = await client._read(resp)
                     if resp.content_type == "application/json":
                         # an error body under a 2xx status still says what went wrong
                         raise client.adapter.parse_error(resp.status if resp.status >= 400 else 502, resp.headers, body)
@@ -799,7 +819,7 @@ class ChunkStream:
             async with asyncio.timeout_at(self._deadline):
                 while True:
                     data = await content.readany()
-                    chunks = decoder.feed(data) if data else decoder.finish()
+                    chunks = decoder.feed(data) if data else self._finish()
                     if chunks or not data or decoder.done:
                         break
         except BaseException as exc:
@@ -822,6 +842,15 @@ class ChunkStream:
             self._pending.extend(chunks[1:])
         self._chars += len(first.text)
         return first
+
+    def _finish(self) -> list[StreamChunk]:
+        # The body ended: an answer cut short says how much of it the caller already has.
+        try:
+            return self._decoder.finish()
+        except ProtocolError as exc:
+            exc.message = f"the stream was cut after {self._chars} characters: {exc.message}"
+            exc.args = (exc.message,)
+            raise
 
     def _translate(self, exc: BaseException, streamed: int | None = None) -> BaseException:
         client = self._client
