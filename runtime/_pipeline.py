@@ -575,6 +575,20 @@ class Call:
             _annotate(span, reply, usage, self.model or actor.model, len(self.trail))
         end_span(span, None)
 
+    def spent(self, actor: EndpointActor, model: str, usage: Usage) -> None:
+        """Charge what an attempt used without a reply to show for it (a stream's answer that
+        failed mid-way, estimated: its provider bills it, but no usage came with the cut
+        answer) to the ledger, the budgets and the token metrics, as no request."""
+        pipeline = self.pipeline
+        cost = pipeline.price(model, actor).cost(usage)
+        tokens = usage.input_tokens + usage.output_tokens
+        if pipeline.budget is not None:
+            pipeline.budget.spend(tokens, cost)
+        guard = pipeline.endpoint_budgets.get(actor.name)
+        if guard is not None:
+            guard.spend(tokens, cost)
+        pipeline.ledger.record(actor.name, model or actor.model, usage, cost, request=False)
+
     def fail(self, exc: BaseException) -> None:
         """The request ends without a reply: free its reservation, count it, end its span."""
         self.release()

@@ -21,7 +21,7 @@ import msgspec
 from ._assembly import PartialReply, first_content
 from ._pipeline import Call, ChatOptions, Pipeline
 from ._recovery import Mode, Recovery, recoverable
-from .accounting import replay_as_stream
+from .accounting import estimate_usage, replay_as_stream
 from .dispatch.dispatcher import Outcome
 from .endpoint.actor import EndpointActor, Permit
 from .errors import InvalidRequest, LLMError, StreamInterrupted, Timeout
@@ -70,6 +70,8 @@ class ReplyStream:
         self._cache_key: str | None = None
         self._first_at = 0.0
         self._tokens = self._window = 0
+        self._sent: ChatRequest = options.request  # what the serving endpoint was sent
+        self._served_from = 0  # where the serving endpoint's own text begins in the answer
 
     def __repr__(self) -> str:
         where = self._actor.name if self._actor else "unopened"
@@ -143,9 +145,10 @@ class ReplyStream:
 
     def _serve(self, outcome: Outcome[_Opened]) -> None:
         """Take over the stream an attempt opened, with its endpoint's permit."""
-        self._chunks = outcome.value.chunks
+        self._chunks, self._sent = outcome.value.chunks, outcome.value.sent
         self._actor, self._permit = outcome.actor, outcome.permit
         self._first_at = anyio.current_time()
+        self._served_from = len(self._answer.text) if outcome.value.mode == "continue" else 0
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -193,7 +196,21 @@ class ReplyStream:
         actor = self._settle(cause)
         if actor is not None:
             self._call.attempt_failed(actor.name, cause, anyio.current_time() - self._first_at)
+            self._charge(actor)
         return cause
+
+    def _charge(self, actor: EndpointActor) -> None:
+        """Charge what the failed answer used: the provider bills it though no usage came."""
+        reply = self._answer.reply()
+        own = self._served_from
+        text = reply.text[own:]
+        if not text and not (reply.tool_calls or reply.reasoning):
+            return
+        usage = estimate_usage(
+            self._sent, text, reply.model or actor.model,
+            tool_calls=None if own else reply.tool_calls, reasoning=None if own else reply.reasoning,
+        )
+        self._call.spent(actor, reply.model, usage)
 
     async def _recover(self, cause: LLMError) -> StreamInterrupted | None:
         """The answer failed after content reached the caller: run the request again as the

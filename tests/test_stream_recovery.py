@@ -11,6 +11,7 @@ that refuses the prefill restarts instead, and its 400 is never what the caller 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -387,3 +388,23 @@ async def test_a_failure_before_any_content_is_plain_failover_without_a_marker(p
     assert not any(c.restart for c in chunks) and stream.restarts == 0
     assert "".join(c.text for c in chunks) == BACKUP
     assert stream.response.attempts[1].recovery is None
+
+
+@pytest.mark.parametrize("policy", ["raise", "restart"])
+async def test_the_tokens_of_a_failed_answer_are_charged_to_its_endpoint(policy: str) -> None:
+    """The words the primary streamed before it was cut were billed: usage() carries them
+    (estimated) under the primary, with no extra request counted."""
+    async with (
+        FaultyEndpoint("openai", name="primary", text=PRIMARY) as primary,
+        FaultyEndpoint("openai", name="backup", text=BACKUP) as backup,
+    ):
+        primary.faults.cut_after = 2
+        async with runtime_for(primary, backup, on_interrupt=policy) as rt:
+            with pytest.raises(StreamInterrupted) if policy == "raise" else contextlib.nullcontext():
+                await collect(rt)
+            report = rt.usage()
+    charged = report.by_endpoint["primary"]
+    assert charged.output_tokens >= 1 and charged.input_tokens > 0 and charged.requests == 0
+    assert report.total.requests == 1
+    if policy == "restart":
+        assert report.by_endpoint["backup"].output_tokens == len(BACKUP.split())

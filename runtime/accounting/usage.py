@@ -56,8 +56,11 @@ class _Tally:
         self.unpriced = 0
         self.cache_hits = 0
 
-    def add(self, input_tokens: int, output_tokens: int, cost_usd: float, error: bool, cached: bool, unpriced: bool) -> None:
-        self.requests += 1
+    def add(
+        self, input_tokens: int, output_tokens: int, cost_usd: float, error: bool, cached: bool, unpriced: bool,
+        requests: int = 1,
+    ) -> None:
+        self.requests += requests
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.cost_usd += cost_usd
@@ -135,13 +138,16 @@ class UsageLedger:
         error: str | None = None,
         cached: bool = False,
         priced: bool = True,
+        request: bool = True,
     ) -> None:
         """Record one request's outcome.
 
         ``error`` is the error's class name when it failed; ``cached`` marks a reply served
         from the response cache; ``priced`` false marks a reply whose cost is unknown
         (counted as 0 in ``cost_usd`` and once in ``unpriced``). An outcome without an endpoint or model (refused before
-        any endpoint was chosen) counts in the total and its day only.
+        any endpoint was chosen) counts in the total and its day only. ``request`` false
+        adds tokens and cost without counting a request: what a stream's answer used
+        before it failed mid-way (the request is counted by its outcome).
         """
         # One tally per (day, endpoint, model): one lookup and one add per request; the
         # totals by day, endpoint and model are summed when a report is asked for.
@@ -156,6 +162,7 @@ class UsageLedger:
             error is not None,
             cached,
             not priced,
+            1 if request else 0,
         )
 
     def record_cache_hit(self, endpoint: str | None, model: str | None) -> None:
