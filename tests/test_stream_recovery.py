@@ -325,6 +325,8 @@ def blocking_pair() -> Iterator[tuple[Any, Any]]:
     with start_blocking_portal() as portal:
         portal.call(fleet.start)
         portal.call(setattr, fleet["primary"].faults, "cut_after", 2)
+        # Real threads and sockets: spaced chunks so the client has read each one before the cut arrives.
+        portal.call(setattr, fleet["primary"].faults, "chunk_delay", 0.05)
         try:
             yield fleet["primary"], fleet["backup"]
         finally:

@@ -134,7 +134,8 @@ class Faults:
     - ``reset``: close every connection abruptly (TCP RST) instead of answering;
     - ``malformed``: answer 200 with a truncated JSON body (a broken frame in streams);
     - ``chunk_delay``: seconds before each content chunk of a stream (a slow stream);
-    - ``cut_after``: close the connection after that many content chunks of a stream;
+    - ``cut_after``: close the connection after that many content chunks of a stream
+      (one ``chunk_delay`` after the last chunk, as a peer dying between chunks would);
     - ``stream_error_after``: after that many content chunks, send the dialect's
       in-stream error event (OpenAI ``data: {"error":…}``, Anthropic ``event: error``
       with ``overloaded_error``, Ollama an ``{"error":…}`` line) and end the stream;
@@ -1685,6 +1686,10 @@ class FaultyEndpoint:
         match plan.stop(sent):
             case "cut":
                 flight.ours = True
+                if plan.delay > 0:
+                    # A peer dies between chunks, not in the same write as the last one: aiohttp drops
+                    # the data buffered with a cut, so a cut sent with the chunk would eat that chunk.
+                    await asyncio.sleep(plan.delay)
                 transport = request.transport
                 if transport is not None:
                     transport.close()  # flushes what was written, then ends the connection mid-body
