@@ -6,8 +6,10 @@ endpoint on that upstream, with ``--loop uvloop`` and, for comparison, ``--loop 
 and this one, the client (the official ``openai.AsyncOpenAI``). The same requests go
 
   (a) direct: the openai client to the upstream,
-  (b) through the gateway (uvloop), (c) through the gateway (asyncio),
-  (d) through LiteLLM's proxy, when ``litellm`` is installed.
+  (b) through a bare aiohttp proxy (read, POST upstream, answer: the floor under any
+      aiohttp gateway, so what the hop itself costs on this machine is seen apart),
+  (c) through the gateway (uvloop), (d) through the gateway (asyncio),
+  (e) through LiteLLM's proxy, when ``litellm`` is installed.
 
 Concurrency 1: the modes alternate in blocks of 50 requests, so drift on a shared
 machine hits them alike; median and p99 latency and what each adds over (a).
@@ -41,6 +43,36 @@ import msgspec
 MESSAGES = [{"role": "user", "content": "Say hi"}]
 BLOCK = 50
 ROUNDS = 5
+
+
+# The floor any aiohttp gateway stands on: read the body, POST it upstream on a pooled
+# session, answer with what came back; no routing, no validation, no accounting.
+FLOOR_PROXY = """
+import asyncio, sys
+import aiohttp
+from aiohttp import web
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+async def main(upstream):
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    async def proxy(request):
+        body = await request.read()
+        async with session.post(upstream + "/chat/completions", data=body, headers={"content-type": "application/json"}) as resp:
+            data = await resp.read()
+        return web.Response(body=data, content_type="application/json")
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", proxy)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(f"http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+(uvloop.run if uvloop else asyncio.run)(main(sys.argv[1]))
+"""
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
@@ -187,7 +219,7 @@ async def cpu_table(modes: dict[str, Callable[[], Awaitable[None]]], pids: dict[
         await throughput(fn, n, 16)
         gw = (cpu_seconds(pid) - c0) / n * 1e6 if pid else 0.0
         up = (cpu_seconds(upstream_pid) - u0) / n * 1e6
-        print(f"{name:<18} gateway {gw:>6.0f} µs/req   upstream {up:>6.0f} µs/req")
+        print(f"{name:<18} in front {gw:>6.0f} µs/req   upstream {up:>6.0f} µs/req")
 
 
 def litellm_proxy(upstream: str, directory: Path) -> tuple[subprocess.Popen[str], str] | None:
@@ -220,11 +252,13 @@ async def run(args: argparse.Namespace) -> None:
                 proc, url = start([sys.executable, "-m", "runtime", "serve", "--config", str(config), "--loop", loop])
                 procs.append(proc)
                 gateways[f"gateway ({loop})"], pids[loop] = url, proc.pid
+            floor_proc, floor = start([sys.executable, "-c", FLOOR_PROXY, upstream])
+            procs.append(floor_proc)
             lite = litellm_proxy(upstream, Path(tmp))
             if lite is not None:
                 procs.append(lite[0])
             clients = {"direct": openai.AsyncOpenAI(base_url=upstream, api_key="x", max_retries=0)}
-            for name, url in gateways.items():
+            for name, url in {"aiohttp proxy": floor, **gateways}.items():
                 clients[name] = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
             if lite is not None:
                 clients["litellm proxy"] = openai.AsyncOpenAI(base_url=lite[1], api_key="x", max_retries=0)
@@ -237,7 +271,7 @@ async def run(args: argparse.Namespace) -> None:
 
             modes = {name: mode(c, "bench" if name == "direct" else "up") for name, c in clients.items()}
             targets = {"direct": (upstream + "/chat/completions", "bench")}
-            targets.update({name: (url + "/v1/chat/completions", "up") for name, url in gateways.items()})
+            targets.update({name: (url + "/v1/chat/completions", "up") for name, url in {"aiohttp proxy": floor, **gateways}.items()})
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             bare = bare_modes(session, targets)
             for fn in (*modes.values(), *bare.values()):
@@ -253,7 +287,8 @@ async def run(args: argparse.Namespace) -> None:
             print(f"\nbare aiohttp client, concurrency {args.concurrency}, throughput ({ROUNDS} alternating rounds)")
             await throughput_table(bare, args.requests * 2, args.concurrency)
             print("\nCPU per request of each server process (bare client, concurrency 16)")
-            await cpu_table(bare, {f"gateway ({loop})": pid for loop, pid in pids.items()}, upstream_proc.pid, args.requests)
+            servers = {"aiohttp proxy": floor_proc.pid, **{f"gateway ({loop})": pid for loop, pid in pids.items()}}
+            await cpu_table(bare, servers, upstream_proc.pid, args.requests)
             for c in clients.values():
                 await c.close()
             await session.close()

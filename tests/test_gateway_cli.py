@@ -37,6 +37,19 @@ def test_gateway_table_is_validated_naming_the_key() -> None:
     assert "sk-1" not in repr(config)
 
 
+def test_readme_gateway_table_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's [gateway] example parses, every key of it, into the documented values."""
+    import re
+    import tomllib
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if b.startswith("[gateway]"))
+    config = parse_config({"endpoints": [ENDPOINT], **tomllib.loads(block)})
+    monkeypatch.setenv("TEAM_A_KEY", "sk-a")
+    key = config.gateway.keys[0]
+    assert config.gateway.port == 4000 and key.rpm == 600 and key.budget is not None and key.digest()
+
+
 def test_config_check_masks_gateway_keys(tmp_path: Path) -> None:
     """`config check` shows the gateway keys' settings, never the key or its digest."""
     path = tmp_path / "runtime.toml"
