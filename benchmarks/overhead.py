@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import msgspec
+from _common import pct, samples, start_server, throughput
 
 from runtime import Endpoint, HealthPolicy, Runtime
 
@@ -45,25 +44,6 @@ BLOCK = 50
 STREAM_BODY = msgspec.json.encode(
     {"model": "bench", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16, "stream": True}
 )
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.testing.server", "--dialect", "openai", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    base_url = proc.stdout.readline().strip()
-    if not base_url.startswith("http"):
-        proc.kill()
-        raise SystemExit(f"the local server did not start: {base_url!r}")
-    return proc, base_url
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def endpoints(base_url: str, n: int) -> list[Endpoint]:
@@ -156,27 +136,14 @@ async def run(base_url: str, requests: int, concurrency: int) -> None:
 
 
 async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int) -> None:
-    """Concurrency 1: median, p99 and CPU per request of each mode, and what each adds over bare.
-
-    Modes alternate in blocks of BLOCK requests: often enough that drift in machine load
-    hits every mode alike, seldom enough that each mode runs with its code warm in cache,
-    as it would in a process that uses it.
-    """
-    samples: dict[str, list[float]] = {name: [] for name in modes}
-    cpu: dict[str, float] = dict.fromkeys(modes, 0.0)
-    clock, cpu_clock = time.perf_counter, time.process_time
-    for _ in range(max(1, requests // BLOCK)):
-        for name, fn in modes.items():
-            c0 = cpu_clock()
-            for _ in range(BLOCK):
-                t0 = clock()
-                await fn()
-                samples[name].append(clock() - t0)
-            cpu[name] += cpu_clock() - c0
+    """Concurrency 1: median, p99 and CPU per request of each mode (alternating in blocks of
+    BLOCK requests), and what each adds over bare."""
+    cpu: dict[str, float] = {}
+    by_mode = await samples(modes, requests, BLOCK, cpu)
     print(f"{'mode':<12}{'median µs':>12}{'p99 µs':>12}{'added p50 µs':>15}{'added p99 µs':>15}{'CPU µs/req':>12}{'added CPU':>11}")
-    base_med, base_p99 = statistics.median(samples["bare"]), pct(samples["bare"], 0.99)
-    base_cpu = cpu["bare"] / len(samples["bare"])
-    for name, s in samples.items():
+    base_med, base_p99 = statistics.median(by_mode["bare"]), pct(by_mode["bare"], 0.99)
+    base_cpu = cpu["bare"] / len(by_mode["bare"])
+    for name, s in by_mode.items():
         med, p99, per = statistics.median(s), pct(s, 0.99), cpu[name] / len(s)
         print(
             f"{name:<12}{med * 1e6:>12.1f}{p99 * 1e6:>12.1f}{(med - base_med) * 1e6:>15.1f}"
@@ -219,20 +186,6 @@ def install_otel_sdk() -> None:
 
     trace.set_tracer_provider(TracerProvider())
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-
-
-async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await fn()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - t0)
 
 
 def litellm_router(base_url: str) -> object | None:

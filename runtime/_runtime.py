@@ -132,9 +132,7 @@ class Runtime:
         new_guard: Callable[..., BudgetGuard] = BudgetGuard if self._shared is None else self._shared.budget_guard
         self._new_guard = new_guard
         self.budget_guard = new_guard(budget) if budget is not None else None
-        self._endpoint_budgets = {
-            ep.name: new_guard(ep.budget, scope=ep.name) for ep in endpoints if ep.budget is not None
-        }
+        self._endpoint_budgets = {ep.name: new_guard(ep.budget, scope=ep.name) for ep in endpoints if ep.budget}
         for name, guard in self._endpoint_budgets.items():
             self.metrics.observe_budget(guard.remaining, scope=name)
         if self.budget_guard is not None:

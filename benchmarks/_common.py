@@ -1,0 +1,73 @@
+"""What the benchmark programs share: a local server in its own process, percentiles,
+alternating latency samples and closed-loop throughput.
+
+Imported by the programs beside it (``python benchmarks/NAME.py`` puts this folder on
+``sys.path``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+__all__ = ["pct", "samples", "start_server", "throughput"]
+
+
+def start_server(*flags: str, dialect: str = "openai") -> tuple[subprocess.Popen[str], str]:
+    """``python -m runtime.testing.server`` in its own process, with ``flags``; the process and its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.testing.server", "--dialect", dialect, "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    base_url = proc.stdout.readline().strip()
+    if not base_url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"the local server did not start: {base_url!r}")
+    return proc, base_url
+
+
+def pct(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``samples``, nearest rank."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def samples(
+    modes: dict[str, Callable[[], Awaitable[None]]], requests: int, block: int, cpu: dict[str, float] | None = None
+) -> dict[str, list[float]]:
+    """Seconds per call of each mode, ``requests`` each, the modes alternating in blocks of
+    ``block`` calls: often enough that drift in machine load hits every mode alike, seldom
+    enough that each mode runs with its code warm in cache. ``cpu``, when given, gains each
+    mode's process time."""
+    out: dict[str, list[float]] = {name: [] for name in modes}
+    clock, cpu_clock = time.perf_counter, time.process_time
+    for _ in range(max(1, requests // block)):
+        for name, fn in modes.items():
+            c0 = cpu_clock()
+            for _ in range(block):
+                t0 = clock()
+                await fn()
+                out[name].append(clock() - t0)
+            if cpu is not None:
+                cpu[name] = cpu.get(name, 0.0) + cpu_clock() - c0
+    return out
+
+
+async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:
+    """Calls per second of ``fn``, ``total`` calls by ``concurrency`` workers in a closed loop."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await fn()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0)
