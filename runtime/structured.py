@@ -1,7 +1,8 @@
 """Typed structured output: ``response_format=`` a type or a JSON schema, ``reply.parsed`` an instance.
 
 ``chat(..., response_format=Person)`` takes a msgspec ``Struct``, a dataclass or a
-``TypedDict`` (its schema comes from :func:`msgspec.json.schema`), or a JSON-schema dict
+``TypedDict`` (its schema comes from :func:`msgspec.json.schema`), a pydantic model
+(its own schema and validation; pydantic is not imported here), or a JSON-schema dict
 (``{"type": "object", "properties": ...}``). :func:`output_schema` turns either into an
 :class:`OutputSchema`: the OpenAI wire form every adapter translates into its provider's
 native mechanism, and a msgspec decoder that checks the reply.
@@ -66,9 +67,13 @@ _KNOWN = (
 )
 
 
+#: Reads a reply's text: ``(value, None)``, or ``(None, (path, reason))`` when it does not match.
+Reader = Callable[[str], tuple[Any, tuple[str, str] | None]]
+
+
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class OutputSchema:
-    """What a reply must be: a schema, its wire form, and the decoder that checks a reply against it.
+    """What a reply must be: a schema, its wire form, and the reader that checks a reply against it.
 
     ``strict`` is true when the schema meets OpenAI's strict mode (every property
     required); it is sent as such, and the provider then guarantees the shape.
@@ -77,7 +82,7 @@ class OutputSchema:
     name: str
     schema: dict[str, Any]
     strict: bool
-    decoder: msgspec.json.Decoder[Any]
+    reader: Reader
 
     @property
     def wire(self) -> dict[str, Any]:
@@ -85,23 +90,19 @@ class OutputSchema:
         return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.schema, "strict": self.strict}}
 
     def matches(self, text: str) -> bool:
-        """Whether ``text`` decodes into this schema."""
-        try:
-            self.decode(text)
-        except msgspec.MsgspecError:
-            return False
-        return True
+        """Whether ``text`` reads as this schema."""
+        return self.read(text)[1] is None
 
-    def decode(self, text: str) -> Any:
-        """The reply's text as an instance; raises ``msgspec.ValidationError``/``DecodeError``."""
+    def read(self, text: str) -> tuple[Any, tuple[str, str] | None]:
+        """The reply's text as an instance, or where and why it does not match (a ```json fence is looked inside)."""
         match = _FENCE.match(text)
-        return self.decoder.decode(match.group(1) if match else text)
+        return self.reader(match.group(1) if match else text)
 
 
 def output_schema(value: Any) -> OutputSchema | None:
     """The schema a ``response_format`` value asks for; None for None and OpenAI-shaped dicts.
 
-    A type must be a msgspec ``Struct``, a dataclass or a ``TypedDict``; a dict is a JSON
+    A type must be a msgspec ``Struct``, a dataclass, a ``TypedDict`` or a pydantic model; a dict is a JSON
     schema when its ``type`` is a JSON type or it has ``properties``, ``$defs``, ``$ref``
     or ``$schema`` (other dicts are OpenAI ``response_format`` values, checked by
     :mod:`runtime.validation`). Raises :class:`InvalidRequest` for anything else, or for
@@ -111,6 +112,8 @@ def output_schema(value: Any) -> OutputSchema | None:
         return None
     if isinstance(value, type) and _is_model(value):
         return _from_type(value)
+    if isinstance(value, type) and _is_pydantic(value):
+        return _from_pydantic(value)
     if isinstance(value, Mapping):
         if not _is_json_schema(value):
             return None
@@ -120,8 +123,8 @@ def output_schema(value: Any) -> OutputSchema | None:
             raise InvalidRequest(f"response_format: a JSON schema holds only JSON values ({exc})", field="response_format") from None
         return _from_json(canonical)
     raise InvalidRequest(
-        "response_format must be a msgspec Struct, dataclass or TypedDict type, a JSON-schema dict, "
-        f"or an OpenAI response_format dict; got {value!r}",
+        "response_format must be a msgspec Struct, dataclass, TypedDict or pydantic model type, a "
+        f"JSON-schema dict, or an OpenAI response_format dict; got {value!r}",
         field="response_format",
     )
 
@@ -133,6 +136,11 @@ def _is_json_schema(value: Mapping[str, Any]) -> bool:
 
 def _is_model(cls: type) -> bool:
     return issubclass(cls, msgspec.Struct) or dataclasses.is_dataclass(cls) or typing.is_typeddict(cls)
+
+
+def _is_pydantic(cls: type) -> bool:
+    # Recognised by its API, so pydantic is never imported (nor required) here.
+    return callable(getattr(cls, "model_json_schema", None)) and callable(getattr(cls, "model_validate_json", None))
 
 
 # One conversion per distinct type or schema: building a schema and its decoder costs tens
@@ -149,7 +157,43 @@ def _from_type(cls: type) -> OutputSchema:
     root = defs.pop(schema["$ref"].rsplit("/", 1)[-1])
     if defs:
         root["$defs"] = defs
-    return _finish(cls.__name__, root, decoder)
+    return _finish(cls.__name__, root, _msgspec_reader(decoder))
+
+
+@functools.lru_cache(maxsize=256)
+def _from_pydantic(cls: type) -> OutputSchema:
+    """A pydantic model: its own JSON schema, and its own validation of the reply."""
+    schema: dict[str, Any] = cls.model_json_schema()  # type: ignore[attr-defined]
+    validate: Callable[[str], Any] = cls.model_validate_json  # type: ignore[attr-defined]
+
+    def read(text: str) -> tuple[Any, tuple[str, str] | None]:
+        try:
+            return validate(text), None
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            errors = exc.errors() if callable(getattr(exc, "errors", None)) else []  # type: ignore[attr-defined]
+            if not errors:
+                return None, ("$", str(exc))
+            first = errors[0]
+            if first.get("type") == "json_invalid":
+                return None, ("$", f"not JSON ({first.get('msg')})")
+            path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc", ()))
+            return None, (path, str(first.get("msg", "invalid")))
+
+    return _finish(cls.__name__, schema, read)
+
+
+def _msgspec_reader(decoder: msgspec.json.Decoder[Any]) -> Reader:
+    def read(text: str) -> tuple[Any, tuple[str, str] | None]:
+        try:
+            return decoder.decode(text), None
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            match = _PATH.search(message)
+            return None, (match.group(1), message[: match.start()]) if match else ("$", message)
+        except msgspec.DecodeError as exc:
+            return None, ("$", f"not JSON ({exc})")
+
+    return read
 
 
 @functools.lru_cache(maxsize=256)
@@ -164,16 +208,16 @@ def _from_json(canonical: bytes) -> OutputSchema:
         )
     defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
     target = _Converter(defs).convert(schema, "response_format", ())
-    return _finish(str(schema.get("title") or "response"), schema, msgspec.json.Decoder(target))
+    return _finish(str(schema.get("title") or "response"), schema, _msgspec_reader(msgspec.json.Decoder(target)))
 
 
-def _finish(name: str, schema: dict[str, Any], decoder: msgspec.json.Decoder[Any]) -> OutputSchema:
+def _finish(name: str, schema: dict[str, Any], reader: Reader) -> OutputSchema:
     objects = list(_objects(schema))
     strict = all(set(o.get("properties", {})) <= set(o.get("required", ())) for o in objects)
     if strict:
         for obj in objects:
             obj.setdefault("additionalProperties", False)
-    return OutputSchema(name=_NAME_CHARS.sub("_", name)[:64] or "response", schema=schema, strict=strict, decoder=decoder)
+    return OutputSchema(name=_NAME_CHARS.sub("_", name)[:64] or "response", schema=schema, strict=strict, reader=reader)
 
 
 def _objects(schema: Any) -> typing.Iterator[dict[str, Any]]:
@@ -300,15 +344,10 @@ class _Converter:
 
 def parse_reply(reply: ChatResponse, output: OutputSchema, *, repairs: int = 0) -> Any:
     """``reply``'s text as an instance of ``output``; raises :class:`InvalidOutput` when it does not match."""
-    try:
-        return output.decode(reply.text)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH.search(message)
-        path = match.group(1) if match else "$"
-        reason = message[: match.start()] if match else message
-    except msgspec.DecodeError as exc:
-        path, reason = "$", f"not JSON ({exc})"
+    value, failure = output.read(reply.text)
+    if failure is None:
+        return value
+    path, reason = failure
     raise InvalidOutput(
         f"the reply from endpoint {reply.endpoint!r} does not match {output.name} at {path}: {reason}"
         + (f" (after {repairs} repair attempt{'s' if repairs != 1 else ''})" if repairs else ""),
