@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -54,6 +56,9 @@ ON_INTERRUPT_RULE = "must be one of " + ", ".join(repr(v) for v in ON_INTERRUPT)
 DEFAULT_KEY_ENV: dict[str, str] = {name: spec.key_env for name, spec in REGISTRY.items() if spec.key_env}
 # Providers that refuse every request without a key; the others run keyless.
 KEY_REQUIRED = frozenset(name for name, spec in REGISTRY.items() if spec.key_required)
+
+
+_URL_BREAKERS = re.compile(r"[\x00-\x20\x7f]")
 
 
 class _Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -311,6 +316,14 @@ class Endpoint(_Config, frozen=True):
             _check(bool(self.model), "model", "is required for azure (the deployment name)", name)
         if self.base_url is not None:
             _check(self.base_url.startswith(("http://", "https://")), "base_url", f"must start with http:// or https://; got {self.base_url!r}", name)
+            # A space or control character would fail every request inside the HTTP client.
+            _check(
+                bool(urllib.parse.urlsplit(self.base_url).netloc) and not _URL_BREAKERS.search(self.base_url),
+                "base_url", f"must be a URL with a host and no spaces or control characters; got {self.base_url!r}", name,
+            )
+        if self.api_key is not None:
+            # Never echoed: the key itself must not reach an error message.
+            _check(header_problem("Authorization", self.api_key) is None, "api_key", "has a newline or control character", name)
         _check(self.weight > 0, "weight", "must be > 0", name)
         for key in ("timeout", "first_chunk_timeout", "idle_timeout", "rpm", "tpm", "max_concurrency", "context_window"):
             _positive(getattr(self, key), key, name)

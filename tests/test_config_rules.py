@@ -38,6 +38,9 @@ BAD_ENDPOINT: list[tuple[dict[str, Any], str, str]] = [
     ({"headers": {"X-Team": "a\r\nX-Evil: 1"}}, "headers['X-Team']", "control character"),
     ({"headers": {"X-Team": "a\nb"}}, "headers['X-Team']", "control character"),
     ({"headers": {"bad name": "v"}}, "headers['bad name']", "not an HTTP token"),
+    ({"base_url": "http://a b/v1"}, "base_url", "no spaces or control characters"),
+    ({"base_url": "https:///v1"}, "base_url", "with a host"),
+    ({"api_key": "sk-secret\r\nX-Evil: 1"}, "api_key", "has a newline or control character"),
     ({"breaker": {"failure_threshold": "5"}}, "breaker.failure_threshold", "must be an integer, got '5'"),
     ({"breaker": {"open_for": NAN}}, "breaker.open_for", "must be a finite number, got nan"),
     ({"health": {"interval": INF}}, "health.interval", "must be a finite number, got inf"),
@@ -111,3 +114,16 @@ def test_top_level_values_in_files_follow_the_same_rules(tmp_path: Path, capsys:
     path.write_text('shutdown_grace = nan\n[[endpoints]]\nname = "ep"\nprovider = "mock"\n')
     assert main(["config", "check", str(path)]) != 0
     assert "shutdown_grace" in capsys.readouterr().err
+
+
+def test_a_key_with_a_newline_is_refused_without_being_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the field or from its variable: ConfigError naming where it came from, never the key."""
+    from runtime.providers import adapter_for
+
+    with pytest.raises(ConfigError) as info:
+        Endpoint(**{**BASE, "api_key": "sk-secret\nX: y"})
+    assert "sk-secret" not in str(info.value)
+    monkeypatch.setenv("LLMRT_TEST_BAD_KEY", "sk-secret\r\n")
+    with pytest.raises(ConfigError) as info:
+        adapter_for(Endpoint(name="ep", provider="openai", model="m", api_key_env="LLMRT_TEST_BAD_KEY"))
+    assert info.value.key == "api_key" and "LLMRT_TEST_BAD_KEY" in str(info.value) and "sk-secret" not in str(info.value)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from ..errors import ConfigError
+from ..validation import header_problem
 from .anthropic import AnthropicAdapter
 from .base import Adapter, ChunkStream, HTTPRequest, ProviderClient, StreamDecoder
 from .mock import MockClient, MockStream
@@ -63,7 +64,16 @@ def adapter_for(endpoint: Endpoint) -> Adapter:
         raise ConfigError(
             f"provider {endpoint.provider!r} has no HTTP adapter", key="provider", endpoint=endpoint.name
         )
-    return cls(endpoint, endpoint.resolve_key())
+    key = endpoint.resolve_key()
+    if key is not None and header_problem("Authorization", key) is not None:
+        # The key itself is never echoed; where it came from is enough to find it.
+        raise ConfigError(
+            f"the API key{f' in ${endpoint.key_env}' if not endpoint.api_key and endpoint.key_env else ''} "
+            "has a newline or control character",
+            key="api_key",
+            endpoint=endpoint.name,
+        )
+    return cls(endpoint, key)
 
 
 def make_client(endpoint: Endpoint, session: aiohttp.ClientSession) -> ProviderClient | MockClient:
