@@ -125,10 +125,13 @@ class Runtime:
         self.prices = PriceTable.load()
         self.ledger = UsageLedger()
         self.metrics = Metrics()
-        self.cache = ResponseCache(cache) if cache is not None else None
         # [shared]: breakers, limiters and budgets shared through Redis (redis-py is imported
         # only then); without it, everything is in-process.
         self._shared = _shared_state(shared, self._rng)
+        store = None
+        if cache is not None and self._shared is not None and self._shared.policy.cache:
+            store = self._shared.cache_store(cache.max_entries)
+        self.cache = ResponseCache(cache, store=store) if cache is not None else None
         new_guard: Callable[..., BudgetGuard] = BudgetGuard if self._shared is None else self._shared.budget_guard
         self._new_guard = new_guard
         self.budget_guard = new_guard(budget) if budget is not None else None

@@ -18,6 +18,7 @@ from runtime import (
     BreakerPolicy,
     Budget,
     BudgetExceeded,
+    CachePolicy,
     ConfigError,
     HealthPolicy,
     NoEndpointAvailable,
@@ -332,3 +333,25 @@ async def test_isolate_and_reset_by_hand_hold_for_every_runtime(
         assert [s.breaker for s in (*a.status(), *b.status())] == ["closed", "closed"]
         assert a.status()[0].state == "healthy"
         assert (await a.chat("hi")).text
+
+
+async def test_a_reply_cached_by_one_runtime_is_served_by_the_other(
+    server: RedisServer, prefix: str, local: FaultyEndpoint
+) -> None:
+    """[shared] cache = true: b serves from cache what a cached, from b's next sync on; a
+    clear in b empties a's cache too."""
+    endpoint = local.endpoint(name="cached", health=QUIET)
+    policy = _policy(server, prefix, cache=True)
+    cache = CachePolicy(ttl=60)
+    async with Runtime([endpoint], shared=policy, cache=cache) as a, Runtime([endpoint], shared=policy, cache=cache) as b:
+        first = await a.chat("what is 2+2?", temperature=0)
+        assert not first.cached
+        await asyncio.sleep(0.2)
+        second = await b.chat("what is 2+2?", temperature=0)
+        assert second.cached and second.text == first.text
+        assert local.stats.requests == 1
+        assert b.cache is not None
+        b.cache.clear()
+        await asyncio.sleep(0.2)
+        assert not (await a.chat("what is 2+2?", temperature=0)).cached
+        assert local.stats.requests == 2

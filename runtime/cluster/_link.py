@@ -47,6 +47,8 @@ SCRIPTS: dict[str, Script] = {
     "breaker": _scripts.BREAKER,
     "snapshot": _scripts.SNAPSHOT,
     "spend": _scripts.SPEND,
+    "cache_put": _scripts.CACHE_PUT,
+    "cache_pull": _scripts.CACHE_PULL,
 }
 
 Call = tuple[str, Sequence[str], Sequence[str | int | float]]

@@ -14,7 +14,7 @@ successes); the failure counting that leads to a trip stays per process.
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "BREAKER", "RELEASE", "SNAPSHOT", "SPEND", "THROTTLE"]
+__all__ = ["ADMIT", "BREAKER", "CACHE_PULL", "CACHE_PUT", "RELEASE", "SNAPSHOT", "SPEND", "THROTTLE"]
 
 # States are pybreaker's strings ('closed', 'open', 'half-open'), as in the local record.
 # One endpoint's hash (KEYS[1]) holds the breaker fields b_* and the limiter fields:
@@ -243,6 +243,36 @@ for i, key in ipairs(KEYS) do
   redis.call('EXPIRE', key, ARGV[2 + i])
   out[#out + 1] = tostring(tokens)
   out[#out + 1] = tostring(usd)
+end
+return out
+"""
+
+# The shared response cache is a capped stream of writes (KEYS[1]); each process replays it
+# into its own near-cache, so a lookup never leaves the process.
+CACHE_PUT = r"""
+-- ARGV: cache key ('' with an empty value: clear everything), encoded reply ('' : delete), ttl, cap.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'k', ARGV[1], 'v', ARGV[2], 'at', tostring(now),
+  'ttl', ARGV[3])
+return 1
+"""
+
+CACHE_PULL = r"""
+-- ARGV: the last entry id read ('0': from the start), how many at most. Returns the server's
+-- time, then id, key, value, seconds of life left, for each newer entry.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {tostring(now)}
+local from = ARGV[1]
+if from ~= '0' then from = '(' .. from end
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])) do
+  local f = {}
+  for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+  out[#out + 1] = entry[1]
+  out[#out + 1] = f.k
+  out[#out + 1] = f.v
+  out[#out + 1] = tostring(tonumber(f.at) + tonumber(f.ttl) - now)
 end
 return out
 """

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 
 from ..policy import Budget, Endpoint
 from ._budget import SharedBudgetGuard
+from ._cache import SharedCacheStore
 from ._endpoint import EndpointShare, SharedBreakerStorage, SharedLimiter
 from ._link import Call, RedisLink, Unavailable
 from .policy import SharedPolicy
@@ -49,6 +50,7 @@ class SharedState:
         self.link.on_restore = self._resync
         self._shares: dict[str, EndpointShare] = {}
         self._budgets: list[SharedBudgetGuard] = []
+        self._caches: list[SharedCacheStore] = []
         self._queue: list[tuple[Call, Done | None]] = []
         self._wake = asyncio.Event()
 
@@ -86,6 +88,12 @@ class SharedState:
         guard = SharedBudgetGuard(budget, self, scope=scope)
         self._budgets.append(guard)
         return guard
+
+    def cache_store(self, max_entries: int) -> SharedCacheStore:
+        """A response-cache store whose writes reach every process (``[shared] cache = true``)."""
+        store = SharedCacheStore(self, max_entries)
+        self._caches.append(store)
+        return store
 
     def describe(self) -> str:
         """What status output says: ``redis <url>``, or why this process serves locally (or refuses)."""
@@ -164,19 +172,23 @@ class SharedState:
                     pass  # said by the link; the reconnection takes over
 
     async def _sync(self) -> None:
-        """Read every endpoint's record and throttle and every budget's totals: one round trip."""
+        """Read every endpoint's record and throttle, every budget's totals and the cache's new
+        writes: one round trip."""
         shares = list(self._shares.values())
         budgets = [(guard, *guard.sync_call()) for guard in self._budgets]
         calls: list[Call] = [("snapshot", share.keys[:1], []) for share in shares]
         calls += [call for _, call, _ in budgets]
+        calls += [cache.sync_call() for cache in self._caches]
         if not calls:
             return
         replies = await self.link.batch(calls)
         now = self.now()
         for share, reply in zip(shares, replies, strict=False):
             share.adopt(reply[3:], now)
-        for (guard, _, keys), reply in zip(budgets, replies[len(shares):], strict=True):
+        for (guard, _, keys), reply in zip(budgets, replies[len(shares):], strict=False):
             guard.merge(keys, reply)
+        for cache, reply in zip(self._caches, replies[len(shares) + len(budgets):], strict=True):
+            cache.replay(reply)
 
     async def _resync(self) -> None:
         """Redis is back: replay what this process learnt alone (trips, throttles, spend), then

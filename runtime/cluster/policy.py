@@ -39,7 +39,8 @@ class SharedPolicy(_Config, frozen=True):
     long a concurrency slot is held at most, so a process that died frees its slots by
     then. ``sync_interval`` is how often a process reads the shared breaker states,
     throttles and budgets of every endpoint (what it learns between its own calls), and
-    ``reconnect_max`` caps the backoff between reconnection attempts.
+    ``reconnect_max`` caps the backoff between reconnection attempts. ``cache`` shares the
+    response cache too: a reply one process cached is served by all from their next sync.
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -50,6 +51,7 @@ class SharedPolicy(_Config, frozen=True):
     lease_ttl: float = 300.0
     sync_interval: float = 0.25
     reconnect_max: float = 5.0
+    cache: bool = False
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.url).scheme
