@@ -26,6 +26,7 @@ from runtime import (
     RetryPolicy,
     Runtime,
 )
+from runtime.endpoint.actor import EndpointActor
 from runtime.providers.mock import MockClient
 from runtime.testing import FaultyEndpoint
 
@@ -342,3 +343,14 @@ async def test_probe_asked_by_hand_goes_through_the_mailbox(pair: tuple[FaultyEn
         primary.faults.refuse()
         assert await actor.ask("probe") is False
         assert rt.status()[0].state == "degraded"
+
+
+async def test_probe_loop_ends_quietly_when_the_mailbox_closes() -> None:
+    """A probe due just as the actor stops finds the mailbox closed: the loop ends, no crash."""
+    actor = EndpointActor(Endpoint(name="m", provider="mock", health=HealthPolicy(interval=1.0)), None)
+    actor.stop()
+    try:
+        with anyio.fail_after(10):
+            await actor._probe_loop()
+    finally:
+        actor._receive.close()  # what run() does on its way out

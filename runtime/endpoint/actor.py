@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from ..actors.actor import Actor
+from ..actors.actor import Actor, ActorStopped
 from ..errors import AuthenticationFailed, LLMError, ProviderError, RateLimited
 from ..policy import Endpoint
 from ..providers.base import ProviderClient
@@ -462,7 +462,10 @@ class EndpointActor(Actor):
             ):
                 healthy = True  # passive health: real traffic succeeded lately
                 continue
-            healthy = await self.ask("probe")
+            try:
+                healthy = await self.ask("probe")
+            except ActorStopped:
+                return  # the mailbox closed under us: the actor is stopping, nothing to probe for
 
 
 def _in_loop() -> bool:
