@@ -500,26 +500,7 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
         event = _event_decoder.decode(frame.data)
         kind = event.type or frame.event
         if kind == "content_block_delta":
-            delta = event.delta
-            if delta is None:
-                return
-            if delta.text:
-                out.append(StreamChunk(text=delta.text, model=self._model, id=self._id))
-            elif delta.partial_json:
-                index = event.index if event.index is not None else -1
-                number = self._tools.get(index)
-                if index in self._output_blocks:
-                    out.append(StreamChunk(text=delta.partial_json, model=self._model, id=self._id))
-                elif number is not None:
-                    out.append(
-                        StreamChunk(
-                            tool_calls=[ToolCallDelta(index=number, arguments=delta.partial_json)],
-                            model=self._model,
-                            id=self._id,
-                        )
-                    )
-            elif delta.thinking:
-                out.append(StreamChunk(reasoning=delta.thinking, model=self._model, id=self._id))
+            self._block_delta(event, out)
         elif kind == "message_start":
             message = event.message
             if message is not None:
@@ -527,27 +508,7 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
                 self._model = message.model
                 self._read_usage(message.usage)
         elif kind == "content_block_start":
-            block = event.content_block
-            if block is not None and block.type == "tool_use" and block.name == OUTPUT_TOOL:
-                self._output_blocks.add(event.index if event.index is not None else -1)
-                whole = json_text(block.input)
-                if whole != "{}":
-                    out.append(StreamChunk(text=whole, model=self._model, id=self._id))
-            elif block is not None and block.type == "tool_use":
-                number = len(self._tools)
-                self._tools[event.index if event.index is not None else -1 - number] = number
-                # The input arrives as input_json_delta fragments after an empty {}; a
-                # non-empty input here is a whole call given at once.
-                arguments = json_text(block.input)
-                if arguments == "{}":
-                    arguments = ""
-                out.append(
-                    StreamChunk(
-                        tool_calls=[ToolCallDelta(index=number, id=block.id, name=block.name, arguments=arguments)],
-                        model=self._model,
-                        id=self._id,
-                    )
-                )
+            self._block_start(event, out)
         elif kind == "message_delta":
             self._read_usage(event.usage)
             delta = event.delta
@@ -569,6 +530,55 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
         elif kind == "error":
             raise self._anthropic.error_event(event.error)
         # ping, content_block_stop and event types added later carry nothing to deliver
+
+    def _block_delta(self, event: _EventView, out: list[StreamChunk]) -> None:
+        """A text, tool-input (the output tool's input is the reply's text) or thinking fragment."""
+        delta = event.delta
+        if delta is None:
+            return
+        if delta.text:
+            out.append(StreamChunk(text=delta.text, model=self._model, id=self._id))
+        elif delta.partial_json:
+            index = event.index if event.index is not None else -1
+            number = self._tools.get(index)
+            if index in self._output_blocks:
+                out.append(StreamChunk(text=delta.partial_json, model=self._model, id=self._id))
+            elif number is not None:
+                out.append(
+                    StreamChunk(
+                        tool_calls=[ToolCallDelta(index=number, arguments=delta.partial_json)],
+                        model=self._model,
+                        id=self._id,
+                    )
+                )
+        elif delta.thinking:
+            out.append(StreamChunk(reasoning=delta.thinking, model=self._model, id=self._id))
+
+    def _block_start(self, event: _EventView, out: list[StreamChunk]) -> None:
+        """A tool_use block opening: a tool call numbered among the calls, or the output tool's reply."""
+        block = event.content_block
+        if block is None or block.type != "tool_use":
+            return
+        if block.name == OUTPUT_TOOL:
+            self._output_blocks.add(event.index if event.index is not None else -1)
+            whole = json_text(block.input)
+            if whole != "{}":
+                out.append(StreamChunk(text=whole, model=self._model, id=self._id))
+            return
+        number = len(self._tools)
+        self._tools[event.index if event.index is not None else -1 - number] = number
+        # The input arrives as input_json_delta fragments after an empty {}; a
+        # non-empty input here is a whole call given at once.
+        arguments = json_text(block.input)
+        if arguments == "{}":
+            arguments = ""
+        out.append(
+            StreamChunk(
+                tool_calls=[ToolCallDelta(index=number, id=block.id, name=block.name, arguments=arguments)],
+                model=self._model,
+                id=self._id,
+            )
+        )
 
     def _read_usage(self, usage: _UsageView | None) -> None:
         # message_delta's counts are cumulative and, in recent streams, repeat the input
