@@ -153,3 +153,19 @@ async def test_control_row_fails_during_the_outage(span_exporter: InMemorySpanEx
     assert r.control and window.failed == window.requests == 150 and window.time_to_detect_s is None
     assert r.endpoints["backup"].received == 0 and r.attempts_source == "endpoints"
     assert not r.passed  # reported, but a control row never gates
+
+
+async def test_same_seed_same_run(span_exporter: InMemorySpanExporter) -> None:
+    """Seeded and repeatable: the same seed gives the same requests (which stream), the same
+    outcomes and the same endpoint-side counts; another seed another mix."""
+    scenario = builtin("500-once")
+    scenario = msgspec.structs.replace(scenario, requests=msgspec.structs.replace(scenario.requests, stream=0.5))
+
+    async def run(seed: int) -> tuple[list[tuple[int, bool, bool, str | None]], dict[str, int]]:
+        r = score(await run_scenario(scenario, LLMRuntime(), seed=seed))
+        outcomes = [(q.index, q.stream, q.complete, q.endpoint) for q in r.series.requests]
+        return outcomes, {name: e.received for name, e in r.endpoints.items()}
+
+    first, again, other = await run(7), await run(7), await run(8)
+    assert first == again
+    assert [s for _, s, _, _ in first[0]] != [s for _, s, _, _ in other[0]]
