@@ -284,8 +284,7 @@ class EndpointShare:
         if not limiter.limited and not trial:
             return True
         reservation = permit.reservation
-        if not isinstance(reservation, SharedReservation):
-            return True  # admitted by a limiter from before [shared] was attached
+        assert isinstance(reservation, SharedReservation)  # the actor's limiter is this share's
         link = self.state.link
         if not link.available:
             return self._without_redis(permit, link.cause)
