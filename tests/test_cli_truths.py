@@ -17,7 +17,7 @@ from test_cli import closed_port
 from runtime import Runtime
 from runtime.cli import EXIT_CODES, main
 from runtime.config import endpoints_from_env
-from runtime.errors import ConfigError, NoEndpointAvailable
+from runtime.errors import ConfigError, ContextWindowExceeded
 from runtime.testing import FaultyEndpoint
 from runtime.testing.server import Faults, _parser, apply_faults
 
@@ -121,14 +121,15 @@ def test_blocking_without_with_says_how() -> None:
         rt.blocking().chat("hi")
 
 
-def test_prompt_too_long_for_every_window_is_no_endpoint_available() -> None:
-    """What the README states: a prompt over every configured context_window raises NoEndpointAvailable, unsent."""
+def test_prompt_too_long_for_every_window_is_context_window_exceeded() -> None:
+    """What the README states: a prompt over every configured context_window raises ContextWindowExceeded, unsent."""
 
     async def attempt() -> None:
         async with FaultyEndpoint("openai") as local:
             async with Runtime([local.endpoint(context_window=50)]) as rt:
-                with pytest.raises(NoEndpointAvailable, match="context window"):
+                with pytest.raises(ContextWindowExceeded, match="context window") as caught:
                     await rt.chat("word " * 200)
+                assert caught.value.code == "context_length_exceeded" and not caught.value.retryable
             assert local.stats.requests == 0
 
     import anyio
@@ -210,7 +211,6 @@ def test_parser_shape_takes_common_flags_before_or_after_the_command() -> None:
 async def test_prompt_every_endpoint_calls_too_long_is_context_window_exceeded() -> None:
     """What the README states: when endpoints answer that the prompt is too long, the next one is tried,
     and ContextWindowExceeded itself (not AllEndpointsFailed) is raised when none is left."""
-    from runtime import ContextWindowExceeded
 
     too_long = "This model's maximum context length is 8192 tokens."
     async with FaultyEndpoint("openai", name="a") as a, FaultyEndpoint("ollama", name="b") as b:

@@ -186,6 +186,16 @@ async def test_deadline_is_504_and_context_length_is_400() -> None:
     assert too_long.value.code == "context_length_exceeded"
 
 
+async def test_prompt_over_every_configured_window_is_400_unsent() -> None:
+    """A prompt no configured context_window holds is the client's 400 context_length_exceeded, not a 429."""
+    async with FaultyEndpoint("openai", name="up") as up:
+        async with serving([endpoint(up, context_window=50)]) as gw, openai_client(gw) as client:
+            with pytest.raises(openai.BadRequestError) as too_long:
+                await client.chat.completions.create(model="up", messages=[{"role": "user", "content": "word " * 200}])
+    assert too_long.value.status_code == 400 and too_long.value.code == "context_length_exceeded"
+    assert up.stats.requests == 0
+
+
 def test_sync_openai_client() -> None:
     """The blocking openai client: chat and a stream with usage (the gateway serves from a background loop)."""
     import anyio.from_thread

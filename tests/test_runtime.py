@@ -118,7 +118,7 @@ async def test_context_window_routing_skips_small_windows(local: FaultyEndpoint)
         async with Runtime(endpoints) as rt:
             assert (await rt.chat(long_prompt, max_tokens=10)).endpoint == "big"
             assert (await rt.chat("short", max_tokens=10)).endpoint == "local"
-            with pytest.raises(NoEndpointAvailable, match="context window"):
+            with pytest.raises(ContextWindowExceeded, match="context window"):
                 await rt.chat("word " * 200_000, max_tokens=10)
         assert local.stats.requests == 1
 
@@ -150,7 +150,7 @@ async def test_trim_fits_a_long_conversation_to_the_window(local: FaultyEndpoint
         history.append({"role": "assistant", "content": f"answer {i} " + "filler " * 20})
     history.append({"role": "user", "content": "the latest question"})
     async with Runtime([local.endpoint(health=QUIET, context_window=600)]) as rt:
-        with pytest.raises(NoEndpointAvailable):
+        with pytest.raises(ContextWindowExceeded):
             await rt.chat(history, max_tokens=100)
         reply = await rt.chat(history, max_tokens=100, trim=True)
     assert reply.endpoint == "local"

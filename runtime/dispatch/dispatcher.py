@@ -397,10 +397,8 @@ class Dispatcher:
         walk.record(Attempt(endpoint=actor.name, elapsed=walk.clock() - started))
         return value
 
-    def _why_none(self, tiers: list[Tier], min_window: int, now: float, deadline: float) -> str:
+    def _why_none(self, tiers: list[Tier], now: float, deadline: float) -> str:
         states = ", ".join(_describe(a) for tier in tiers for a in tier.actors)
-        if min_window and all((a.endpoint.context_window or math.inf) < min_window for t in tiers for a in t.actors):
-            return f"no endpoint has a context window of {min_window} tokens"
         return f"no endpoint can take the request within {deadline - now:.3g}s ({states})"
 
     # --- hedging -----------------------------------------------------------------------
@@ -568,15 +566,24 @@ class _Walk:
         return True
 
     def none_left(
-        self, route: str | None, now: float, until: float, why: Callable[[list[Tier], int, float, float], str]
+        self, route: str | None, now: float, until: float, why: Callable[[list[Tier], float, float], str]
     ) -> None:
         """Nothing can take the request before the deadline: raise what says so best, or
         return None to let the run give up with its attempt trail."""
         if self.raise_if_none is not None:
             raise self.raise_if_none
         if not self.attempts:
+            if self.min_window and all(
+                (a.endpoint.context_window or math.inf) < self.min_window for t in self.tiers for a in t.actors
+            ):
+                # The prompt's fault, not the endpoints': no wait or retry can help, so it is the
+                # request error an endpoint would answer (a gateway maps it to a 400).
+                raise ContextWindowExceeded(
+                    f"the prompt needs a context window of {self.min_window} tokens; no endpoint has one",
+                    code="context_length_exceeded",
+                )
             raise NoEndpointAvailable(
-                why(self.tiers, self.min_window, now, self.deadline),
+                why(self.tiers, now, self.deadline),
                 route=route,
                 retry_after=None if math.isinf(until) else until - now,
             )
