@@ -8,6 +8,8 @@ deadline bounds everything after it.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import anyio
 import pytest
 
@@ -20,6 +22,19 @@ QUIET = HealthPolicy(enabled=False)
 DIALECTS = ["openai", "anthropic", "ollama"]
 # The virtual clock jumps over sleeps, but socket I/O still takes real milliseconds.
 SLACK = 0.05
+E = TypeVar("E", bound=BaseException)
+
+
+async def read_until_it_fails(rt: Runtime, timeout: float, error: type[E]) -> E:
+    """Read a whole stream that must fail with ``error`` by its ``timeout``, leaving no slot held."""
+    start = anyio.current_time()
+    with pytest.raises(error) as info:
+        async with rt.stream("hi", timeout=timeout) as stream:
+            async for _ in stream:
+                pass
+    assert anyio.current_time() - start < timeout + SLACK
+    assert rt.status()[0].in_flight == 0
+    return info.value
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -28,14 +43,8 @@ async def test_contentless_trickle_ends_by_the_deadline_with_timeout(dialect: st
     async with FaultyEndpoint(dialect, name="trickle") as ep:
         ep.faults.trickle = 0.3
         async with Runtime([ep.endpoint(health=QUIET)]) as rt:
-            start = anyio.current_time()
-            with pytest.raises(AllEndpointsFailed) as info:
-                async with rt.stream("hi", timeout=1.5) as stream:
-                    async for _ in stream:
-                        pass
-            assert anyio.current_time() - start < 1.5 + SLACK
-            assert rt.status()[0].in_flight == 0
-    assert info.value.attempts and all(isinstance(a.error, Timeout) for a in info.value.attempts)
+            failed = await read_until_it_fails(rt, 1.5, AllEndpointsFailed)
+    assert failed.attempts and all(isinstance(a.error, Timeout) for a in failed.attempts)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -62,14 +71,8 @@ async def test_slow_chunks_after_content_cannot_outlive_the_deadline() -> None:
     async with FaultyEndpoint("openai", name="slow", text=" ".join(["word"] * 50)) as ep:
         ep.faults.chunk_delay = 0.3
         async with Runtime([ep.endpoint(health=QUIET, idle_timeout=1.0)]) as rt:
-            start = anyio.current_time()
-            with pytest.raises(StreamInterrupted) as info:
-                async with rt.stream("hi", timeout=2.0) as stream:
-                    async for _ in stream:
-                        pass
-            assert anyio.current_time() - start < 2.0 + SLACK
-            assert rt.status()[0].in_flight == 0
-    assert info.value.partial and isinstance(info.value.cause, Timeout)
+            cut = await read_until_it_fails(rt, 2.0, StreamInterrupted)
+    assert cut.partial and isinstance(cut.cause, Timeout)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
