@@ -55,13 +55,14 @@ async def test_concurrency_cap() -> None:
 async def test_requests_per_minute() -> None:
     """rpm requests go at once, the next waits for one to leak out (60/rpm seconds)."""
     limiter = Limiter(rpm=3)
+    t = now()  # one reading for the steps below: the loop clock is real time plus jumps, so readings drift under load
     for _ in range(3):
-        r = limiter.try_acquire(1, now())
+        r = limiter.try_acquire(1, t)
         assert r is not None
-        limiter.release(r, 1, now())
-    assert limiter.try_acquire(1, now()) is None
+        limiter.release(r, 1, t)
+    assert limiter.try_acquire(1, t) is None
     assert limiter.last_refusal == "rpm"
-    assert limiter.available_at(1, now()) == pytest.approx(now() + 20.0, abs=0.01)
+    assert limiter.available_at(1, t) == pytest.approx(t + 20.0, abs=0.01)
     await asyncio.sleep(19.5)
     assert limiter.try_acquire(1, now()) is None
     await asyncio.sleep(0.6)
@@ -71,11 +72,12 @@ async def test_requests_per_minute() -> None:
 async def test_tokens_per_minute() -> None:
     """A request that does not fit the TPM bucket is refused until enough has leaked out."""
     limiter = Limiter(tpm=1000)
-    assert limiter.try_acquire(600, now()) is not None
-    assert limiter.try_acquire(500, now()) is None
+    t = now()  # one reading for the steps below: the loop clock is real time plus jumps, so readings drift under load
+    assert limiter.try_acquire(600, t) is not None
+    assert limiter.try_acquire(500, t) is None
     assert limiter.last_refusal == "tpm"
     wait = (600 + 500 - 1000) / (1000 / 60)  # 6 s
-    assert limiter.available_at(500, now()) == pytest.approx(now() + wait, abs=0.01)
+    assert limiter.available_at(500, t) == pytest.approx(t + wait, abs=0.01)
     await asyncio.sleep(wait + 0.01)
     assert limiter.try_acquire(500, now()) is not None
 
@@ -136,10 +138,11 @@ async def test_a_refund_frees_the_unused_estimate_at_once() -> None:
 async def test_usage_above_the_bucket_is_a_debt_waited_out() -> None:
     """A request that used more than the whole bucket holds later ones off until it leaked out."""
     limiter = Limiter(tpm=1000)
-    r = limiter.try_acquire(100, now())
+    t = now()  # one reading for the steps below: the loop clock is real time plus jumps, so readings drift under load
+    r = limiter.try_acquire(100, t)
     assert r is not None
-    limiter.release(r, 1500, now())
-    assert limiter.available_at(100, now()) == pytest.approx(now() + 36.0, abs=0.01)
+    limiter.release(r, 1500, t)
+    assert limiter.available_at(100, t) == pytest.approx(t + 36.0, abs=0.01)
     await asyncio.sleep(35.9)
     assert limiter.try_acquire(100, now()) is None
     await asyncio.sleep(0.2)
@@ -220,14 +223,15 @@ async def test_headers_with_nothing_remaining_throttle_until_reset() -> None:
 async def test_low_remaining_headers_tighten_admission() -> None:
     """A low provider count gates admission by the provider's own figure until its reset."""
     limiter = Limiter()
-    limiter.observe(RateLimitSnapshot(limit_tokens=100_000, remaining_tokens=500, reset_tokens=60.0), now())
-    assert limiter.try_acquire(600, now()) is None
+    t = now()  # one reading for the steps below: the loop clock is real time plus jumps, so readings drift under load
+    limiter.observe(RateLimitSnapshot(limit_tokens=100_000, remaining_tokens=500, reset_tokens=60.0), t)
+    assert limiter.try_acquire(600, t) is None
     assert limiter.last_refusal == "provider_tokens"
-    assert limiter.try_acquire(400, now()) is not None
-    assert limiter.try_acquire(200, now()) is None
+    assert limiter.try_acquire(400, t) is not None
+    assert limiter.try_acquire(200, t) is None
     assert limiter.statistics().provider_tokens_left == pytest.approx(100)
     # It refills towards the limit: (100000 - 500) / 60 s per second.
-    assert limiter.available_at(200, now()) == pytest.approx(now() + 100 / ((100_000 - 500) / 60), abs=0.01)
+    assert limiter.available_at(200, t) == pytest.approx(t + 100 / ((100_000 - 500) / 60), abs=0.01)
     await asyncio.sleep(60)
     assert limiter.try_acquire(50_000, now()) is not None  # past the reset the gate is gone
     assert limiter.statistics().provider_tokens_left is None
@@ -236,12 +240,13 @@ async def test_low_remaining_headers_tighten_admission() -> None:
 async def test_low_request_count_without_limit_gates_requests() -> None:
     """Two requests left (limit unknown) means two more, then none until the reset."""
     limiter = Limiter(rpm=1000)
-    limiter.observe(RateLimitSnapshot(remaining_requests=2, reset_requests=5.0), now())
-    assert limiter.try_acquire(1, now()) is not None
-    assert limiter.try_acquire(1, now()) is not None
-    assert limiter.try_acquire(1, now()) is None
+    t = now()  # one reading for the steps below: the loop clock is real time plus jumps, so readings drift under load
+    limiter.observe(RateLimitSnapshot(remaining_requests=2, reset_requests=5.0), t)
+    assert limiter.try_acquire(1, t) is not None
+    assert limiter.try_acquire(1, t) is not None
+    assert limiter.try_acquire(1, t) is None
     assert limiter.last_refusal == "provider_requests"
-    assert limiter.available_at(1, now()) == pytest.approx(now() + 5.0)
+    assert limiter.available_at(1, t) == pytest.approx(t + 5.0)
     await asyncio.sleep(5)
     assert limiter.try_acquire(1, now()) is not None
 
