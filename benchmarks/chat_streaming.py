@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import msgspec
+from _common import pct, start_server, throughput
 
 from runtime import AllEndpointsFailed, Endpoint, HealthPolicy, RetryPolicy, Runtime
 from runtime.testing import FaultyEndpoint, VirtualClockLoop
@@ -96,27 +95,8 @@ def set_faults(ep: FaultyEndpoint, knobs: dict[str, object]) -> None:
 # --- part 2: cost, on the real clock -------------------------------------------------------------
 
 
-def start_server(text: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.testing.server", "--dialect", "openai", "--port", "0", "--text", text],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    base_url = proc.stdout.readline().strip()
-    if not base_url.startswith("http"):
-        proc.kill()
-        raise SystemExit(f"the local server did not start: {base_url!r}")
-    return proc, base_url
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def cost(text: str, requests: int, concurrency: int) -> None:
-    proc, base_url = start_server(text)
+    proc, base_url = start_server("--text", text)
     try:
         await measure(base_url, len(text.split()), requests, concurrency)
     finally:
@@ -186,20 +166,6 @@ async def measure(base_url: str, words: int, requests: int, concurrency: int) ->
         ratios = [s / c for s, c in zip(rates["stream_chat"], rates["chat()"], strict=True)]
         print(f"  concurrency {concurrency}: chat() {statistics.median(rates['chat()']):.0f} req/s, stream_chat "
               f"{statistics.median(rates['stream_chat']):.0f} req/s ({statistics.median(ratios):.2f}× chat())")
-
-
-async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await fn()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - t0)
 
 
 def main() -> None:

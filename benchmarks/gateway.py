@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import math
 import os
 import shutil
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+from _common import pct, throughput
 
 MESSAGES = [{"role": "user", "content": "Say hi"}]
 BLOCK = 50
@@ -105,11 +107,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int) -> None:
     samples: dict[str, list[float]] = {name: [] for name in modes}
     clock = time.perf_counter
@@ -124,20 +121,6 @@ async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], request
     for name, s in samples.items():
         med, p99 = statistics.median(s), pct(s, 0.99)
         print(f"{name:<18}{med * 1e6:>11.0f}{p99 * 1e6:>11.0f}{(med - base_med) * 1e6:>14.0f}{(p99 - base_p99) * 1e6:>14.0f}")
-
-
-async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency: int) -> float:
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await fn()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - t0)
 
 
 async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int, concurrency: int) -> None:
@@ -248,7 +231,9 @@ async def run(args: argparse.Namespace) -> None:
             config = gateway_config(Path(tmp), upstream)
             gateways: dict[str, str] = {}
             pids: dict[str, int] = {}
-            for loop in ("uvloop", "asyncio"):
+            # uvloop is an optional extra: without it the gateway runs on asyncio alone.
+            loops = ("uvloop", "asyncio") if importlib.util.find_spec("uvloop") else ("asyncio",)
+            for loop in loops:
                 proc, url = start([sys.executable, "-m", "runtime", "serve", "--config", str(config), "--loop", loop])
                 procs.append(proc)
                 gateways[f"gateway ({loop})"], pids[loop] = url, proc.pid
@@ -293,7 +278,7 @@ async def run(args: argparse.Namespace) -> None:
                 await c.close()
             await session.close()
             print(f"\nmemory over {args.memory_requests} requests (bare aiohttp client, concurrency {args.concurrency})")
-            await memory(gateways["gateway (uvloop)"], pids["uvloop"], args.memory_requests, args.concurrency, args.memory_seconds)
+            await memory(gateways[f"gateway ({loops[0]})"], pids[loops[0]], args.memory_requests, args.concurrency, args.memory_seconds)
         finally:
             for proc in procs:
                 proc.terminate()

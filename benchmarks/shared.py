@@ -30,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+from _common import pct, start_server
 
 from runtime import Endpoint, HealthPolicy, LLMError, Runtime
 from runtime.cluster import SharedPolicy
@@ -38,25 +39,6 @@ from runtime.cluster.server import RedisServer
 PAYLOAD = {"model": "bench", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
 BLOCK = 50
 PROCESSES = 4
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.testing.server", "--dialect", "openai", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    base_url = proc.stdout.readline().strip()
-    if not base_url.startswith("http"):
-        proc.kill()
-        raise SystemExit(f"the local server did not start: {base_url!r}")
-    return proc, base_url
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def endpoint(base_url: str, name: str, **limits: int) -> Endpoint:
