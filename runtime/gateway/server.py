@@ -25,7 +25,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -54,6 +54,7 @@ _PROCESS_ID = secrets.token_hex(6) + "-"
 _SERIAL = itertools.count(1)
 # The request id, set by the edge for every handler.
 _RID = web.RequestKey("rid", str)
+_Body = TypeVar("_Body")
 
 
 class Gateway:
@@ -241,6 +242,27 @@ class Gateway:
             return Failure(403, "model_not_allowed", f"gateway key {client.name!r} may not use {model!r}", "model")
         return routing
 
+    async def _intake(
+        self, request: web.Request, dialect: Dialect, decode_body: Callable[[bytes], _Body], model: Callable[[_Body], str]
+    ) -> tuple[ClientKey | None, _Body, dict[str, Any]] | web.Response:
+        """Authenticate, read, decode and route a request: its key, body and routing, or the
+        refusal in the client's dialect. Nothing is held yet, so a refusal releases nothing."""
+        rid = request[_RID]
+        client = self._authenticate(request)
+        if isinstance(client, Failure):
+            return self._failure(rid, dialect, client)
+        raw = await self._body(request)
+        if isinstance(raw, Failure):
+            return self._failure(rid, dialect, raw)
+        try:
+            body = decode_body(raw)
+        except InvalidRequest as exc:
+            return self._failure(rid, dialect, failure_of(exc))
+        routing = self._routing(model(body), client)
+        if isinstance(routing, Failure):
+            return self._failure(rid, dialect, routing)
+        return client, body, routing
+
     def _admit(self, client: ClientKey | None, tokens: Callable[[], int]) -> Grant | Failure | None:
         """Take the request's share of its key's limits and budget (``tokens()``: its estimate,
         asked only when a limit reads it), or the 429 saying when to come back."""
@@ -290,19 +312,10 @@ class Gateway:
 
     async def _chat(self, request: web.Request, face: Face) -> web.StreamResponse:
         rid = request[_RID]
-        client = self._authenticate(request)
-        if isinstance(client, Failure):
-            return self._failure(rid, face.dialect, client)
-        raw = await self._body(request)
-        if isinstance(raw, Failure):
-            return self._failure(rid, face.dialect, raw)
-        try:
-            call = face.decode(raw)
-        except InvalidRequest as exc:
-            return self._failure(rid, face.dialect, failure_of(exc))
-        routing = self._routing(call.model, client)
-        if isinstance(routing, Failure):
-            return self._failure(rid, face.dialect, routing)
+        intake = await self._intake(request, face.dialect, face.decode, lambda call: call.model)
+        if isinstance(intake, web.Response):
+            return intake
+        client, call, routing = intake
         if call.stream:
             recovery = self._on_interrupt(request)
             if isinstance(recovery, Failure):
@@ -371,19 +384,10 @@ class Gateway:
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         rid = request[_RID]
-        client = self._authenticate(request)
-        if isinstance(client, Failure):
-            return self._failure(rid, "openai", client)
-        raw = await self._body(request)
-        if isinstance(raw, Failure):
-            return self._failure(rid, "openai", raw)
-        try:
-            body = decode(raw, openai_wire.EmbeddingBody)
-        except InvalidRequest as exc:
-            return self._failure(rid, "openai", failure_of(exc))
-        routing = self._routing(body.model, client)
-        if isinstance(routing, Failure):
-            return self._failure(rid, "openai", routing)
+        intake = await self._intake(request, "openai", lambda raw: decode(raw, openai_wire.EmbeddingBody), lambda b: b.model)
+        if isinstance(intake, web.Response):
+            return intake
+        client, body, routing = intake
         texts = [body.input] if isinstance(body.input, str) else body.input
         grant = self._admit(client, lambda: sum(len(t) for t in texts) // 4 + 1)
         if isinstance(grant, Failure):
@@ -404,20 +408,12 @@ class Gateway:
 
     async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
         """Anthropic's token count of a prompt, by the runtime's estimator for the route's first model."""
-        rid = request[_RID]
-        client = self._authenticate(request)
-        if isinstance(client, Failure):
-            return self._failure(rid, "anthropic", client)
-        raw = await self._body(request)
-        if isinstance(raw, Failure):
-            return self._failure(rid, "anthropic", raw)
-        try:
-            body = decode(raw, anthropic_wire.CountTokensBody)
-        except InvalidRequest as exc:
-            return self._failure(rid, "anthropic", failure_of(exc))
-        routing = self._routing(body.model, client)
-        if isinstance(routing, Failure):
-            return self._failure(rid, "anthropic", routing)
+        intake = await self._intake(
+            request, "anthropic", lambda raw: decode(raw, anthropic_wire.CountTokensBody), lambda b: b.model
+        )
+        if isinstance(intake, web.Response):
+            return intake
+        _, body, _ = intake  # a key and a route it may use are all a count needs
         prompt = ChatRequest(
             messages=anthropic_wire.conversation(body), tools=anthropic_wire.function_tools(body.tools),
             model=self._model_of(body.model),
