@@ -37,6 +37,25 @@ def test_gateway_table_is_validated_naming_the_key() -> None:
     assert "sk-1" not in repr(config)
 
 
+def test_gateway_structs_built_in_python_check_their_types() -> None:
+    """GatewayConfig and GatewayKey built in Python refuse a value of the wrong type as the
+    file loader does, naming the key (a string for ``models`` would otherwise allow its letters)."""
+    from runtime.gateway import GatewayConfig, GatewayKey
+
+    with pytest.raises(ConfigError, match=r"gateway\.port.*must be an integer, got '4000'"):
+        GatewayConfig(port="4000")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"gateway\.max_concurrency.*must be an integer, got True"):
+        GatewayConfig(max_concurrency=True)
+    with pytest.raises(ConfigError, match=r"gateway\.keys.*must be a list of GatewayKey tables"):
+        GatewayConfig(keys=[{"name": "k", "key": "sk"}])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match=r"gateway\.keys\[k\]\.models.*must be a list of strings, got 'fast'"):
+        GatewayKey(name="k", key="sk", models="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"gateway\.keys\[k\]\.rpm.*must be an integer \(or absent\), got '5'"):
+        GatewayKey(name="k", key="sk", rpm="5")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"gateway\.keys\.name.*must be a string, got 7"):
+        GatewayKey(name=7, key="sk")  # type: ignore[arg-type]
+
+
 def test_readme_gateway_table_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's [gateway] example parses, every key of it, into the documented values."""
     import re

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from ..errors import ConfigError
-from ..policy import Budget, _check, _Config, _positive
+from ..policy import Budget, _check, _Config, _positive, check_types
 
 __all__ = ["GatewayConfig", "GatewayKey"]
 
@@ -58,7 +58,11 @@ class GatewayKey(_Config, frozen=True):
     monthly_usd: float | None = None
 
     def __post_init__(self) -> None:
+        # Built in Python, a struct's values are not checked against its annotations as a
+        # file's are: check them first, the name before it is used in every other key.
+        _check(isinstance(self.name, str), "gateway.keys.name", f"must be a string, got {self.name!r}")
         where = f"gateway.keys[{self.name}]"
+        check_types(self, where)
         given = [k for k in ("key", "key_env", "key_sha256") if getattr(self, k)]
         _check(len(given) == 1, f"{where}.key", "give exactly one of key, key_env, key_sha256")
         if self.key_sha256 is not None:
@@ -119,6 +123,7 @@ class GatewayConfig(_Config, frozen=True):
     keys: list[GatewayKey] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_types(self, "gateway")
         _check(0 <= self.port <= 65535, "gateway.port", f"must be in 0..65535, got {self.port}")
         _positive(self.max_body_bytes, "gateway.max_body_bytes")
         _positive(self.header_timeout, "gateway.header_timeout")
