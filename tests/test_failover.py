@@ -187,6 +187,66 @@ async def test_long_retry_after_or_short_deadline_drops_the_tier(pair: tuple[Fau
         assert (await rt.chat("hi", timeout=0.4)).endpoint == "backup"
 
 
+async def test_requests_waiting_out_a_throttle_send_one_trial_not_a_stampede(
+    pair: tuple[FaultyEndpoint, FaultyEndpoint],
+) -> None:
+    """Five requests wait out the primary's Retry-After 0.5 on the preferred tier; it still
+    answers 429 when the throttle lifts: one trial meets that 429, the other four go to the
+    backup at once instead of meeting it too."""
+    primary, backup = pair
+    primary.faults.error_rate, primary.faults.error_status, primary.faults.retry_after = 1.0, 429, 0.5
+    async with Runtime(tiered(primary, backup), seed=2) as rt:
+        answered, failures = await _spaced(rt, 5, every=0.1)
+    assert failures == [] and answered == ["backup"] * 5
+    assert primary.stats.requests == 2  # the first 429, then the trial at the lift
+    assert backup.stats.requests == 5
+
+
+async def test_the_trial_after_a_throttle_releases_the_others_when_it_succeeds(pair: tuple[FaultyEndpoint, FaultyEndpoint]) -> None:
+    """One endpoint, throttled with requests waiting: at the lift one request goes alone;
+    when it has answered, the others go."""
+    primary, _ = pair
+    primary.faults.latency = 0.2
+    primary.faults.fail_next(1, status=429, retry_after=0.5)
+    in_flight: list[int] = []
+    answered: list[str] = []
+
+    async def first() -> None:
+        answered.append((await rt.chat("hi")).endpoint)
+
+    async def look() -> None:
+        await anyio.sleep(0.8)  # the 429 came at 0.2 s: after the lift at 0.7 s, before the trial answers at 0.9 s
+        in_flight.append(primary.stats.in_flight)
+
+    async with Runtime(tiered(primary), seed=2) as rt:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(look)
+            await anyio.sleep(0.3)  # the throttle is known: the next four wait for it
+            more, failures = await _spaced(rt, 4, every=0.05)
+    assert failures == [] and answered + more == ["primary"] * 5
+    assert in_flight == [1]
+    assert primary.stats.requests == 6
+
+
+async def _spaced(rt: Runtime, n: int, every: float) -> tuple[list[str], list[BaseException]]:
+    """``n`` chats started ``every`` seconds apart: who answered, and what failed."""
+    answered: list[str] = []
+    failures: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        await anyio.sleep(i * every)
+        try:
+            answered.append((await rt.chat("hi")).endpoint)
+        except LLMError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return answered, failures
+
+
 async def test_timeout_is_not_waited_for_again(pair: tuple[FaultyEndpoint, FaultyEndpoint]) -> None:
     """A timed-out attempt already cost a whole timeout: the next tier at once."""
     primary, backup = pair

@@ -199,6 +199,41 @@ async def test_throttle_refuses_everything_for_seven_seconds_of_loop_time() -> N
     assert limiter.try_acquire(1, now()) is not None
 
 
+@pytest.mark.parametrize("limits", [{}, {"rpm": 1000, "tpm": 100_000}])
+async def test_a_lifted_throttle_lets_one_trial_go_first(limits: dict[str, int]) -> None:
+    """When a throttle lifts, one request is admitted and the rest are refused until it is
+    released; a trial that meets another 429 makes the next lift's first request a trial too."""
+    limiter = Limiter(**limits)
+    limiter.throttle(now() + 5.0)
+    await asyncio.sleep(5.0)
+    trial = limiter.try_acquire(1, now())
+    assert trial is not None
+    assert [limiter.try_acquire(1, now()) for _ in range(4)] == [None] * 4
+    assert limiter.last_refusal == "throttle_trial" and limiter.statistics().refused["throttle_trial"] == 4
+    at = now()
+    assert limiter.available_at(1, at) == at  # no wait is known: the trial's answer decides
+    # The trial met another 429: released, then throttled again (as the actor settles it).
+    limiter.release(trial, 0, now())
+    limiter.throttle(now() + 5.0)
+    await asyncio.sleep(5.0)
+    second = limiter.try_acquire(1, now())
+    assert second is not None and limiter.try_acquire(1, now()) is None
+    # This one succeeded: everyone is admitted again.
+    limiter.release(second, 10, now())
+    assert all(limiter.try_acquire(1, now()) is not None for _ in range(5))
+    assert limiter.in_flight == 5
+
+
+async def test_unthrottle_ends_a_trial_too() -> None:
+    """A reset by hand admits everyone at once, trial or not."""
+    limiter = Limiter()
+    limiter.throttle(now() + 1.0)
+    await asyncio.sleep(1.0)
+    assert limiter.try_acquire(1, now()) is not None
+    limiter.unthrottle()
+    assert limiter.try_acquire(1, now()) is not None
+
+
 async def test_throttle_only_extends_and_unthrottle_ends_it() -> None:
     """A shorter Retry-After does not cut a longer throttle; unthrottle() ends it."""
     limiter = Limiter()

@@ -102,7 +102,12 @@ class SharedLimiter(Limiter):
         if now < self._held_until:
             return self._refuse(self._held_reason)
         reservation = super().try_acquire(tokens, now)
-        return None if reservation is None else SharedReservation(reservation.tokens)
+        if reservation is None:
+            return None
+        shared = SharedReservation(reservation.tokens)
+        if self._trial is reservation:
+            self._trial = shared  # the trial ends when the reservation the permit holds is released
+        return shared
 
     def available_at(self, tokens: int, now: float) -> float:
         """As :meth:`Limiter.available_at`, no sooner than the shared refusal ends."""

@@ -22,6 +22,11 @@ until a request at least that large is admitted or, at the latest, shortly after
 it should have fitted (:data:`HEAD_OF_LINE_GRACE`), so a large request the dispatcher sent
 elsewhere cannot hold the bucket for long.
 
+A throttle that lifts lets one request through first (the trial): the others are
+refused (``throttle_trial``) until it is released, so requests that waited for the same
+``Retry-After`` do not all meet the next 429 in the same millisecond. If the trial is
+throttled again, the next lift has a trial of its own.
+
 Nothing here reads a clock: ``now`` is the event loop's time, passed in.
 """
 
@@ -63,8 +68,8 @@ class LimiterStats(FrozenStruct, frozen=True):
     what reservations and real usage put in and has not leaked out (above ``tpm``: a debt).
     ``head_of_line`` is the token demand small requests currently leave room for (0: none).
     ``provider_*_left`` is the provider's own count while its headers run low (None: not
-    binding). ``refused`` counts refusals by reason: throttled, concurrency, rpm, tpm,
-    head_of_line, provider_requests, provider_tokens.
+    binding). ``refused`` counts refusals by reason: throttled, throttle_trial,
+    concurrency, rpm, tpm, head_of_line, provider_requests, provider_tokens.
     """
 
     rpm: int | None
@@ -189,6 +194,8 @@ class Limiter:
         "_reserved",
         "_throttled_until",
         "_tokens",
+        "_trial",
+        "_trial_due",
         "_used",
         "max_concurrency",
         "rpm",
@@ -204,6 +211,8 @@ class Limiter:
         self._max_in_flight = max_concurrency if max_concurrency else sys.maxsize
         self._in_flight = 0
         self._throttled_until = -math.inf
+        self._trial_due = False  # the next admission after the throttle is its trial
+        self._trial: Reservation | None = None
         self._hol_tokens = 0.0
         self._hol_until = -math.inf
         self._gate_requests: _ProviderWindow | None = None
@@ -291,6 +300,9 @@ class Limiter:
             return
         reservation.released = True
         self._in_flight -= 1
+        if reservation is self._trial:
+            self._trial = None  # had it met a 429, the throttle that follows makes the next trial due
+            self._replain()
         if actual_tokens is not None:
             self._used += actual_tokens
         bucket = self._tokens
@@ -304,13 +316,19 @@ class Limiter:
 
     def throttle(self, until: float) -> None:
         """Refuse everything until loop time ``until`` (after a 429). Only ever extends:
-        a shorter Retry-After arriving late does not cut a longer throttle short."""
+        a shorter Retry-After arriving late does not cut a longer throttle short. When it
+        lifts, one request goes first (see the module docstring)."""
         if until > self._throttled_until:
             self._throttled_until = until
+        self._trial_due = True
+        self._plain = False  # admission takes the slow path, which knows about the trial
 
     def unthrottle(self) -> None:
-        """End any throttle now (a manual reset)."""
+        """End any throttle now (a manual reset): no trial either."""
         self._throttled_until = -math.inf
+        self._trial_due = False
+        self._trial = None
+        self._replain()
 
     def observe(self, snapshot: RateLimitSnapshot, now: float) -> None:
         """Adjust admission to the provider's rate-limit headers.
@@ -371,6 +389,15 @@ class Limiter:
         return hol if need < hol else 0.0
 
     def _acquire_limited(self, tokens: int, now: float) -> Reservation | None:
+        if self._trial is not None:
+            return self._refuse("throttle_trial")
+        reservation = self._take(tokens, now)
+        if reservation is not None and self._trial_due:
+            self._trial_due = False
+            self._trial = reservation
+        return reservation
+
+    def _take(self, tokens: int, now: float) -> Reservation | None:
         gate_r, gate_t = self._gate_requests, self._gate_tokens
         if gate_r is not None or gate_t is not None:
             refusal = self._check_gates(tokens, now)
@@ -440,4 +467,6 @@ class Limiter:
             and self._tokens is None
             and self._gate_requests is None
             and self._gate_tokens is None
+            and not self._trial_due
+            and self._trial is None
         )
