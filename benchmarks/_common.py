@@ -13,22 +13,23 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["pct", "samples", "start_server", "throughput"]
+__all__ = ["pct", "samples", "start_child", "start_server", "throughput"]
 
 
 def start_server(*flags: str, dialect: str = "openai") -> tuple[subprocess.Popen[str], str]:
     """``python -m runtime.testing.server`` in its own process, with ``flags``; the process and its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.testing.server", "--dialect", dialect, "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    return start_child([sys.executable, "-m", "runtime.testing.server", "--dialect", dialect, "--port", "0", *flags])
+
+
+def start_child(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """A server in its own process and the URL it prints on its first line of stdout."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    base_url = proc.stdout.readline().strip()
-    if not base_url.startswith("http"):
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
         proc.kill()
-        raise SystemExit(f"the local server did not start: {base_url!r}")
-    return proc, base_url
+        raise SystemExit(f"{' '.join(args)} did not start: {url!r}")
+    return proc, url
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
-from _common import pct, throughput
+from _common import pct, samples, start_child, start_server, throughput
 
 MESSAGES = [{"role": "user", "content": "Say hi"}]
 BLOCK = 50
@@ -77,17 +77,6 @@ async def main(upstream):
 """
 
 
-def start(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    """A child process and the URL it prints on its first line."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http"):
-        proc.kill()
-        raise SystemExit(f"{' '.join(args)} did not start: {url!r}")
-    return proc, url
-
-
 def gateway_config(directory: Path, upstream: str) -> Path:
     path = directory / "runtime.toml"
     path.write_text(
@@ -108,17 +97,10 @@ def rss_kib(pid: int) -> int:
 
 
 async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int) -> None:
-    samples: dict[str, list[float]] = {name: [] for name in modes}
-    clock = time.perf_counter
-    for _ in range(max(1, requests // BLOCK)):
-        for name, fn in modes.items():
-            for _ in range(BLOCK):
-                t0 = clock()
-                await fn()
-                samples[name].append(clock() - t0)
-    base_med, base_p99 = statistics.median(samples["direct"]), pct(samples["direct"], 0.99)
+    seconds = await samples(modes, requests, BLOCK)
+    base_med, base_p99 = statistics.median(seconds["direct"]), pct(seconds["direct"], 0.99)
     print(f"{'mode':<18}{'median µs':>11}{'p99 µs':>11}{'added p50 µs':>14}{'added p99 µs':>14}")
-    for name, s in samples.items():
+    for name, s in seconds.items():
         med, p99 = statistics.median(s), pct(s, 0.99)
         print(f"{name:<18}{med * 1e6:>11.0f}{p99 * 1e6:>11.0f}{(med - base_med) * 1e6:>14.0f}{(p99 - base_p99) * 1e6:>14.0f}")
 
@@ -226,7 +208,7 @@ async def run(args: argparse.Namespace) -> None:
     procs: list[subprocess.Popen[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            upstream_proc, upstream = start([sys.executable, "-m", "runtime.testing.server", "--port", "0"])
+            upstream_proc, upstream = start_server()
             procs.append(upstream_proc)
             config = gateway_config(Path(tmp), upstream)
             gateways: dict[str, str] = {}
@@ -234,10 +216,10 @@ async def run(args: argparse.Namespace) -> None:
             # uvloop is an optional extra: without it the gateway runs on asyncio alone.
             loops = ("uvloop", "asyncio") if importlib.util.find_spec("uvloop") else ("asyncio",)
             for loop in loops:
-                proc, url = start([sys.executable, "-m", "runtime", "serve", "--config", str(config), "--loop", loop])
+                proc, url = start_child([sys.executable, "-m", "runtime", "serve", "--config", str(config), "--loop", loop])
                 procs.append(proc)
                 gateways[f"gateway ({loop})"], pids[loop] = url, proc.pid
-            floor_proc, floor = start([sys.executable, "-c", FLOOR_PROXY, upstream])
+            floor_proc, floor = start_child([sys.executable, "-c", FLOOR_PROXY, upstream])
             procs.append(floor_proc)
             lite = litellm_proxy(upstream, Path(tmp))
             if lite is not None:

@@ -104,6 +104,58 @@ async def test_openai_chat_stream_models_embeddings() -> None:
     assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 8 and vectors.usage.prompt_tokens > 0
 
 
+async def test_cost_on_whole_replies_and_on_streams_usage() -> None:
+    """The cost is the x-llm-cost-usd header of a whole reply and, since a stream's headers
+    go before its answer, the usage's cost_usd field of the usage chunk (OpenAI) and of
+    message_delta (Anthropic); an endpoint without a known price says neither."""
+    from runtime.policy import Price
+
+    price = Price(input=1_000_000.0, output=2_000_000.0)  # $1 a prompt token, $2 an output token
+    async with FaultyEndpoint("openai", name="up", text="hello big world") as up, FaultyEndpoint("openai", name="free") as free:
+        eps = [endpoint(up, price=price), endpoint(free, model="unpriced-model")]
+        async with serving(eps) as gw, openai_client(gw) as client, anthropic_client(gw) as claude:
+            raw = await client.chat.completions.with_raw_response.create(model="up", messages=HI)
+            stream = await client.chat.completions.create(
+                model="up", messages=HI, stream=True, stream_options={"include_usage": True}
+            )
+            usage = [c async for c in stream][-1].usage
+            async with claude.messages.stream(model="up", max_tokens=64, messages=HI) as s:
+                (delta,) = [e async for e in s if e.type == "message_delta"]
+            unpriced = await client.chat.completions.with_raw_response.create(model="free", messages=HI)
+            unpriced_stream = await client.chat.completions.create(
+                model="free", messages=HI, stream=True, stream_options={"include_usage": True}
+            )
+            unpriced_usage = [c async for c in unpriced_stream][-1].usage
+    assert float(raw.headers["x-llm-cost-usd"]) == raw.parse().usage.model_extra["cost_usd"] == 1 + 3 * 2
+    assert usage.completion_tokens == 3 and usage.model_extra["cost_usd"] == 7
+    assert delta.usage.output_tokens == 3 and delta.usage.model_extra["cost_usd"] == 7
+    assert "x-llm-cost-usd" not in unpriced.headers and "cost_usd" not in unpriced_usage.model_extra
+
+
+async def test_legacy_completions_whole_and_streamed() -> None:
+    """POST /v1/completions in OpenAI's legacy dialect: a whole completion, a stream with
+    usage, the parameters reaching the upstream's /completions, and what the runtime's
+    completions do not take refused naming it."""
+    async with FaultyEndpoint("openai", name="up", text="sat on the mat") as up:
+        async with serving([endpoint(up, groups=["fast"])]) as gw, openai_client(gw) as client:
+            whole = await client.completions.create(model="fast", prompt="The cat", max_tokens=8, temperature=0.5, stop=["."])
+            sent = up.last_request
+            stream = await client.completions.create(
+                model="fast", prompt="The cat", stream=True, stream_options={"include_usage": True}
+            )
+            chunks = [c async for c in stream]
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.completions.create(model="fast", prompt="The cat", echo=True)
+            with pytest.raises(openai.NotFoundError):
+                await client.completions.create(model="nope", prompt="The cat")
+    assert whole.object == "text_completion" and whole.choices[0].text == "sat on the mat"
+    assert whole.choices[0].finish_reason == "stop" and whole.usage.completion_tokens == 4
+    assert sent["prompt"] == "The cat" and sent["max_tokens"] == 8 and sent["temperature"] == 0.5 and sent["stop"] == ["."]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "sat on the mat"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    assert refused.value.body["param"] == "echo"
+
+
 async def test_openai_tools_and_response_format_pass_through() -> None:
     """Tool calls come back whole and streamed; response_format and the OpenAI parameters reach the upstream."""
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import msgspec
 
 from ..types import ChatResponse, ImagePart, Message, StreamChunk, TextPart, ToolCall
+from .dialect import cost_of
 
 __all__ = ["CountTokensBody", "MessageWriter", "MessagesBody", "conversation", "function_tools", "message", "messages_call"]
 
@@ -213,9 +214,18 @@ def message(reply: ChatResponse, request_id: str) -> bytes:
             "content": content,
             "stop_reason": _stop_reason(reply.finish_reason),
             "stop_sequence": None,
-            "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
+            "usage": _usage(reply),
         }
     )
+
+
+def _usage(reply: ChatResponse) -> dict[str, Any]:
+    usage: dict[str, Any] = {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens}
+    cost = cost_of(reply)
+    if cost is not None:
+        # An extension field, as on the OpenAI routes: a stream's cost cannot be a header.
+        usage["cost_usd"] = cost
+    return usage
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -274,6 +284,6 @@ class MessageWriter:
 
     def closing(self, reply: ChatResponse) -> bytes:
         """The last block's stop, ``message_delta`` with the stop reason and usage, ``message_stop``."""
-        usage = {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens}
+        usage = _usage(reply)
         stop = {"stop_reason": _stop_reason(reply.finish_reason), "stop_sequence": None}
         return self._close() + _event("message_delta", {"delta": stop, "usage": usage}) + _event("message_stop", {})

@@ -46,8 +46,9 @@ from ..errors import (
     StreamInterrupted,
     Timeout,
 )
+from ..types import ChatResponse, EmbeddingResponse
 
-__all__ = ["Dialect", "Failure", "failure_of"]
+__all__ = ["Dialect", "Failure", "cost_of", "failure_of"]
 
 Dialect = Literal["openai", "anthropic"]
 
@@ -69,6 +70,12 @@ class Failure(NamedTuple):
         if self.retry_after is None:
             return {}
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+def cost_of(reply: ChatResponse | EmbeddingResponse) -> float | None:
+    """What a reply cost in USD, or None when no price is known for it (its ``cost_usd`` is
+    then 0, which a client must not read as free)."""
+    return reply.cost_usd if reply.cost_known else None
 
 
 def failure_of(exc: LLMError) -> Failure:

@@ -54,6 +54,8 @@ class Call(NamedTuple):
     stream: bool
     max_tokens: int | None
     include_usage: bool = False
+    #: a legacy text completion's prompt (``messages`` then holds it as one user message)
+    prompt: str | None = None
 
 
 class StreamWriter(Protocol):
@@ -80,16 +82,28 @@ def _openai_call(raw: bytes) -> Call:
     return Call(body.model, messages, options, body.stream, body.max_tokens or body.max_completion_tokens, include)
 
 
+def _completion_call(raw: bytes) -> Call:
+    body = decode(raw, openai_wire.CompletionBody)
+    include = body.stream_options is not None and body.stream_options.include_usage
+    messages = [Message(role="user", content=body.prompt)]
+    return Call(body.model, messages, openai_wire.completion_call(body), body.stream, body.max_tokens, include, body.prompt)
+
+
 def _anthropic_call(raw: bytes) -> Call:
     body = decode(raw, anthropic_wire.MessagesBody)
     messages, options = anthropic_wire.messages_call(body)
     return Call(body.model, messages, options, body.stream, body.max_tokens)
 
 
-FACES: dict[Dialect, Face] = {
+# By the route's kind: OpenAI chat, OpenAI legacy completions, Anthropic messages.
+FACES: dict[str, Face] = {
     "openai": Face(
         "openai", _openai_call, openai_wire.completion,
         lambda rid, call: openai_wire.ChunkWriter(rid, call.model, call.include_usage),
+    ),
+    "completion": Face(
+        "openai", _completion_call, openai_wire.text_completion,
+        lambda rid, call: openai_wire.TextChunkWriter(rid, call.model, call.include_usage),
     ),
     "anthropic": Face(
         "anthropic", _anthropic_call, anthropic_wire.message,

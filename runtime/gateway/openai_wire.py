@@ -12,11 +12,13 @@ from __future__ import annotations
 import base64
 import struct
 import time
+import typing
 from typing import Any, Literal
 
 import msgspec
 
 from ..types import (
+    ChatRequest,
     ChatResponse,
     EmbeddingResponse,
     ImagePart,
@@ -27,8 +29,12 @@ from ..types import (
     ToolCallDelta,
     Usage,
 )
+from .dialect import cost_of
 
-__all__ = ["DONE", "ChatCompletionBody", "ChunkWriter", "EmbeddingBody", "chat_call", "completion", "embedding_list"]
+__all__ = [
+    "DONE", "ChatCompletionBody", "ChunkWriter", "CompletionBody", "EmbeddingBody", "TextChunkWriter", "chat_call",
+    "completion", "completion_call", "embedding_list", "text_completion",
+]
 
 _encode = msgspec.json.encode
 
@@ -74,7 +80,22 @@ class _StreamOptions(_Wire):
     include_usage: bool = False
 
 
-class ChatCompletionBody(_Wire):
+# Body fields that are runtime keywords of the same name, declared with ChatRequest's own
+# types (the runtime carries them in it): one place says what each parameter may be.
+_SAMPLING = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "n", "user")
+_CHAT_ONLY = ("tools", "tool_choice", "response_format", "logprobs", "top_logprobs", "parallel_tool_calls", "metadata")
+
+
+def _passed(name: str, fields: tuple[str, ...]) -> type[_Wire]:
+    types = typing.get_type_hints(ChatRequest)
+    return typing.cast("type[_Wire]", msgspec.defstruct(name, [(f, types[f], None) for f in fields], bases=(_Wire,), kw_only=True))
+
+
+_ChatPassed = _passed("_ChatPassed", _SAMPLING + _CHAT_ONLY)
+_CompletionPassed = _passed("_CompletionPassed", _SAMPLING)
+
+
+class ChatCompletionBody(_ChatPassed):  # type: ignore[misc,valid-type]
     """``POST /v1/chat/completions``: the parameters the runtime passes through."""
 
     model: str
@@ -83,23 +104,21 @@ class ChatCompletionBody(_Wire):
     stream_options: _StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
     stop: str | list[str] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    n: int | None = None
-    user: str | None = None
-    parallel_tool_calls: bool | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
-    metadata: dict[str, str] | None = None
+
+
+class CompletionBody(_CompletionPassed):  # type: ignore[misc,valid-type]
+    """``POST /v1/completions``, OpenAI's legacy text completions: one prompt continued.
+    What the runtime's completions do not take (``logprobs``, ``echo``, ``suffix``,
+    ``best_of``) is an unknown field, refused naming it."""
+
+    model: str
+    prompt: str
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
 
 
 class EmbeddingBody(_Wire):
@@ -112,22 +131,28 @@ class EmbeddingBody(_Wire):
     user: str | None = None
 
 
-# Body fields that are runtime keywords of the same name (the rest need translating).
-_PASSED = (
-    "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "tools", "tool_choice",
-    "response_format", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
-    "top_logprobs", "n", "user", "parallel_tool_calls", "reasoning_effort", "metadata",
-)
+_CHAT_KEYWORDS = (*_SAMPLING, *_CHAT_ONLY, "max_tokens", "max_completion_tokens", "stop", "reasoning_effort")
+_COMPLETION_KEYWORDS = (*_SAMPLING, "max_tokens", "stop")
+
+
+def _keywords(body: msgspec.Struct, names: tuple[str, ...]) -> dict[str, Any]:
+    """The runtime keywords a body sets (a parameter left out is left to the runtime)."""
+    options: dict[str, Any] = {}
+    for name in names:
+        value = getattr(body, name)
+        if value is not None:
+            options[name] = value
+    return options
 
 
 def chat_call(body: ChatCompletionBody) -> tuple[list[Message], dict[str, Any]]:
     """The runtime messages and the ``chat``/``stream`` keywords of a request body."""
-    options: dict[str, Any] = {}
-    for name in _PASSED:
-        value = getattr(body, name)
-        if value is not None:
-            options[name] = value
-    return [_message(m) for m in body.messages], options
+    return [_message(m) for m in body.messages], _keywords(body, _CHAT_KEYWORDS)
+
+
+def completion_call(body: CompletionBody) -> dict[str, Any]:
+    """The ``complete``/``stream_complete`` keywords of a legacy completions body."""
+    return _keywords(body, _COMPLETION_KEYWORDS)
 
 
 def _message(m: _Message) -> Message:
@@ -150,7 +175,7 @@ def _message(m: _Message) -> Message:
     )
 
 
-def _usage(usage: Usage) -> dict[str, Any]:
+def _usage(usage: Usage, cost: float | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
@@ -160,6 +185,10 @@ def _usage(usage: Usage) -> dict[str, Any]:
         out["prompt_tokens_details"] = {"cached_tokens": usage.cached_input_tokens}
     if usage.reasoning_tokens is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    if cost is not None:
+        # An extension field (the clients keep unknown ones): a stream's cost cannot be a
+        # header, which is sent before the answer is known.
+        out["cost_usd"] = cost
     return out
 
 
@@ -201,7 +230,22 @@ def completion(reply: ChatResponse, request_id: str) -> bytes:
             "created": int(time.time()),
             "model": reply.model,
             "choices": choices,
-            "usage": _usage(reply.usage),
+            "usage": _usage(reply.usage, cost_of(reply)),
+        }
+    )
+
+
+def text_completion(reply: ChatResponse, request_id: str) -> bytes:
+    """A whole legacy ``text_completion`` document (every choice when ``n`` > 1)."""
+    texts = [(c.index, c.text, c.finish_reason) for c in reply.choices] or [(0, reply.text, reply.finish_reason)]
+    return _encode(
+        {
+            "id": reply.id or f"cmpl-{request_id}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": reply.model,
+            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f or "stop"} for i, t, f in texts],
+            "usage": _usage(reply.usage, cost_of(reply)),
         }
     )
 
@@ -213,19 +257,39 @@ def _choice(index: int, text: str, calls: list[ToolCall], finish: str | None, lo
     return {"index": index, "message": message, "finish_reason": finish or "stop", "logprobs": _logprobs(logprobs)}
 
 
-class ChunkWriter:
-    """Encodes one stream's ``chat.completion.chunk`` events, each ``data: {...}\\n\\n``."""
+class _EventWriter:
+    """What OpenAI's two stream kinds share: every event's head (id, object, created,
+    model), no opening event, and the usage event then ``[DONE]`` at the end."""
 
-    __slots__ = ("_head", "_include_usage", "_role_sent")
+    __slots__ = ("_head", "_include_usage")
+    _prefix = ""
+    _object = ""
 
     def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
-        self._head = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        self._head = {"id": self._prefix + request_id, "object": self._object, "created": int(time.time()), "model": model}
         self._include_usage = include_usage
-        self._role_sent = False
 
     def opening(self) -> bytes:
         """Nothing: OpenAI streams open with their first chunk."""
         return b""
+
+    def closing(self, reply: ChatResponse) -> bytes:
+        """The usage event (with ``stream_options.include_usage``), then ``[DONE]``."""
+        if not self._include_usage:
+            return DONE
+        return b"data: " + _encode({**self._head, "choices": [], "usage": _usage(reply.usage, cost_of(reply))}) + b"\n\n" + DONE
+
+
+class ChunkWriter(_EventWriter):
+    """Encodes one chat stream's ``chat.completion.chunk`` events, each ``data: {...}\\n\\n``."""
+
+    __slots__ = ("_role_sent",)
+    _prefix = "chatcmpl-"
+    _object = "chat.completion.chunk"
+
+    def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
+        super().__init__(request_id, model, include_usage)
+        self._role_sent = False
 
     def chunk(self, chunk: StreamChunk) -> bytes | None:
         """The event for one runtime chunk, or None when it carries nothing for the client."""
@@ -251,11 +315,22 @@ class ChunkWriter:
             body["usage"] = None
         return b"data: " + _encode(body) + b"\n\n"
 
-    def closing(self, reply: ChatResponse) -> bytes:
-        """The usage event (with ``stream_options.include_usage``), then ``[DONE]``."""
-        if not self._include_usage:
-            return DONE
-        return b"data: " + _encode({**self._head, "choices": [], "usage": _usage(reply.usage)}) + b"\n\n" + DONE
+
+class TextChunkWriter(_EventWriter):
+    """Encodes one legacy completions stream's ``text_completion`` events."""
+
+    __slots__ = ()
+    _prefix = "cmpl-"
+    _object = "text_completion"
+
+    def chunk(self, chunk: StreamChunk) -> bytes | None:
+        """The event for one runtime chunk, or None when it carries no text and no end."""
+        if chunk.model:
+            self._head["model"] = chunk.model
+        if not chunk.text and chunk.finish_reason is None:
+            return None
+        choice = {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": chunk.finish_reason}
+        return b"data: " + _encode({**self._head, "choices": [choice]}) + b"\n\n"
 
 
 def _tool_delta(d: ToolCallDelta) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The gateway server: ``aiohttp.web`` routes over one running :class:`~runtime.Runtime`.
 
-Every chat, stream and embedding goes through ``rt.chat``, ``rt.stream`` and ``rt.embed``;
+Every chat, completion, stream and embedding goes through ``rt.chat``, ``rt.complete``,
+``rt.stream``, ``rt.stream_complete`` and ``rt.embed``;
 the gateway adds only its edge: keys, decoding, the client's dialect, and the process's
 lifecycle. A request's way through:
 
@@ -38,7 +39,7 @@ from ..errors import InvalidRequest, LLMError
 from ..types import ChatRequest, ChatResponse
 from . import anthropic_wire, openai_wire
 from .config import GatewayConfig
-from .dialect import Dialect, Failure, error_body, error_event, failure_of
+from .dialect import Dialect, Failure, cost_of, error_body, error_event, failure_of
 from .faces import FACES, Call, Face, decode
 from .keys import ClientKey, Grant, KeyRing
 from .prometheus import exposition
@@ -106,6 +107,7 @@ class Gateway:
         """The ``aiohttp`` application (routes and the edge middleware)."""
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._edge])
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -307,6 +309,9 @@ class Gateway:
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._chat(request, FACES["openai"])
 
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._chat(request, FACES["completion"])
+
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         return await self._chat(request, FACES["anthropic"])
 
@@ -330,8 +335,11 @@ class Gateway:
             if call.stream:
                 response, reply = await self._stream(request, face, call, routing, client)
             else:
-                reply = await self.rt.chat(call.messages, **routing, **call.options)
-                headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), reply.cost_usd)
+                reply = await (
+                    self.rt.chat(call.messages, **routing, **call.options) if call.prompt is None
+                    else self.rt.complete(call.prompt, **routing, **call.options)
+                )
+                headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), cost_of(reply))
                 response = web.Response(body=face.reply(reply, rid), content_type=_JSON, headers=headers)
             if client is not None and grant is not None and reply is not None:
                 client.settle(grant, reply.usage.input_tokens + reply.usage.output_tokens, reply.cost_usd, _now())
@@ -348,7 +356,10 @@ class Gateway:
     ) -> tuple[web.StreamResponse, ChatResponse | None]:
         """Answer with SSE once the runtime has content; (response, the whole reply or None after a cut)."""
         rid = request[_RID]
-        stream: ReplyStream = self.rt.stream(call.messages, **routing, **call.options)
+        stream: ReplyStream = (
+            self.rt.stream(call.messages, **routing, **call.options) if call.prompt is None
+            else self.rt.stream_complete(call.prompt, **routing, **call.options)
+        )
         async with stream:
             headers = self._reply_headers(rid, client, stream.endpoint or "", len(stream.attempts), None)
             headers["Cache-Control"] = "no-cache"
@@ -403,7 +414,7 @@ class Gateway:
         finally:
             if not settled and client is not None and grant is not None:
                 client.release(grant, _now())
-        headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), reply.cost_usd)
+        headers = self._reply_headers(rid, client, reply.endpoint, len(reply.attempts), cost_of(reply))
         return web.Response(body=openai_wire.embedding_list(reply, body.encoding_format), content_type=_JSON, headers=headers)
 
     async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
