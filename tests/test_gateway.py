@@ -571,6 +571,34 @@ async def test_edge_limits() -> None:
     assert slow == 408
 
 
+async def test_unknown_paths_methods_and_expect_continue() -> None:
+    """An unknown path is 404 and a wrong method 405, in the path's dialect, each with a
+    request id; a client that sends ``Expect: 100-continue`` (curl, for larger bodies) is
+    told to go on and then answered."""
+    async with FaultyEndpoint("openai", name="up", text="hi there") as up:
+        async with serving([endpoint(up)]) as gw, aiohttp.ClientSession() as session:
+            async with session.post(gw.base_url + "/v1/nothing", json={}) as resp:
+                unknown = resp.status, (await resp.json())["error"]["code"], resp.headers.get("x-request-id")
+            async with session.get(gw.base_url + "/v1/messages") as resp:
+                wrong = resp.status, (await resp.json())["error"]["type"]
+            async with session.get(gw.base_url + "/v1/models/up") as resp:
+                one = (await resp.json())["id"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            body = json.dumps({"model": "up", "messages": HI}).encode()
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            )
+            await writer.drain()
+            interim = await reader.readuntil(b"\r\n\r\n")
+            writer.write(body)
+            final = await reader.readline()
+            writer.close()
+    assert unknown[:2] == (404, "not_found") and unknown[2]
+    assert wrong == (405, "invalid_request_error") and one == "up"
+    assert interim.startswith(b"HTTP/1.1 100 Continue") and final.startswith(b"HTTP/1.1 200")
+
+
 async def _slow_body(gw: Gateway) -> int:
     """Send a request head promising a body that never comes; the answer's status."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
