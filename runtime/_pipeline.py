@@ -279,30 +279,23 @@ class Pipeline:
 
     async def whole(self, options: ChatOptions, deadline: float) -> ChatResponse:
         """One whole reply by ``deadline`` (loop time), as it came."""
-        request, trim = options.request, options.trim
+        request = options.request
         completion = request.kind == "completion"
         call = Call(self, "text_completion" if completion else "chat", request.model, options.endpoint, deadline, completion)
-        call.start_span()
-        key, hit = call.cached(request, options.cache) if self.cache is not None else (None, None)
-        if hit is not None:
-            return hit
-        loop_time = self.clock
-
-        can_stream = streamable(request)
-
-        async def attempt(actor: EndpointActor, timeout: float) -> ChatResponse:
-            sent = self.fit(request, actor) if trim else request
-            if can_stream and actor.endpoint.stream_chat:
-                return await assembled(actor, sent, timeout, deadline)
-            reply, snapshot = await actor.client.chat(sent, timeout)
-            if snapshot is not None:
-                actor.observe_rate_limit(snapshot, loop_time())
-            return reply
-
+        if tracing_enabled():
+            call.start_span()
+        key = None
+        if self.cache is not None:
+            key, hit = call.cached(request, options.cache)
+            if hit is not None:
+                return hit
+        call.request, call.trim = request, options.trim
+        hedge = options.hedge
         try:
-            tokens, window = call.reserve(request, trim)
+            tokens, window = call.reserve(request, options.trim)
             outcome = await call.dispatch(
-                attempt, tokens=tokens, window=window, usage_tokens=_total_tokens, hedge=self.hedge_for(options.hedge)
+                call.chat_attempt, tokens=tokens, window=window, usage_tokens=_total_tokens,
+                hedge=self.hedge if hedge is None else self.hedge_for(hedge),
             )
         except AllEndpointsFailed as exc:
             stale = call.stale(key, exc)
@@ -400,8 +393,8 @@ class Call:
     """One request's state for its whole walk: deadline, route, span, budget reservation,
     attempt trail, and the open permit of a stream."""
 
-    __slots__ = ("counted", "deadline", "model", "operation", "pipeline", "reservation", "route", "span", "started",
-                 "tiers", "trail")
+    __slots__ = ("counted", "deadline", "model", "operation", "pipeline", "request", "reservation", "route", "span",
+                 "started", "tiers", "trail", "trim")
 
     def __init__(
         self, pipeline: Pipeline, operation: str, model: str | None, endpoint: str | None, deadline: float,
@@ -419,6 +412,9 @@ class Call:
         self.counted = 0
         self.reservation: Any = None
         self.span: Any = NO_SPAN
+        #: a whole chat's request and trim option, read by :meth:`chat_attempt`
+        self.request: ChatRequest | None = None
+        self.trim = False
 
     def start_span(self) -> None:
         """Open the request's span (a no-op one when tracing is off); attempts are its children."""
@@ -432,6 +428,19 @@ class Call:
 
     def __repr__(self) -> str:
         return f"<Call [{self.operation} {self.route or 'default'} | {len(self.trail)} attempts]>"
+
+    async def chat_attempt(self, actor: EndpointActor, timeout: float) -> ChatResponse:
+        """One attempt at a whole chat reply on ``actor`` (a bound method, not a closure
+        built per request): read as a stream and assembled when the endpoint streams chats."""
+        request = self.request
+        assert request is not None
+        sent = self.pipeline.fit(request, actor) if self.trim else request
+        if actor.endpoint.stream_chat and streamable(request):
+            return await assembled(actor, sent, timeout, self.deadline)
+        reply, snapshot = await actor.client.chat(sent, timeout)
+        if snapshot is not None:
+            actor.observe_rate_limit(snapshot, self.pipeline.clock())
+        return reply
 
     def cached(self, request: ChatRequest, opt_in: bool | None) -> tuple[str | None, ChatResponse | None]:
         """The cache key for a cacheable request (None if not cacheable) and the hit, counted

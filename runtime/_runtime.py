@@ -307,7 +307,9 @@ class Runtime:
         deadline), ``endpoint`` (pin one), ``cache``, ``hedge``, ``trim`` and the OpenAI
         parameters of :class:`~runtime.types.OpenAIParams`.
         """
-        pipeline = self._pipeline_running()
+        pipeline = self._pipeline
+        if pipeline is None or not self._running:  # _pipeline_running(), a call less on the hot path
+            pipeline = self._pipeline_running()
         return await pipeline.chat(chat_options(*args, **kwargs))
 
     @takes(chat_options)

@@ -389,11 +389,17 @@ def chat_request(
         msgs.insert(0, Message(role="system", content=_text(system, "system")))
     if model is not None:
         _text(model, "model")
-    _count(max_tokens, "max_tokens")
-    _number(temperature, "temperature", 0.0, 2.0)
-    _number(top_p, "top_p", 0.0, 1.0, open_low=True)
+    # Each check runs only for an argument given: most requests give few.
+    if max_tokens is not None:
+        _count(max_tokens, "max_tokens")
+    if temperature is not None:
+        _number(temperature, "temperature", 0.0, 2.0)
+    if top_p is not None:
+        _number(top_p, "top_p", 0.0, 1.0, open_low=True)
     if seed is not None and (not _is_int(seed) or not -_INT64 <= seed < _INT64):
         raise _bad("seed", "a 64-bit integer", seed)
+    if not params and tools is None and tool_choice is None and response_format is None and stop is None:
+        return ChatRequest(messages=msgs, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     checked_tools = _tools(tools)
     extra = _params(params) if params else {}
     completion = extra.pop("max_completion_tokens", None)

@@ -56,18 +56,6 @@ class _Tally:
         self.unpriced = 0
         self.cache_hits = 0
 
-    def add(
-        self, input_tokens: int, output_tokens: int, cost_usd: float, error: bool, cached: bool, unpriced: bool,
-        requests: int = 1,
-    ) -> None:
-        self.requests += requests
-        self.input_tokens += input_tokens
-        self.output_tokens += output_tokens
-        self.cost_usd += cost_usd
-        self.errors += error
-        self.unpriced += unpriced
-        self.cache_hits += cached
-
     def merge(self, other: _Tally) -> None:
         self.requests += other.requests
         self.input_tokens += other.input_tokens
@@ -155,15 +143,18 @@ class UsageLedger:
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()
-        tally.add(
-            usage.input_tokens if usage is not None else 0,
-            usage.output_tokens if usage is not None else 0,
-            cost_usd,
-            error is not None,
-            cached,
-            not priced,
-            1 if request else 0,
-        )
+        if request:
+            tally.requests += 1
+        if usage is not None:
+            tally.input_tokens += usage.input_tokens
+            tally.output_tokens += usage.output_tokens
+        tally.cost_usd += cost_usd
+        if error is not None:
+            tally.errors += 1
+        if not priced:
+            tally.unpriced += 1
+        if cached:
+            tally.cache_hits += 1
 
     def record_cache_hit(self, endpoint: str | None, model: str | None) -> None:
         """Record a request answered from the response cache (it used and cost nothing)."""

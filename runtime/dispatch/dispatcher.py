@@ -230,7 +230,8 @@ class Dispatcher:
         min_window: int,
         accept: Callable[[EndpointActor], bool] | None,
     ) -> Permit | None:
-        if not _eligible(actor, exclude, min_window, accept):
+        # Nearly every first pick has no exclusion, window or filter: nothing to check.
+        if (exclude or min_window or accept is not None) and not _eligible(actor, exclude, min_window, accept):
             return None
         return actor.try_admit(tokens, now)
 
@@ -261,29 +262,57 @@ class Dispatcher:
         A trail that already holds attempts is a request walking on (a stream restarting
         after its answer failed): see :meth:`_Walk.resume`.
         """
-        walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail)
-        clock = walk.clock
+        clock = asyncio.get_running_loop().time
         now = clock()
-        picked = None
-        if walk.attempts:
+        if trail:
+            walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
             walk.resume(now, self.retry, self._rng)
+            return await self._walk_on(walk, attempt, None, route, settle, usage_tokens, hedge)
+        trail = [] if trail is None else trail
+        self.retry_budget.record_request(now)
+        if hedge is not None or self.hedge is not None:
+            self.hedge_budget.record_request(now)
+        # The common case, decided without a wait: an endpoint of the first tier takes it now.
+        picked = self._choose_in(tiers[0], tokens, now, _NONE, prompt_tokens, accept) if tiers and now < deadline else None
+        if picked is not None and hedge is None and picked[0].confirm is None:
+            # ... and answers: no walk is built until an attempt fails.
+            actor, permit = picked
+            timeout = min(actor.endpoint.timeout, deadline - now)
+            try:
+                return await self._single(trail, clock, attempt, actor, permit, timeout, now, settle, usage_tokens)
+            except LLMError as exc:
+                walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
+                if not walk.failed_on(actor, exc, clock(), self.retry, self._rng):
+                    raise
+            picked = None
         else:
-            self.retry_budget.record_request(now)
-            if hedge is not None or self.hedge is not None:
-                self.hedge_budget.record_request(now)
-            # The common case, decided without a wait: an endpoint of the first tier takes it now.
-            picked = self._choose_in(tiers[0], tokens, now, _NONE, prompt_tokens, accept) if tiers and now < deadline else None
+            walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
+        return await self._walk_on(walk, attempt, picked, route, settle, usage_tokens, hedge)
+
+    async def _walk_on(
+        self,
+        walk: _Walk,
+        attempt: Callable[[EndpointActor, float], Awaitable[T]],
+        picked: tuple[EndpointActor, Permit] | None,
+        route: str | None,
+        settle: bool,
+        usage_tokens: Callable[[T], int | None] | None,
+        hedge: HedgePolicy | None,
+    ) -> Outcome[T]:
+        """Attempts after the first (or with hedging or shared state), starting with ``picked``
+        when one is admitted already, until one succeeds or the rules give up."""
+        clock = walk.clock
         while picked is not None or (picked := await self._next(walk, route)) is not None:
             actor, permit = picked
             picked = None
-            timeout = min(actor.endpoint.timeout, deadline - clock())
+            timeout = min(actor.endpoint.timeout, walk.deadline - clock())
             if actor.confirm is not None and not await _confirmed(actor, permit):
                 continue  # shared state refused it (and undid the permit): choose again
+            now = clock()
             try:
                 if hedge is None:
-                    value = await self._single(walk, attempt, actor, permit, timeout)
-                else:
-                    value, actor, permit = await self._hedged(walk, attempt, actor, permit, timeout, hedge)
+                    return await self._single(walk.attempts, clock, attempt, actor, permit, timeout, now, settle, usage_tokens)
+                value, actor, permit = await self._hedged(walk, attempt, actor, permit, timeout, hedge)
             except LLMError as exc:
                 if walk.failed_on(actor, exc, clock(), self.retry, self._rng):
                     continue
@@ -291,7 +320,7 @@ class Dispatcher:
             if settle:
                 permit.settle(None, clock(), usage_tokens(value) if usage_tokens else None)
             return Outcome(value, actor, permit, walk.attempts)
-        raise walk.give_up(route, clock() >= deadline, self.retry.max_attempts)
+        raise walk.give_up(route, clock() >= walk.deadline, self.retry.max_attempts)
 
     async def _next(self, walk: _Walk, route: str | None) -> tuple[EndpointActor, Permit] | None:
         """The next endpoint to try and its permit, after whatever wait the rules allow.
@@ -375,27 +404,34 @@ class Dispatcher:
         walk.budget_spent = True
         return False
 
+    @staticmethod
     async def _single(
-        self,
-        walk: _Walk,
+        trail: list[Attempt],
+        clock: Callable[[], float],
         attempt: Callable[[EndpointActor, float], Awaitable[T]],
         actor: EndpointActor,
         permit: Permit,
         timeout: float,
-    ) -> T:
-        """One attempt; the permit is settled here on any error or cancellation, left open on success."""
-        started = walk.clock()
+        started: float,
+        settle: bool,
+        usage_tokens: Callable[[T], int | None] | None,
+    ) -> Outcome[T]:
+        """One attempt, recorded in ``trail``; the permit is settled here on any error or
+        cancellation, and on success unless ``settle`` is false. One clock reading ends it."""
         try:
             with permit:
                 if tracing_enabled():
-                    value = await _traced(attempt, actor, timeout, len(walk.attempts) + 1)
+                    value = await _traced(attempt, actor, timeout, len(trail) + 1)
                 else:
                     value = await attempt(actor, timeout)
         except LLMError as exc:
-            walk.record(Attempt(endpoint=actor.name, error=exc, elapsed=walk.clock() - started))
+            _record(trail, Attempt(endpoint=actor.name, error=exc, elapsed=clock() - started))
             raise
-        walk.record(Attempt(endpoint=actor.name, elapsed=walk.clock() - started))
-        return value
+        end = clock()
+        _record(trail, Attempt(endpoint=actor.name, elapsed=end - started))
+        if settle:
+            permit.settle(None, end, usage_tokens(value) if usage_tokens else None)
+        return Outcome(value, actor, permit, trail)
 
     def _why_none(self, tiers: list[Tier], now: float, deadline: float) -> str:
         states = ", ".join(_describe(a) for tier in tiers for a in tier.actors)
@@ -479,15 +515,16 @@ class _Walk:
         deadline: float,
         min_window: int,
         accept: Callable[[EndpointActor], bool] | None,
-        trail: list[Attempt] | None,
+        trail: list[Attempt],
+        clock: Callable[[], float],
     ) -> None:
-        self.clock = asyncio.get_running_loop().time
+        self.clock = clock
         self.tiers = tiers
         self.tokens = tokens
         self.deadline = deadline
         self.min_window = min_window
         self.accept = accept
-        self.attempts: list[Attempt] = [] if trail is None else trail
+        self.attempts = trail
         self.failed: dict[str, int] = {}  # endpoint -> retryable failures in this request
         self.ready_at: dict[str, float] = {}  # endpoint -> when its backoff ends
         self.too_small: set[str] = set()  # its context window proved too small: never again
@@ -544,8 +581,7 @@ class _Walk:
         )
 
     def record(self, attempt: Attempt) -> None:
-        self.attempts.append(attempt)
-        log_attempt(self.attempts)
+        _record(self.attempts, attempt)
 
     def failed_on(self, actor: EndpointActor, exc: LLMError, end: float, retry: RetryPolicy, rng: random.Random) -> bool:
         """Note a failed attempt; False when the error must reach the caller as it is."""
@@ -684,6 +720,11 @@ async def _confirmed(actor: EndpointActor, permit: Permit) -> bool:
 
 
 _NONE: frozenset[str] = frozenset()
+
+
+def _record(trail: list[Attempt], attempt: Attempt) -> None:
+    trail.append(attempt)
+    log_attempt(trail)
 
 
 def _nothing() -> BaseException:

@@ -120,7 +120,10 @@ class Permit:
         if self.settled:
             return
         self.settled = True
-        self.actor._settle(self, error, anyio.current_time() if now is None else now, tokens)
+        actor = self._actor
+        if actor._successor is not None:  # restarted since admitting: the live owner settles
+            actor = self.actor
+        actor._settle(self, error, anyio.current_time() if now is None else now, tokens)
 
     def __enter__(self) -> Permit:
         return self
@@ -229,7 +232,7 @@ class EndpointActor(Actor):
         """Classify the outcome of an attempt and feed breaker, limiter and latency."""
         elapsed = now - permit.started
         if error is None and self._slow_call is None:
-            self.breaker.record(Outcome.SUCCESS, now)  # the common case needs no classifying
+            self.breaker.record(_SUCCESS, now)  # the common case needs no classifying
         else:
             # A 503/529 that says when to come back sets the open period, should it open.
             retry_after = error.retry_after if isinstance(error, ProviderError) else None
@@ -240,7 +243,7 @@ class EndpointActor(Actor):
         if error is None:
             self.latency.observe(elapsed, now)
             self._last_success = now
-            if self.health is not EndpointState.HEALTHY:
+            if self.health is not _HEALTHY:
                 # A real answer is better evidence than the last failed probe.
                 self._probe_failing = False
                 self._refresh(now, "request succeeded")
@@ -466,6 +469,11 @@ class EndpointActor(Actor):
                 healthy = await self.ask("probe")
             except ActorStopped:
                 return  # the mailbox closed under us: the actor is stopping, nothing to probe for
+
+
+# Read as module globals on the hot path: an enum member through its class costs a lookup more.
+_SUCCESS = Outcome.SUCCESS
+_HEALTHY = EndpointState.HEALTHY
 
 
 def _in_loop() -> bool:
