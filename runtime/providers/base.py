@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import aiohttp
 import msgspec
+from aiohttp import hdrs
 
 from ..errors import (
     AuthenticationFailed,
@@ -50,6 +51,7 @@ from ..types import (
     RateLimitSnapshot,
     StreamChunk,
 )
+from .deadlines import Deadlines
 from .registry import PROVIDERS
 
 if TYPE_CHECKING:  # policy reads the provider registry in this package
@@ -619,13 +621,18 @@ def connection_story(exc: BaseException, streamed: int | None = None) -> str:
 
 
 
+#: aiohttp's per-request timer off, whatever the session's default: each exchange's one
+#: deadline is its client's :class:`Deadlines`.
+_NO_TIMER = aiohttp.ClientTimeout(total=None)
+
+
 class ProviderClient:
     """Sends an adapter's requests over the shared session and translates every failure.
 
     Methods return the decoded value and the rate-limit snapshot the response carried.
     """
 
-    __slots__ = ("_name", "_provider", "adapter", "endpoint", "session")
+    __slots__ = ("_deadlines", "_name", "_provider", "adapter", "endpoint", "session")
 
     def __init__(self, adapter: Adapter, session: aiohttp.ClientSession) -> None:
         self.adapter = adapter
@@ -633,6 +640,16 @@ class ProviderClient:
         self.session = session
         self._name = adapter.name
         self._provider = adapter.provider
+        self._deadlines: Deadlines | None = None
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The deadlines of this client's exchanges, on its loop (made at first use: the
+        client may be built before the loop runs)."""
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(asyncio.get_running_loop())
+        return deadlines
 
     def __repr__(self) -> str:
         return f"<ProviderClient {self.adapter!r}>"
@@ -678,7 +695,7 @@ class ProviderClient:
         """The whole body, refused with :class:`ProtocolError` past :data:`MAX_BODY_BYTES`
         (decompressed: a small gzip body can inflate to gigabytes)."""
         size = resp.content_length
-        if size is not None and size <= MAX_BODY_BYTES and "Content-Encoding" not in resp.headers:
+        if size is not None and size <= MAX_BODY_BYTES and hdrs.CONTENT_ENCODING not in resp.headers:
             return await resp.read()  # the common case: a known, bounded length
         parts: list[bytes] = []
         total = 0
@@ -706,21 +723,20 @@ class ProviderClient:
         await self._exchange(self.adapter.probe_request(), timeout, "probe answer")
 
     async def _exchange(self, http: HTTPRequest, timeout: float, what: str) -> tuple[bytes, Mapping[str, str]]:
-        # aiohttp's own per-request timer bounds connect, headers and body alike; it is the
-        # timer a plain aiohttp call pays anyway, where a second asyncio.timeout would add
-        # its cost on top. No rounding up: the deadline is the caller's.
-        limit = aiohttp.ClientTimeout(total=timeout, ceil_threshold=math.inf)
+        # One deadline bounds connect, headers and body alike, kept by the client's shared
+        # timer (see runtime.providers.deadlines); aiohttp's own timer is turned off.
         try:
-            async with self.session.request(
-                http.method, http.url, headers=http.headers, data=http.body, timeout=limit
-            ) as resp:
-                if resp.status >= 400:
-                    raise await self._fail(resp)
-                body = await self._read(resp)
-                # The raw header, not aiohttp's parsed property: parsing costs more than the check.
-                if what == "reply" and not resp.headers.get("Content-Type", "").startswith("application/json"):
-                    raise self.adapter._protocol(f"expected application/json, got {resp.content_type!r}")
-                return body, resp.headers
+            with self.deadlines.after(timeout):
+                async with self.session.request(
+                    http.method, http.url, headers=http.headers, data=http.body, timeout=_NO_TIMER
+                ) as resp:
+                    if resp.status >= 400:
+                        raise await self._fail(resp)
+                    body = await self._read(resp)
+                    # The raw header, not aiohttp's parsed property: parsing costs more than the check.
+                    if what == "reply" and not resp.headers.get(hdrs.CONTENT_TYPE, "").startswith("application/json"):
+                        raise self.adapter._protocol(f"expected application/json, got {resp.content_type!r}")
+                    return body, resp.headers
         except LLMError:
             raise
         except TimeoutError as exc:
@@ -768,7 +784,7 @@ class ChunkStream:
         self._decoder = client.adapter.stream_decoder()
         self._resp: aiohttp.ClientResponse | None = None
         self._pending: list[StreamChunk] = []
-        self._deadline = asyncio.get_running_loop().time() + first_chunk_timeout
+        self._deadline = client.deadlines.time() + first_chunk_timeout
         self._timeout = first_chunk_timeout
         self._idle = idle_timeout
         self._what = "first chunk"
@@ -778,8 +794,10 @@ class ChunkStream:
     async def _open(self, http: HTTPRequest) -> None:
         client = self._client
         try:
-            async with asyncio.timeout_at(self._deadline):
-                resp = await client.session.request(http.method, http.url, headers=http.headers, data=http.body)
+            with client.deadlines.at(self._deadline):
+                resp = await client.session.request(
+                    http.method, http.url, headers=http.headers, data=http.body, timeout=_NO_TIMER
+                )
                 self._resp = resp
                 if resp.status >= 400:
                     raise await client._fail(resp)
@@ -816,7 +834,7 @@ class ChunkStream:
         content = self._resp.content
         decoder = self._decoder
         try:
-            async with asyncio.timeout_at(self._deadline):
+            with self._client.deadlines.at(self._deadline):
                 while True:
                     data = await content.readany()
                     chunks = decoder.feed(data) if data else self._finish()
@@ -834,7 +852,7 @@ class ChunkStream:
         if self._what == "first chunk":
             self._what = "next chunk"
             self._timeout = self._idle
-        self._deadline = asyncio.get_running_loop().time() + self._timeout
+        self._deadline = self._client.deadlines.time() + self._timeout
         if not chunks:
             raise StopAsyncIteration
         first = chunks[0]
