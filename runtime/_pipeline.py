@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, Unpack
 
 import msgspec
@@ -509,6 +509,9 @@ class Call:
             route=self.route, settle=settle, usage_tokens=usage_tokens,
             accept=pipeline.accept if accept is None else accept, hedge=hedge, trail=self.trail,
         )
+        budget = pipeline.budget
+        if budget is not None and budget.hold is not None and self.reservation is not None:
+            run = _held(budget.hold(self.reservation), run)
         if self.span is NO_SPAN:
             return run  # no frame of ours between the caller and the dispatcher
         return _under(self.span, run)
@@ -621,6 +624,17 @@ class Call:
         reservation, self.reservation = self.reservation, None
         if reservation is not None and self.pipeline.budget is not None:
             self.pipeline.budget.release(reservation)
+
+
+async def _held(hold: Awaitable[None], run: Coroutine[Any, Any, T]) -> T:
+    """The budget reservation held where the totals are shared (other processes'), then the
+    dispatch; a refusal raises before the dispatch starts."""
+    try:
+        await hold
+    except BaseException:
+        run.close()
+        raise
+    return await run
 
 
 async def _under(span: Any, run: Awaitable[T]) -> T:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from waiting import until
 
 from runtime import (
     AllEndpointsFailed,
@@ -207,6 +208,75 @@ async def test_budget_spent_in_one_runtime_is_refused_in_the_other(
         await asyncio.sleep(0.2)  # b's periodic sync reads the total
         with pytest.raises(BudgetExceeded):
             await b.chat("hi", max_tokens=5)
+
+
+async def test_a_request_in_flight_in_one_runtime_holds_its_estimate_for_all(
+    server: RedisServer, prefix: str, local: FaultyEndpoint
+) -> None:
+    """Runtime a's request, in flight, holds its estimate on Redis: b is refused at once, with
+    nothing settled yet and before any sync; when a's request ends the hold is freed (its
+    usage counted instead) and b's next request fits again."""
+    endpoint = local.endpoint(name="b", health=QUIET)
+    policy = _policy(server, prefix, sync_interval=3600)
+    budget = Budget(daily_tokens=60)  # one estimate (prompt + max_tokens 30) fits, two do not
+    local.faults.latency = 0.3
+    async with Runtime([endpoint], shared=policy, budget=budget) as a, Runtime(
+        [endpoint], shared=policy, budget=budget
+    ) as b:
+        first = asyncio.ensure_future(a.chat("hi", max_tokens=30))
+        await until(lambda: local.stats.in_flight > 0)
+        with pytest.raises(BudgetExceeded) as info:
+            await b.chat("hi", max_tokens=30)
+        assert info.value.kind == "daily_tokens" and info.value.used > 30 and local.stats.requests == 1
+        reply = await first
+        local.faults.latency = 0.0
+        await asyncio.sleep(0.05)  # a's settle goes in the writer's next batch
+        held = redis.Redis.from_url(server.url).hgetall(f"{{{prefix}:budget:runtime}}:held")
+        assert held == {b"tokens": b"0", b"usd": b"0"}
+        assert reply.usage.input_tokens + reply.usage.output_tokens < 30
+        await b.chat("hi", max_tokens=30)
+
+
+async def test_a_cancelled_request_frees_its_hold(server: RedisServer, prefix: str, local: FaultyEndpoint) -> None:
+    """A request cancelled while in flight gives its hold back: the other runtime is not
+    refused for a request that ended."""
+    endpoint = local.endpoint(name="b", health=QUIET)
+    policy = _policy(server, prefix, sync_interval=3600)
+    budget = Budget(daily_tokens=60)
+    local.faults.hang = True
+    async with Runtime([endpoint], shared=policy, budget=budget) as a, Runtime(
+        [endpoint], shared=policy, budget=budget
+    ) as b:
+        first = asyncio.ensure_future(a.chat("hi", max_tokens=30))
+        await until(lambda: local.stats.in_flight > 0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        local.faults.hang = False
+        await asyncio.sleep(0.05)
+        await b.chat("hi", max_tokens=30)
+
+
+async def test_a_hold_whose_request_ended_while_redis_was_away_is_freed_when_it_is_back(local: FaultyEndpoint) -> None:
+    """Redis stops answering (paused, its data kept) while a request is held; the request ends
+    on local state. When Redis answers again, the hold is freed and the usage added."""
+    with RedisServer() as srv:
+        policy = SharedPolicy(url=srv.url, prefix="holds", sync_interval=0.05, reconnect_max=0.05, timeout=0.05)
+        client = redis.Redis.from_url(srv.url)
+        local.faults.latency = 0.3
+        async with Runtime([local.endpoint(name="away", health=QUIET)], shared=policy,
+                           budget=Budget(daily_tokens=1000)) as rt:
+            first = asyncio.ensure_future(rt.chat("hi", max_tokens=30))
+            await until(lambda: local.stats.in_flight > 0)
+            assert int(client.hget("{holds:budget:runtime}:held", "tokens") or 0) > 30
+            client.client_pause(500)
+            reply = await first
+            assert rt.status()[0].shared.startswith("local state")
+            await until(lambda: rt.status()[0].shared == f"redis {srv.url}")
+            await asyncio.sleep(0.1)  # the resync's batch has been answered
+            assert client.hget("{holds:budget:runtime}:held", "tokens") == b"0"
+            day = next(k for k in client.keys("{holds:budget:runtime}:d:*"))
+            assert int(client.hget(day, "tokens") or 0) == reply.usage.input_tokens + reply.usage.output_tokens
 
 
 async def test_a_shared_trip_emits_one_span_in_the_runtime_that_made_it(

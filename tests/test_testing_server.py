@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from waiting import until
 
 from runtime.policy import Endpoint
 from runtime.testing import Decision, Faults, FaultyEndpoint, LocalEndpoints
@@ -157,15 +158,6 @@ async def stream(client: aiohttp.ClientSession, ep: FaultyEndpoint, payload: dic
     async with client.post(ep.base_url + CHAT_PATH[ep.dialect], json=payload) as resp:
         assert resp.status == 200
         return await resp.read()
-
-
-async def until(predicate: Any, rounds: int = 200) -> None:
-    """Wait (on the loop clock) until ``predicate()`` holds."""
-    for _ in range(rounds):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
 
 
 # --- OpenAI -----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from ..errors import BudgetExceeded
@@ -78,6 +78,11 @@ def _utc_now() -> datetime.datetime:
 
 class BudgetGuard:
     """Enforces one :class:`~runtime.policy.Budget` for a scope (``"runtime"`` or an endpoint)."""
+
+    #: Set by a guard whose totals are shared with other processes: awaited after
+    #: :meth:`reserve` and before anything is sent, it holds the reservation where the
+    #: totals are, or raises :class:`BudgetExceeded`. None: this process's totals decide.
+    hold: Callable[[Reservation], Awaitable[None]] | None = None
 
     def __init__(
         self,
@@ -163,20 +168,26 @@ class BudgetGuard:
             committed = self._used(kind) + self._reserved(kind)
             need = estimated_tokens if kind.endswith("tokens") else estimated_usd
             if committed + need > limit:
-                unit = "tokens" if kind.endswith("tokens") else "USD"
-                raise BudgetExceeded(
-                    f"{self.scope} {kind.replace('_', ' ')} budget would be exceeded: {committed:g} of {limit:g} {unit} "
-                    f"used or reserved in {self._period(kind)}, and this request needs about {need:g} more",
-                    kind=kind,
-                    used=committed,
-                    limit=limit,
-                    scope=self.scope,
-                )
+                raise self.exceeded(kind, committed, need)
         reservation = Reservation(id=next(self._ids), tokens=estimated_tokens, usd=estimated_usd)
         self._outstanding[reservation.id] = reservation
         self._reserved_tokens += estimated_tokens
         self._reserved_usd += estimated_usd
         return reservation
+
+    def exceeded(self, kind: str, committed: float, need: float) -> BudgetExceeded:
+        """The refusal of a request needing ``need`` more of ``kind``, of which ``committed``
+        is used or reserved."""
+        limit = self._limits[kind]
+        unit = "tokens" if kind.endswith("tokens") else "USD"
+        return BudgetExceeded(
+            f"{self.scope} {kind.replace('_', ' ')} budget would be exceeded: {committed:g} of {limit:g} {unit} "
+            f"used or reserved in {self._period(kind)}, and this request needs about {need:g} more",
+            kind=kind,
+            used=committed,
+            limit=limit,
+            scope=self.scope,
+        )
 
     def _drop(self, reservation: Reservation) -> bool:
         if self._outstanding.pop(reservation.id, None) is None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,7 @@ from ..endpoint.breaker import (
 from ..endpoint.limiter import Limiter, Reservation
 from ..errors import NoEndpointAvailable
 from ..policy import BreakerPolicy, Endpoint
-from ._link import Call, Unavailable
+from ._link import PROCESS, Call, Unavailable
 
 if TYPE_CHECKING:
     from ..endpoint.actor import EndpointActor, Permit
@@ -58,9 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EndpointShare", "SharedBreakerStorage", "SharedLimiter", "SharedReservation", "endpoint_keys"]
 
-# Lease ids are unique across processes and machines: host, pid, then a counter.
+# Lease ids are unique across processes and machines: the process, then a counter.
 _LEASES = itertools.count(1)
-_PROCESS = f"{os.uname().nodename}:{os.getpid()}"
 
 
 def endpoint_keys(prefix: str, endpoint: str) -> tuple[str, str]:
@@ -294,7 +292,7 @@ class EndpointShare:
         if not link.available:
             return self._without_redis(permit, link.cause)
         policy = self.endpoint.breaker
-        lease = f"{_PROCESS}:{next(_LEASES)}" if limiter.max_concurrency else ""
+        lease = f"{PROCESS}:{next(_LEASES)}" if limiter.max_concurrency else ""
         need = float(min(max(reservation.tokens, 0), limiter.tpm or 0))
         try:
             reply = await self.state.call(("admit", self.keys, [

@@ -16,6 +16,7 @@ outage into slow requests, which is worse than the local fallback.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,9 +31,12 @@ from ..telemetry import tracer
 from . import _scripts
 from .policy import SharedPolicy, masked_url
 
-__all__ = ["RedisLink", "Unavailable"]
+__all__ = ["PROCESS", "RedisLink", "Unavailable"]
 
 logger = logging.getLogger("runtime.shared")
+
+# Names this process in what it holds on Redis (leases, budget holds), unique across machines.
+PROCESS = f"{os.uname().nodename}:{os.getpid()}"
 
 # The first reconnection attempt waits this long; each further one doubles, up to the cap.
 RECONNECT_BASE = 0.1
@@ -47,6 +51,8 @@ SCRIPTS: dict[str, Script] = {
     "breaker": _scripts.BREAKER,
     "snapshot": _scripts.SNAPSHOT,
     "spend": _scripts.SPEND,
+    "budget_hold": _scripts.BUDGET_HOLD,
+    "budget_settle": _scripts.BUDGET_SETTLE,
     "cache_put": _scripts.CACHE_PUT,
     "cache_pull": _scripts.CACHE_PULL,
 }

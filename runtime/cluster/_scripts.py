@@ -14,7 +14,7 @@ successes); the failure counting that leads to a trip stays per process.
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "BREAKER", "CACHE_PULL", "CACHE_PUT", "RELEASE", "SNAPSHOT", "SPEND", "THROTTLE"]
+__all__ = ["ADMIT", "BREAKER", "BUDGET_HOLD", "BUDGET_SETTLE", "CACHE_PULL", "CACHE_PUT", "RELEASE", "SNAPSHOT", "SPEND", "THROTTLE"]
 
 # States are pybreaker's strings ('closed', 'open', 'half-open'), as in the local record.
 # One endpoint's hash (KEYS[1]) holds the breaker fields b_* and the limiter fields:
@@ -245,6 +245,89 @@ for i, key in ipairs(KEYS) do
   out[#out + 1] = tostring(usd)
 end
 return out
+"""
+
+# A budget scope's requests in flight: KEYS[3] is a hash of the amounts held (tokens, usd),
+# KEYS[4] a sorted set of the holds, member '<process>:<n> <tokens> <usd>', scored by expiry
+# (a process that died mid-request frees its holds by then). KEYS[1] and KEYS[2] are the
+# day's and the month's totals, as for SPEND.
+_HOLDS = r"""
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function unhold(held, member)
+  local tokens, usd = string.match(member, ' (%S+) (%S+)$')
+  redis.call('HINCRBY', held, 'tokens', -tonumber(tokens))
+  redis.call('HINCRBYFLOAT', held, 'usd', -tonumber(usd))
+end
+local function settled(held, holds)
+  if redis.call('ZCARD', holds) == 0 then
+    redis.call('HSET', held, 'tokens', 0, 'usd', 0)  -- no float residue once nothing is held
+  end
+end
+local function totals()
+  local d = redis.call('HMGET', KEYS[1], 'tokens', 'usd')
+  local m = redis.call('HMGET', KEYS[2], 'tokens', 'usd')
+  return {tonumber(d[1]) or 0, tonumber(d[2]) or 0, tonumber(m[1]) or 0, tonumber(m[2]) or 0}
+end
+local function out(t)
+  return {tostring(t[1]), tostring(t[2]), tostring(t[3]), tostring(t[4])}
+end
+"""
+
+BUDGET_HOLD = _HOLDS + r"""
+-- ARGV: tokens, usd, member, ttl, then the limits daily_tokens, daily_usd, monthly_tokens,
+-- monthly_usd ('' for none). Holds the amounts if used + held + them fits every limit.
+-- Returns the day's and the month's totals (as SPEND), then '' (held) or the limit refused
+-- and what was used or held of it.
+local now = clock()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+for _, member in ipairs(expired) do unhold(KEYS[3], member) end
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  settled(KEYS[3], KEYS[4])
+end
+local held = redis.call('HMGET', KEYS[3], 'tokens', 'usd')
+local ht, hu = tonumber(held[1]) or 0, tonumber(held[2]) or 0
+local t = totals()
+local need_t, need_u = tonumber(ARGV[1]), tonumber(ARGV[2])
+local checks = {{'daily_tokens', t[1] + ht, need_t}, {'daily_usd', t[2] + hu, need_u},
+  {'monthly_tokens', t[3] + ht, need_t}, {'monthly_usd', t[4] + hu, need_u}}
+local reply = out(t)
+for i, c in ipairs(checks) do
+  local limit = ARGV[4 + i]
+  if limit ~= '' and c[2] + c[3] > tonumber(limit) then
+    reply[5] = c[1]
+    reply[6] = tostring(c[2])
+    return reply
+  end
+end
+local ttl = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[4], now + ttl, ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'tokens', need_t)
+redis.call('HINCRBYFLOAT', KEYS[3], 'usd', need_u)
+-- Every hold expires before these keys do, so an idle scope leaves nothing behind.
+redis.call('EXPIRE', KEYS[3], math.ceil(ttl) + 1)
+redis.call('EXPIRE', KEYS[4], math.ceil(ttl) + 1)
+reply[5] = ''
+return reply
+"""
+
+BUDGET_SETTLE = _HOLDS + r"""
+-- ARGV: member, tokens, usd (what the request used: 0 for one that sent nothing), day ttl,
+-- month ttl. Frees the hold (unless it expired meanwhile) and adds the usage to the totals.
+-- Returns the totals after adding (as SPEND).
+if redis.call('ZREM', KEYS[4], ARGV[1]) == 1 then
+  unhold(KEYS[3], ARGV[1])
+  settled(KEYS[3], KEYS[4])
+end
+for i = 1, 2 do
+  redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[i], 'usd', ARGV[3])
+  redis.call('EXPIRE', KEYS[i], ARGV[3 + i])
+end
+return out(totals())
 """
 
 # The shared response cache is a capped stream of writes (KEYS[1]); each process replays it
