@@ -26,6 +26,7 @@ from runtime.harness import (
     score,
 )
 from runtime.harness.metrics import WindowResult
+from runtime.harness.runner import RequestRecord, RunRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -114,6 +115,26 @@ async def test_catalogue_for_llm_runtime(name: str, span_exporter: InMemorySpanE
     assert r.passed, [x for x in r.expectations if not x.passed]
     assert r.truncated == 0 and r.requests > 0
     assert _IMPLIED[name](r), (r.errors, r.windows, r.endpoints)
+
+
+def test_endpoints_sharing_a_tier_recover_when_the_tier_takes_the_traffic_back() -> None:
+    """Both priority-1 endpoints down for 10-35 s, then back at 40 s and sharing the traffic
+    (strictly alternating: neither gets three in a row): each recovers at its first request
+    back, from which the tier answers three in a row."""
+    def request(i: int, start: float, route: str) -> RequestRecord:
+        return RequestRecord(index=i, start=start, end=start + 0.02, stream=False, ok=True, truncated=False,
+                             endpoint=route, error=None, ttfc=None, attempts=[route])
+
+    starts = [round(i * 0.25, 2) for i in range(320)]
+    routes = ["backup" if 10 <= t < 40 else ("east", "west")[i % 2] for i, t in enumerate(starts)]
+    record = RunRecord(
+        scenario=builtin("priority-1-all-down"), system="llm-runtime", control=False, seed=0, mapping=[], texts={},
+        models={}, requests=[request(i, t, r) for i, (t, r) in enumerate(zip(starts, routes, strict=True))],
+        arrivals=[], transitions=[], wall_s=0.0, observes_breakers=True,
+    )
+    r = score(record)
+    assert [(w.endpoint, w.serving, w.time_to_recover_s) for w in r.windows] == [("east", True, 5.0), ("west", True, 5.25)]
+    assert r.passed
 
 
 class _Truncating(System):

@@ -11,8 +11,10 @@ Definitions (the README's "Failover benchmark harness" section says the same):
   before the fault were routed to it (a priority-1 endpoint, for a fault at the very start);
 - *time to detect*: fault start → the first request (started inside the window) from which
   three in a row were routed elsewhere; *time to recover*: fault end → the first request
-  from which three in a row were routed back to it and answered whole. Both only for
-  windows with a length on a serving endpoint; None when it never happened;
+  routed back to it from which three in a row were routed to its priority tier and
+  answered whole (for an endpoint alone in its tier: three in a row back to it; endpoints
+  sharing a tier share its traffic, so none of them need get three in a row). Both only
+  for windows with a length on a serving endpoint; None when it never happened;
 - *absorbed*: requests (not probes) the failing endpoint received during its window;
 - latency percentiles are nearest-rank over the answered requests, in milliseconds;
 - cost is what each endpoint would bill: every answer it sent, at its model's price.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 
@@ -195,7 +197,12 @@ def _window(
     if serving and fault.for_:
         detect = _streak(inside, lambda r: routes.route(r) not in (None, fault.endpoint), fault.start)
         after = [r for r in run.requests if r.start >= fault.end]
-        recover = _streak(after, lambda r: routes.route(r) == fault.endpoint and r.complete, fault.end)
+        priorities = run.scenario.priorities()
+        tier = {name for name, p in priorities.items() if p == priorities[fault.endpoint]}
+        recover = _streak(
+            after, lambda r: routes.route(r) in tier and r.complete, fault.end,
+            first=lambda r: routes.route(r) == fault.endpoint,
+        )
     return WindowResult(
         endpoint=fault.endpoint,
         kind=fault.name,
@@ -218,13 +225,18 @@ def _window(
     )
 
 
-def _streak(requests: list[RequestRecord], good: object, since: float) -> float | None:
-    """Seconds from ``since`` to the start of the first run of ``_STREAK`` good requests (fewer at the end)."""
-    assert callable(good)
+def _streak(
+    requests: list[RequestRecord],
+    good: Callable[[RequestRecord], bool],
+    since: float,
+    first: Callable[[RequestRecord], bool] | None = None,
+) -> float | None:
+    """Seconds from ``since`` to the start of the first run of ``_STREAK`` good requests (fewer
+    at the end) whose first request is also ``first``."""
     ordered = sorted(requests, key=lambda r: r.start)
     for k in range(len(ordered)):
         run = ordered[k : k + _STREAK]
-        if all(good(r) for r in run):
+        if (first is None or first(run[0])) and all(good(r) for r in run):
             return round(max(0.0, run[0].start - since), 4)
     return None
 
