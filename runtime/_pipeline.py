@@ -581,11 +581,12 @@ class Call:
         span = self.span
         if span is NO_SPAN:
             return
+        attributes = None
         if span.is_recording():
-            if not self.model:  # the endpoint chose the model: name the span by it
+            if not self.model and actor.model:  # the endpoint chose the model: name the span by it
                 span.update_name(f"{self.operation} {actor.model}")
-            _annotate(span, reply, usage, self.model or actor.model, len(self.trail))
-        end_span(span, None)
+            attributes = _reply_attributes(reply, usage, self.model or actor.model, len(self.trail))
+        end_span(span, None, attributes)
 
     def spent(self, actor: EndpointActor, model: str, usage: Usage) -> None:
         """Charge what an attempt used without a reply to show for it (a stream's answer that
@@ -677,8 +678,9 @@ def _embeddings_filter(accept: Callable[[EndpointActor], bool] | None) -> Callab
     return lambda actor: bool(actor.client.embeddings) and accept(actor)
 
 
-def _annotate(span: Any, reply: ChatResponse | EmbeddingResponse, usage: Usage, model: str, attempts: int) -> None:
-    # One set_attributes call: the SDK takes its lock once, not once per attribute.
+def _reply_attributes(
+    reply: ChatResponse | EmbeddingResponse, usage: Usage, model: str, attempts: int
+) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "gen_ai.request.model": model,
         "gen_ai.provider.name": reply.provider,
@@ -693,4 +695,4 @@ def _annotate(span: Any, reply: ChatResponse | EmbeddingResponse, usage: Usage, 
         attributes["gen_ai.response.finish_reasons"] = [reply.finish_reason]
     if not reply.cost_known:
         attributes["llm_runtime.cost_known"] = False
-    span.set_attributes(attributes)
+    return attributes

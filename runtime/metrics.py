@@ -37,9 +37,18 @@ failed it: a request that failed over twice and then succeeded adds two errors a
 ``ok`` request. Durations are seconds from the request to its whole reply (or its
 failure), with bucket boundaries from 5 ms to 2 minutes.
 
-The instruments are created once per process and shared by every :class:`Metrics`
-(one per runtime), because an SDK meter warns when an instrument is registered twice;
-each runtime's budget callbacks are observed for as long as its ``Metrics`` lives.
+The counters are observable counters fed from running totals kept here, one per
+attribute set: a request adds to a dict under a lock (well under a microsecond) and the
+SDK reads the totals at each collection, so its per-measurement work (copying, checking
+and hashing the attributes, a few microseconds a point) is paid once per attribute set
+per export instead of once per point. They export as any counter does (monotonic sums,
+cumulative or delta as the reader asks) but carry no exemplars; the two histograms are
+recorded per request, as histograms must be. The totals and the instruments are the
+process's, shared by every :class:`Metrics` (one per runtime): an SDK meter warns when
+an instrument is registered twice, and a counter must not go back when a runtime is
+closed. Each runtime's budget callbacks are observed for as long as its ``Metrics``
+lives. Past 2,000 attribute sets a counter adds to one set marked
+``otel.metric.overflow``, as the SDK does for its own instruments.
 """
 
 from __future__ import annotations
@@ -75,18 +84,89 @@ INSTRUMENT_NAMES: Final = (
 
 # Seconds: from a cache-speed local answer to a long reasoning reply.
 _DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
-_ATTRIBUTE_CACHE_LIMIT: Final = 4096
+# The SDK's default cardinality limit per instrument.
+_CARDINALITY_LIMIT: Final = 2000
+_OVERFLOW: Final[Mapping[str, bool]] = {"otel.metric.overflow": True}
+_OVERFLOW_KEY: Final[tuple[str | None, ...]] = ("otel.metric.overflow",)
 
 BudgetCallback = Callable[[], Mapping[str, float]]
+Key = tuple[str | None, ...]
+
+# One lock for every total: a BlockingRuntime records from its own loop's thread and the
+# exporter reads from its own, and a read-modify-write of a dict entry is not atomic.
+_lock = threading.Lock()
+
+
+class _AttributeSets:
+    """Attribute dicts by key, each built once: a key is the tuple of attribute values in
+    the order of ``names`` (None: the attribute is absent)."""
+
+    __slots__ = ("names", "sets")
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+        self.sets: dict[Key, Mapping[str, str]] = {}
+
+    def get(self, key: Key) -> Mapping[str, str]:
+        """The attribute dict of ``key`` (past the cardinality limit, a new one each time:
+        the SDK folds those into its overflow set)."""
+        attributes = self.sets.get(key)
+        if attributes is None:
+            attributes = {n: v for n, v in zip(self.names, key, strict=True) if v is not None}
+            if len(self.sets) < _CARDINALITY_LIMIT:
+                self.sets[key] = attributes
+        return attributes
+
+
+class _Sum:
+    """One counter's running totals by attribute set, read by its observable instrument."""
+
+    __slots__ = ("attributes", "totals")
+
+    def __init__(self, *names: str) -> None:
+        self.attributes = _AttributeSets(*names)
+        self.totals: dict[Key, float] = {}
+
+    def add(self, key: Key, amount: float) -> Mapping[str, str]:
+        """Add ``amount`` under ``key``; the attribute dict of ``key``."""
+        with _lock:
+            total = self.totals.get(key)
+            # Integer amounts keep an integer total: the exporter sends an int, as a counter's would be.
+            if total is None and len(self.totals) >= _CARDINALITY_LIMIT:
+                self.totals[_OVERFLOW_KEY] = self.totals.get(_OVERFLOW_KEY, 0) + amount
+            else:
+                self.totals[key] = (total or 0) + amount
+        return self.attributes.get(key)
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The instrument's callback: one observation per attribute set seen."""
+        with _lock:
+            totals = list(self.totals.items())
+        return [Observation(total, _OVERFLOW if key is _OVERFLOW_KEY else self.attributes.get(key)) for key, total in totals]
 
 
 class _Instruments:
-    """The process's instruments, created on first use."""
+    """The process's instruments and counter totals, created on first use."""
 
     def __init__(self) -> None:
         meter = metrics.get_meter(METER_NAME)
-        self.requests = meter.create_counter("llm_runtime.requests", unit="1", description="Requests by outcome")
-        self.errors = meter.create_counter("llm_runtime.errors", unit="1", description="Errors by class")
+        self.requests = _Sum("gen_ai.operation.name", "endpoint", "provider", "model", "outcome", "error.type")
+        self.errors = _Sum("error.type", "endpoint", "provider", "model")
+        self.tokens = _Sum("direction", "endpoint", "provider", "model")
+        self.cost = _Sum("endpoint", "provider", "model")
+        self.restarts = _Sum("endpoint", "provider", "model", "recovery")
+        self.cache_hits = _Sum()
+        self.cache_misses = _Sum()
+        for name, unit, description, sums in (
+            ("llm_runtime.requests", "1", "Requests by outcome", self.requests),
+            ("llm_runtime.errors", "1", "Failed attempts by error class and endpoint", self.errors),
+            ("llm_runtime.tokens", "1", "Tokens in and out", self.tokens),
+            ("llm_runtime.cost", "USD", "Cost of replies", self.cost),
+            ("llm_runtime.stream.restarts", "1", "Streams recovered after content reached the caller", self.restarts),
+            ("llm_runtime.cache.hits", "1", "Response cache hits", self.cache_hits),
+            ("llm_runtime.cache.misses", "1", "Response cache misses", self.cache_misses),
+        ):
+            meter.create_observable_counter(name, callbacks=[sums.observe], unit=unit, description=description)
         self.duration = meter.create_histogram(
             "llm_runtime.request.duration",
             unit="s",
@@ -99,15 +179,7 @@ class _Instruments:
             description="Time from request to a stream's first chunk",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
-        self.tokens = meter.create_counter("llm_runtime.tokens", unit="1", description="Tokens in and out")
-        self.cost = meter.create_counter("llm_runtime.cost", unit="USD", description="Cost of replies")
-        self.restarts = meter.create_counter(
-            "llm_runtime.stream.restarts", unit="1", description="Streams recovered after content reached the caller"
-        )
-        self.cache_hits = meter.create_counter("llm_runtime.cache.hits", unit="1", description="Response cache hits")
-        self.cache_misses = meter.create_counter(
-            "llm_runtime.cache.misses", unit="1", description="Response cache misses"
-        )
+        self.ttfc_attributes = _AttributeSets("endpoint", "provider", "model")
         self.budget = meter.create_observable_gauge(
             "llm_runtime.budget.remaining",
             callbacks=[_observe_budgets],
@@ -117,7 +189,6 @@ class _Instruments:
 
 
 _instruments: _Instruments | None = None
-_lock = threading.Lock()
 _live: weakref.WeakSet[Metrics] = weakref.WeakSet()
 
 
@@ -141,10 +212,9 @@ def _observe_budgets(options: CallbackOptions) -> Iterable[Observation]:
 def metrics_enabled() -> bool:
     """True once a real meter provider (an SDK) is installed globally.
 
-    Until then every instrument is a proxy that records nothing, yet each call still
-    costs a microsecond or more, and ``metrics.get_meter_provider()`` reads
-    ``os.environ`` on every call; the set-once global is read directly instead (see
-    :func:`runtime.telemetry.resolve_providers`).
+    Until then nothing is recorded (not even the running totals), and
+    ``metrics.get_meter_provider()`` reads ``os.environ`` on every call; the set-once
+    global is read directly instead (see :func:`runtime.telemetry.resolve_providers`).
     """
     provider = getattr(_metrics_internal, "_METER_PROVIDER", _UNREAD)
     if provider is _UNREAD:  # the API changed its internals: take the public, slower path
@@ -162,21 +232,10 @@ class Metrics:
     def __init__(self) -> None:
         self._instruments = _shared_instruments()
         self._budget_callbacks: list[tuple[str, BudgetCallback]] = []
-        # Attribute dicts are reused per combination: building one per call is the main cost.
-        self._attrs: dict[tuple[str | None, ...], dict[str, str]] = {}
         _live.add(self)
 
     def __repr__(self) -> str:
         return f"<Metrics [{METER_NAME} | {len(self._budget_callbacks)} budget callbacks]>"
-
-    def _attributes(self, *pairs: tuple[str, str | None]) -> dict[str, str]:
-        key = tuple(v for _, v in pairs)
-        attrs = self._attrs.get(key)
-        if attrs is None:
-            if len(self._attrs) >= _ATTRIBUTE_CACHE_LIMIT:
-                self._attrs.clear()
-            attrs = self._attrs[key] = {k: v for k, v in pairs if v is not None}
-        return attrs
 
     def record_request(
         self,
@@ -193,51 +252,29 @@ class Metrics:
         if not metrics_enabled():
             return
         ins = self._instruments
-        attrs = self._attributes(
-            ("gen_ai.operation.name", operation), ("endpoint", endpoint), ("provider", provider), ("model", model),
-            ("outcome", outcome),
-        )
-        ins.requests.add(1, attrs)
+        attrs = ins.requests.add((operation, endpoint, provider, model, outcome, None), 1)
         ins.duration.record(duration, attrs)
         if usage is not None:
             if usage.input_tokens:
-                ins.tokens.add(
-                    usage.input_tokens,
-                    self._attributes(
-                        ("direction", "input"), ("endpoint", endpoint), ("provider", provider), ("model", model)
-                    ),
-                )
+                ins.tokens.add(("input", endpoint, provider, model), usage.input_tokens)
             if usage.output_tokens:
-                ins.tokens.add(
-                    usage.output_tokens,
-                    self._attributes(
-                        ("direction", "output"), ("endpoint", endpoint), ("provider", provider), ("model", model)
-                    ),
-                )
+                ins.tokens.add(("output", endpoint, provider, model), usage.output_tokens)
         if cost_usd:
-            ins.cost.add(cost_usd, self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model)))
+            ins.cost.add((endpoint, provider, model), cost_usd)
 
     def record_failure(self, error_class: str, duration: float, *, operation: str = "chat") -> None:
         """Count one request that ended without a reply, by the class of the error the caller got."""
         if not metrics_enabled():
             return
         ins = self._instruments
-        attrs = self._attributes(("gen_ai.operation.name", operation), ("outcome", "error"), ("error.type", error_class))
-        ins.requests.add(1, attrs)
-        ins.duration.record(duration, attrs)
+        ins.duration.record(duration, ins.requests.add((operation, None, None, None, "error", error_class), 1))
 
     def record_error(
         self, error_class: str, *, endpoint: str | None = None, provider: str | None = None, model: str | None = None
     ) -> None:
         """Count one failed attempt by its error's class name and the endpoint that failed it."""
-        if not metrics_enabled():
-            return
-        self._instruments.errors.add(
-            1,
-            self._attributes(
-                ("error.type", error_class), ("endpoint", endpoint), ("provider", provider), ("model", model)
-            ),
-        )
+        if metrics_enabled():
+            self._instruments.errors.add((error_class, endpoint, provider, model), 1)
 
     def record_ttfc(
         self, seconds: float, *, endpoint: str | None = None, provider: str | None = None, model: str | None = None
@@ -245,27 +282,18 @@ class Metrics:
         """Record a stream's time to first chunk."""
         if not metrics_enabled():
             return
-        self._instruments.ttfc.record(
-            seconds, self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model))
-        )
+        ins = self._instruments
+        ins.ttfc.record(seconds, ins.ttfc_attributes.get((endpoint, provider, model)))
 
     def record_restart(self, recovery: str, *, endpoint: str | None, provider: str | None, model: str | None) -> None:
         """Count one stream recovered (restarted or continued) after ``endpoint``'s answer failed mid-way."""
-        if not metrics_enabled():
-            return
-        self._instruments.restarts.add(
-            1,
-            self._attributes(("endpoint", endpoint), ("provider", provider), ("model", model), ("recovery", recovery)),
-        )
+        if metrics_enabled():
+            self._instruments.restarts.add((endpoint, provider, model, recovery), 1)
 
     def record_cache(self, hit: bool) -> None:
         """Count one response-cache lookup as a hit or a miss."""
-        if not metrics_enabled():
-            return
-        if hit:
-            self._instruments.cache_hits.add(1)
-        else:
-            self._instruments.cache_misses.add(1)
+        if metrics_enabled():
+            (self._instruments.cache_hits if hit else self._instruments.cache_misses).add((), 1)
 
     def observe_budget(self, callback: BudgetCallback, *, scope: str = "runtime") -> None:
         """Report ``callback()`` (limit kind → remaining) on the budget gauge at each collection.

@@ -55,7 +55,7 @@ from ..errors import (
     Timeout,
 )
 from ..policy import HedgePolicy, RetryPolicy
-from ..telemetry import request_span, tracing_enabled
+from ..telemetry import attempt_span, tracing_enabled
 from ..types import Attempt
 from .retry import RetryBudget, backoff_delay
 
@@ -742,16 +742,10 @@ def _hedge_delay(actor: EndpointActor, hedge: HedgePolicy) -> float:
 
 async def _traced(attempt: Callable[[EndpointActor, float], Awaitable[T]], actor: EndpointActor, timeout: float, number: int) -> T:
     """An attempt inside its own span, which records how it ended."""
-    with request_span(
+    with attempt_span(
         f"attempt {actor.name}", {"endpoint": actor.name, "attempt": number, "gen_ai.provider.name": actor.provider}
-    ) as span:
-        try:
-            value = await attempt(actor, timeout)
-        except LLMError as exc:
-            span.set_attribute("outcome", type(exc).__name__)
-            raise
-        span.set_attribute("outcome", "ok")
-        return value
+    ):
+        return await attempt(actor, timeout)
 
 
 def _describe(actor: EndpointActor) -> str:
