@@ -262,7 +262,8 @@ class Pipeline:
                 "on_interrupt is for stream(): a whole reply reaches the caller only once it is complete",
                 field="on_interrupt",
             )
-        deadline = self.deadline(options.timeout)
+        timeout = options.timeout
+        deadline = self.clock() + (self.timeout if timeout is None else timeout)  # deadline(), a call less
         if options.output is None:
             return self.whole(options, deadline)
         return self.typed(options, options.output, deadline)
@@ -556,7 +557,7 @@ class Call:
         if not answered:
             reply.model = actor.model
         usage = reply.usage
-        if request is not None and isinstance(reply, ChatResponse) and usage.input_tokens == 0 and usage.output_tokens == 0:
+        if request is not None and not (usage.input_tokens or usage.output_tokens) and isinstance(reply, ChatResponse):
             reply.usage = usage = estimate_usage(
                 request, reply.text, actor.model, tool_calls=reply.tool_calls, reasoning=reply.reasoning
             )
@@ -567,9 +568,10 @@ class Call:
         if self.reservation is not None and pipeline.budget is not None:
             pipeline.budget.settle(self.reservation, tokens, cost)
             self.reservation = None
-        guard = pipeline.endpoint_budgets.get(actor.name)
-        if guard is not None:
-            guard.spend(tokens, cost)
+        if pipeline.endpoint_budgets:
+            guard = pipeline.endpoint_budgets.get(actor.name)
+            if guard is not None:
+                guard.spend(tokens, cost)
         pipeline.ledger.record(actor.name, reply.model, usage, cost, priced=price.known)
         if metrics_enabled():
             pipeline.metrics.record_request(

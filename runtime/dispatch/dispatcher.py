@@ -25,7 +25,7 @@ everything: waiting for capacity, each attempt (the smaller of the endpoint's
 before the deadline (a long Retry-After) is skipped, not waited on.
 
 Every permit has one owner that settles it on every exit: the attempt while it runs
-(``with permit:``), each hedge racer's task for its own, and the caller for the
+(on any error or cancellation), each hedge racer's task for its own, and the caller for the
 winner's when ``settle`` is false.
 """
 
@@ -419,13 +419,14 @@ class Dispatcher:
         """One attempt, recorded in ``trail``; the permit is settled here on any error or
         cancellation, and on success unless ``settle`` is false. One clock reading ends it."""
         try:
-            with permit:
-                if tracing_enabled():
-                    value = await _traced(attempt, actor, timeout, len(trail) + 1)
-                else:
-                    value = await attempt(actor, timeout)
-        except LLMError as exc:
-            _record(trail, Attempt(endpoint=actor.name, error=exc, elapsed=clock() - started))
+            if tracing_enabled():
+                value = await _traced(attempt, actor, timeout, len(trail) + 1)
+            else:
+                value = await attempt(actor, timeout)
+        except BaseException as exc:  # what ``with permit:`` does, without its two calls per attempt
+            permit.settle(exc)
+            if isinstance(exc, LLMError):
+                _record(trail, Attempt(endpoint=actor.name, error=exc, elapsed=clock() - started))
             raise
         end = clock()
         _record(trail, Attempt(endpoint=actor.name, elapsed=end - started))

@@ -61,7 +61,9 @@ class RetryBudget:
 
     def record_request(self, now: float) -> None:
         """Count a first attempt."""
-        self._requests[self._advance(now)] += 1
+        second = int(now)
+        # Within the current second (nearly every request under load) there is nothing to slide.
+        self._requests[second % self._window if second == self._second else self._advance(now)] += 1
 
     def can_spend(self, now: float, ratio: float | None = None) -> bool:
         """Whether one extra attempt would pass now, without taking it."""

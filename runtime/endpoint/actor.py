@@ -214,7 +214,7 @@ class EndpointActor(Actor):
 
     def try_admit(self, tokens: int, now: float) -> Permit | None:
         """Take the request now if breaker, limiter and health allow; None (at once) if not."""
-        if self._blocked():
+        if self._failed or self._draining or self._misconfigured is not None:  # _blocked(), a call less
             return None
         if not self.breaker.admit(now):
             return None
@@ -267,8 +267,9 @@ class EndpointActor(Actor):
     def observe_rate_limit(self, snapshot: Any, now: float) -> None:
         """Feed the rate-limit headers of a successful response to the limiter."""
         if snapshot is not None:
-            self.limiter.observe(snapshot, now)
-            if self.limiter.throttled_until > now:
+            limiter = self.limiter
+            limiter.observe(snapshot, now)
+            if limiter.throttled_until > now:
                 self._refresh(now, "provider rate limit spent")
                 self._wake.set()
 

@@ -339,10 +339,11 @@ class Limiter:
         towards its limit until the reset, so the limiter stops before the provider
         starts answering 429. A healthy count switches the gate off.
         """
-        self._gate_requests = self._gate(
-            snapshot.remaining_requests, snapshot.limit_requests, snapshot.reset_requests, now
-        )
-        self._gate_tokens = self._gate(snapshot.remaining_tokens, snapshot.limit_tokens, snapshot.reset_tokens, now)
+        requests = self._gate(snapshot.remaining_requests, snapshot.limit_requests, snapshot.reset_requests, now)
+        tokens = self._gate(snapshot.remaining_tokens, snapshot.limit_tokens, snapshot.reset_tokens, now)
+        if requests is None and tokens is None and self._gate_requests is None and self._gate_tokens is None:
+            return  # healthy counts and no gate on (nearly every reply): admission is as it was
+        self._gate_requests, self._gate_tokens = requests, tokens
         self._replain()
 
     def headroom(self, now: float) -> tuple[float | None, float | None]:
