@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import aiohttp
 import msgspec
@@ -136,8 +136,11 @@ def undecodable(what: str) -> Callable[[Callable[[_A, bytes], _R]], Callable[[_A
     return wrap
 
 
-class HTTPRequest(NamedTuple):
-    """What to send: method, absolute URL, headers and body bytes."""
+class HTTPRequest(msgspec.Struct, frozen=True, gc=False):
+    """What to send: method, absolute URL, headers and body bytes.
+
+    A struct, not a NamedTuple: one is made per request, and a NamedTuple's ``__new__`` is
+    a Python function."""
 
     method: str
     url: str
@@ -537,7 +540,7 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return int(value.strip())
+        return int(value)  # int() itself allows the whitespace around the digits
     except ValueError:
         try:
             return int(float(value))
@@ -562,12 +565,15 @@ def rate_limit_snapshot(
     if values.count(None) == len(values):
         return None
     limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = values
+    # Plain digits (what providers send) are read here; anything else goes through _int.
+    # (isdecimal, not isdigit: int() refuses "²", which isdigit accepts.)
+    counts = [int(v) if v is not None and v.isdecimal() else _int(v) for v in (limit_r, remaining_r, limit_t, remaining_t)]
     return RateLimitSnapshot(
-        limit_requests=_int(limit_r),
-        remaining_requests=_int(remaining_r),
+        limit_requests=counts[0],
+        remaining_requests=counts[1],
         reset_requests=reset(reset_r) if reset_r is not None else None,
-        limit_tokens=_int(limit_t),
-        remaining_tokens=_int(remaining_t),
+        limit_tokens=counts[2],
+        remaining_tokens=counts[3],
         reset_tokens=reset(reset_t) if reset_t is not None else None,
     )
 
@@ -644,12 +650,13 @@ class ProviderClient:
 
     @property
     def deadlines(self) -> Deadlines:
-        """The deadlines of this client's exchanges, on its loop (made at first use: the
-        client may be built before the loop runs)."""
-        deadlines = self._deadlines
-        if deadlines is None:
-            deadlines = self._deadlines = Deadlines(asyncio.get_running_loop())
-        return deadlines
+        """The deadlines of this client's exchanges, on its loop."""
+        return self._deadlines or self._start_deadlines()
+
+    def _start_deadlines(self) -> Deadlines:
+        # At first use, not in __init__: the client may be built before its loop runs.
+        self._deadlines = Deadlines(asyncio.get_running_loop())
+        return self._deadlines
 
     def __repr__(self) -> str:
         return f"<ProviderClient {self.adapter!r}>"
@@ -674,11 +681,11 @@ class ProviderClient:
             self.adapter.redact(connection_story(exc, streamed)), endpoint=self._name, provider=self._provider
         )
 
-    def _encode(self, build: Callable[[], HTTPRequest]) -> HTTPRequest:
+    def _encode(self, build: Callable[..., HTTPRequest], *args: Any, **kwargs: Any) -> HTTPRequest:
         # Building the request is the caller's side of the exchange: whatever goes wrong
         # there is the request's problem on this endpoint, never the endpoint's health.
         try:
-            return build()
+            return build(*args, **kwargs)
         except LLMError:
             raise
         except Exception as exc:
@@ -708,13 +715,13 @@ class ProviderClient:
 
     async def chat(self, request: ChatRequest, timeout: float) -> tuple[ChatResponse, RateLimitSnapshot | None]:
         """One non-streaming chat attempt, bounded by ``timeout`` seconds."""
-        http = self._encode(lambda: self.adapter.chat_request(request, stream=False))
+        http = self._encode(self.adapter.chat_request, request, stream=False)
         body, headers = await self._exchange(http, timeout, "reply")
         return self.adapter.parse_chat(body), self.adapter.rate_limit(headers)
 
     async def embed(self, request: EmbeddingRequest, timeout: float) -> tuple[EmbeddingResponse, RateLimitSnapshot | None]:
         """One embeddings attempt, bounded by ``timeout`` seconds."""
-        http = self._encode(lambda: self.adapter.embed_request(request))
+        http = self._encode(self.adapter.embed_request, request)
         body, headers = await self._exchange(http, timeout, "reply")
         return self.adapter.parse_embed(body), self.adapter.rate_limit(headers)
 
@@ -726,7 +733,7 @@ class ProviderClient:
         # One deadline bounds connect, headers and body alike, kept by the client's shared
         # timer (see runtime.providers.deadlines); aiohttp's own timer is turned off.
         try:
-            with self.deadlines.after(timeout):
+            with (self._deadlines or self._start_deadlines()).after(timeout):
                 async with self.session.request(
                     http.method, http.url, headers=http.headers, data=http.body, timeout=_NO_TIMER
                 ) as resp:
@@ -752,7 +759,7 @@ class ProviderClient:
         self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float
     ) -> ChunkStream:
         """Open one streaming chat attempt; the response headers must come within ``first_chunk_timeout``."""
-        http = self._encode(lambda: self.adapter.chat_request(request, stream=True))
+        http = self._encode(self.adapter.chat_request, request, stream=True)
         stream = ChunkStream(self, first_chunk_timeout, idle_timeout)
         await stream._open(http)
         return stream

@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import math
 from types import TracebackType
+from typing import Any
+
+import msgspec
 
 __all__ = ["Bound", "Deadlines"]
 
@@ -44,19 +47,6 @@ class Deadlines:
         """A bound ``seconds`` from now."""
         return Bound(self, self._loop.time() + seconds)
 
-    def _add(self, bound: Bound) -> None:
-        self._bounds.add(bound)
-        if bound.when < self._armed:
-            self._arm(bound.when)
-
-    def _remove(self, bound: Bound) -> None:
-        bounds = self._bounds
-        bounds.discard(bound)
-        if not bounds and self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-            self._armed = math.inf
-
     def _arm(self, when: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
@@ -74,26 +64,27 @@ class Deadlines:
                 continue  # its task is already cancelled and has yet to leave the block
             if bound.when <= due:
                 bound.expired = True
-                bound.task.cancel()
+                if bound.task is not None:  # always, once entered (only entered bounds are here)
+                    bound.task.cancel()
             elif bound.when < following:
                 following = bound.when
         if following < math.inf:
             self._arm(following)
 
 
-class Bound:
+class Bound(msgspec.Struct, eq=False):
     """``with deadlines.at(when):`` cancels the task at ``when`` and raises
     :class:`TimeoutError` from the block, as ``asyncio.timeout_at`` does: a cancellation
-    from elsewhere (a hedge's twin won, the caller left) still propagates as one."""
+    from elsewhere (a hedge's twin won, the caller left) still propagates as one.
 
-    __slots__ = ("_cancelling", "_deadlines", "expired", "task", "when")
+    A struct (made in C, no Python ``__init__``: one is made per exchange and per chunk
+    read), compared and hashed by identity."""
 
-    task: asyncio.Task[object]
-
-    def __init__(self, deadlines: Deadlines, when: float) -> None:
-        self._deadlines = deadlines
-        self.when = when
-        self.expired = False
+    _deadlines: Deadlines
+    when: float
+    expired: bool = False
+    task: asyncio.Task[Any] | None = None
+    _cancelling: int = 0
 
     def __enter__(self) -> Bound:
         task = asyncio.current_task()
@@ -101,12 +92,23 @@ class Bound:
             raise RuntimeError("a deadline bounds a task: enter it inside one")
         self.task = task
         self._cancelling = task.cancelling()
-        self._deadlines._add(self)
+        # Deadlines' bookkeeping inline: entering and leaving are on every exchange's path.
+        deadlines = self._deadlines
+        deadlines._bounds.add(self)
+        if self.when < deadlines._armed:
+            deadlines._arm(self.when)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._deadlines._remove(self)
-        if self.expired and self.task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+        deadlines = self._deadlines
+        bounds = deadlines._bounds
+        bounds.discard(self)
+        if not bounds and deadlines._handle is not None:
+            deadlines._handle.cancel()
+            deadlines._handle = None
+            deadlines._armed = math.inf
+        task = self.task
+        if self.expired and task is not None and task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc

@@ -249,15 +249,18 @@ def _choice_content(choice: _ChoiceView) -> tuple[str, list[ToolCall]]:
     message = choice.message
     if message is None:
         return choice.text or "", []
+    text = message.content or message.refusal or ""
+    if not message.tool_calls:
+        return text, []
     calls = [
         ToolCall(
             id=call.id or f"call_{i}",
             name=(call.function.name or "") if call.function else "",
             arguments=(call.function.arguments or "{}") if call.function else "{}",
         )
-        for i, call in enumerate(message.tool_calls or ())
+        for i, call in enumerate(message.tool_calls)
     ]
-    return message.content or message.refusal or "", calls
+    return text, calls
 
 
 def _logprobs(view: _ChoiceLogprobsView | None) -> list[TokenLogprob] | None:
@@ -456,11 +459,12 @@ class OpenAIAdapter(Adapter):
         view = _completion_decoder.decode(body)
         if view.error is not None:
             raise self.error_in_body(view.error)
-        choice = next((c for c in view.choices if c.index == 0), None)
-        if choice is None:
-            if not view.choices:
-                raise self._protocol("chat reply has no choices")
-            choice = view.choices[0]
+        choices_in = view.choices
+        if not choices_in:
+            raise self._protocol("chat reply has no choices")
+        choice = choices_in[0]
+        if choice.index != 0:  # choice 0 is the reply, wherever the provider put it
+            choice = next((c for c in choices_in if c.index == 0), choice)
         message = choice.message or _MessageView()
         text, calls = _choice_content(choice)
         finish = choice.finish_reason
@@ -472,8 +476,8 @@ class OpenAIAdapter(Adapter):
                 code="content_filter",
             )
         choices: list[Choice] = []
-        if len(view.choices) > 1:  # n > 1: every choice, in index order
-            for other in sorted(view.choices, key=lambda c: c.index):
+        if len(choices_in) > 1:  # n > 1: every choice, in index order
+            for other in sorted(choices_in, key=lambda c: c.index):
                 other_text, other_calls = _choice_content(other)
                 choices.append(
                     Choice(
@@ -492,7 +496,7 @@ class OpenAIAdapter(Adapter):
             tool_calls=calls,
             reasoning=message.reasoning_content or message.reasoning,
             choices=choices,
-            logprobs=_logprobs(choice.logprobs),
+            logprobs=_logprobs(choice.logprobs) if choice.logprobs is not None else None,
         )
 
     def stream_decoder(self) -> _ChatStreamDecoder:
