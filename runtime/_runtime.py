@@ -38,6 +38,7 @@ from .actors import ChildSpec, Supervisor
 from .cluster import SharedPolicy
 from .dispatch.dispatcher import Dispatcher, RouteTable
 from .endpoint.actor import EndpointActor, EndpointStatus
+from .endpoint.limiter import Limiter
 from .errors import ConfigError, InvalidRequest
 from .policy import (
     Budget,
@@ -357,6 +358,13 @@ class Runtime:
         """A guard enforcing ``budget`` for ``scope`` (a gateway key, say) the way the runtime's
         own budgets are enforced: its totals shared through Redis with ``shared``, else this process's."""
         return self._new_guard(budget, scope=scope)
+
+    def limiter_for(self, *, rpm: int | None, tpm: int | None, max_concurrency: int | None, scope: str) -> Limiter:
+        """A limiter for ``scope`` (a gateway key, say), the endpoints' own kind: shared through
+        Redis with ``shared`` (its ``confirm`` takes the shared capacity), else this process's."""
+        if self._shared is None:
+            return Limiter(rpm, tpm, max_concurrency)
+        return self._shared.key_limiter(scope, rpm, tpm, max_concurrency)
 
     # --- introspection ---------------------------------------------------------------------
 

@@ -159,3 +159,33 @@ def test_status_json_matches_runtime_status_fields(tmp_path: Path) -> None:
         gateway.wait(timeout=60)
     fields = {"name", "provider", "model", "state", "breaker", "in_flight", "latency_ms"}
     assert fields <= set(status["endpoints"][0]) and status["gateway"]["draining"] is False
+
+
+@pytest.mark.timeout(120)
+def test_key_rpm_is_one_limit_for_two_gateway_processes_on_one_redis(tmp_path: Path) -> None:
+    """Two `llm-runtime serve` processes with one [shared] Redis admit a key's rpm between
+    them, not each: rpm = 4, ten requests alternating between the two, four answered.
+    (Without [shared] each process would admit four.)"""
+    from runtime.cluster.server import RedisServer
+
+    server = [sys.executable, "-m", "runtime.testing.server", "--port", "0", "--name", "up"]
+    with RedisServer() as redis_server, process(server, tmp_path) as (_, upstream):
+        extra = (
+            '[[gateway.keys]]\nname = "k"\nkey = "sk-gw"\nrpm = 4\n'
+            f'[shared]\nurl = "{redis_server.url}"\nprefix = "t-gateway-key-rpm"\n'
+        )
+        serve = [sys.executable, "-m", "runtime", "serve", "--config", str(_config(tmp_path, upstream, extra))]
+        with process(serve, tmp_path) as (_, url_a), process(serve, tmp_path) as (_, url_b):
+            clients = [openai.OpenAI(base_url=url + "/v1", api_key="sk-gw", max_retries=0, timeout=30) for url in (url_a, url_b)]
+            answered, refused = [], []
+            for i in range(10):
+                try:
+                    clients[i % 2].chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+                    answered.append(i % 2)
+                except openai.RateLimitError as exc:
+                    refused.append((i % 2, exc.response.headers.get("Retry-After"), exc.code))
+            for client in clients:
+                client.close()
+    assert url_a != url_b and sorted(answered) == [0, 0, 1, 1]
+    assert len(refused) == 6 and {p for p, _, _ in refused} == {0, 1}
+    assert all(int(after) >= 1 and code == "rate_limit_exceeded" for _, after, code in refused)

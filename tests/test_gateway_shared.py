@@ -1,9 +1,10 @@
-"""Gateway keys on shared state: a key's budget is one total for every gateway on one Redis."""
+"""Gateway keys on shared state: a key's budget and limits are one for every gateway on one Redis."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,8 @@ from runtime.testing import FaultyEndpoint
 
 pytestmark = pytest.mark.anyio
 
+Post = Callable[[Gateway], Awaitable[tuple[int, str | None]]]
+
 
 @pytest.fixture
 def anyio_backend() -> tuple[str, dict[str, Any]]:
@@ -31,26 +34,66 @@ def server() -> Iterator[RedisServer]:
         yield srv
 
 
-async def test_key_budget_spent_through_one_gateway_is_refused_by_the_other(server: RedisServer) -> None:
-    """Two gateways (two runtimes) on one Redis: a key's daily tokens spent through A are refused by B."""
-    policy = SharedPolicy(url=server.url, prefix="t-gateway-key-budget", sync_interval=0.05)
-    config = GatewayConfig(port=0, keys=[GatewayKey(name="k", key="sk", daily_tokens=60)])
-    body = {"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
-    headers = {"Authorization": "Bearer sk"}
+BODY = {"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+HEADERS = {"Authorization": "Bearer sk"}
+
+
+@asynccontextmanager
+async def two_gateways(server: RedisServer, prefix: str, key: GatewayKey) -> AsyncIterator[tuple[FaultyEndpoint, Post, Gateway, Gateway]]:
+    """One upstream, two runtimes on one Redis (``prefix``), a gateway over each with ``key``
+    (sent as ``sk``); and ``post(gw)``: a chat request of the key, its status and error message."""
+    policy = SharedPolicy(url=server.url, prefix=prefix, sync_interval=0.05)
+    config = GatewayConfig(port=0, keys=[key])
     async with FaultyEndpoint("openai", name="up") as up:
         endpoint = up.endpoint(health=HealthPolicy(enabled=False))
         async with (
             Runtime([endpoint], shared=policy) as rt_a, Runtime([endpoint], shared=policy) as rt_b,
             Gateway(rt_a, config) as a, Gateway(rt_b, config) as b, aiohttp.ClientSession() as session,
         ):
-            statuses = []
-            for _ in range(20):
-                async with session.post(a.base_url + "/v1/chat/completions", json=body, headers=headers) as resp:
-                    statuses.append(resp.status)
-                if resp.status == 429:
-                    break
-            await asyncio.sleep(0.3)  # b's periodic sync reads the total
-            async with session.post(b.base_url + "/v1/chat/completions", json=body, headers=headers) as resp:
-                refused = resp.status, (await resp.json())["error"]["code"]
+
+            async def post(gw: Gateway) -> tuple[int, str | None]:
+                async with session.post(gw.base_url + "/v1/chat/completions", json=BODY, headers=HEADERS) as resp:
+                    error = (await resp.json()).get("error")
+                    return resp.status, error and error.get("code") + ": " + error.get("message")
+
+            yield up, post, a, b
+
+
+async def test_key_budget_spent_through_one_gateway_is_refused_by_the_other(server: RedisServer) -> None:
+    """Two gateways (two runtimes) on one Redis: a key's daily tokens spent through A are refused by B."""
+    key = GatewayKey(name="k", key="sk", daily_tokens=60)
+    async with two_gateways(server, "t-gateway-key-budget", key) as (_, post, a, b):
+        statuses = []
+        for _ in range(20):
+            statuses.append((await post(a))[0])
+            if statuses[-1] == 429:
+                break
+        await asyncio.sleep(0.3)  # b's periodic sync reads the total
+        refused = await post(b)
     assert statuses[0] == 200 and statuses[-1] == 429
-    assert refused == (429, "insufficient_quota")
+    assert refused[0] == 429 and (refused[1] or "").startswith("insufficient_quota")
+
+
+async def test_key_concurrency_is_one_cap_across_gateways(server: RedisServer) -> None:
+    """A key's max_concurrency = 1 holds across two gateways on one Redis: while a request of
+    the key is in flight through A, B refuses the key with 429; once it ends (here: its client
+    leaves), the lease is back and B serves the key."""
+    key = GatewayKey(name="k", key="sk", max_concurrency=1)
+    async with two_gateways(server, "t-gateway-key-concurrency", key) as (up, post, a, b):
+        up.faults.hang = True
+        held = asyncio.ensure_future(post(a))
+        for _ in range(500):
+            if a.in_flight and up.stats.requests:
+                break
+            await asyncio.sleep(0.01)
+        refused = await post(b)
+        held.cancel()
+        up.faults.hang = False
+        served: tuple[int, str | None] = (0, None)
+        for _ in range(100):  # the lease goes back with the writer's next batch
+            served = await post(b)
+            if served[0] == 200:
+                break
+            await asyncio.sleep(0.02)
+    assert refused[0] == 429 and "shared_concurrency" in (refused[1] or "")
+    assert served[0] == 200

@@ -28,7 +28,7 @@ import itertools
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..endpoint.breaker import (
     S_CLOSED,
@@ -55,10 +55,15 @@ if TYPE_CHECKING:
     from ..endpoint.actor import EndpointActor, Permit
     from ._state import SharedState
 
-__all__ = ["EndpointShare", "SharedBreakerStorage", "SharedLimiter", "SharedReservation", "endpoint_keys"]
+__all__ = ["EndpointShare", "Share", "SharedBreakerStorage", "SharedLimiter", "SharedReservation", "endpoint_keys", "new_lease"]
 
 # Lease ids are unique across processes and machines: the process, then a counter.
 _LEASES = itertools.count(1)
+
+
+def new_lease() -> str:
+    """A concurrency lease id no other process or machine uses."""
+    return f"{PROCESS}:{next(_LEASES)}"
 
 
 def endpoint_keys(prefix: str, endpoint: str) -> tuple[str, str]:
@@ -79,13 +84,26 @@ class SharedReservation(Reservation):
         self.need = 0.0
 
 
+class Share(Protocol):
+    """What a shared limiter needs of its owner: the keys of its Redis hash and lease set,
+    the writer's queue, and whether Redis answers."""
+
+    keys: tuple[str, str]
+
+    @property
+    def available(self) -> bool: ...
+    def send(self, call: Call, done: Callable[[list[str] | None], None] | None = None) -> None: ...
+    def throttle_everywhere(self, until: float) -> None: ...
+
+
 class SharedLimiter(Limiter):
-    """The endpoint's limiter, mirroring the shared one: refuses locally while Redis said no."""
+    """An endpoint's (or a gateway key's) limiter, mirroring the shared one: refuses locally
+    while Redis said no."""
 
     __slots__ = ("_held_reason", "_held_until", "_share")
 
-    def __init__(self, endpoint: Endpoint, share: EndpointShare) -> None:
-        super().__init__(endpoint.rpm, endpoint.tpm, endpoint.max_concurrency)
+    def __init__(self, rpm: int | None, tpm: int | None, max_concurrency: int | None, share: Share) -> None:
+        super().__init__(rpm, tpm, max_concurrency)
         self._share = share
         self._held_until = -math.inf
         self._held_reason = "shared"
@@ -254,7 +272,7 @@ class EndpointShare:
         self.endpoint = endpoint
         self.keys = endpoint_keys(state.policy.prefix, endpoint.name)
         self.storage = SharedBreakerStorage(self)
-        self.limiter = SharedLimiter(endpoint, self)
+        self.limiter = SharedLimiter(endpoint.rpm, endpoint.tpm, endpoint.max_concurrency, self)
         self.actor: EndpointActor | None = None
 
     @property
@@ -264,7 +282,7 @@ class EndpointShare:
 
     def new_limiter(self) -> SharedLimiter:
         """A fresh limiter mirror for a (re)started actor (restarts get fresh runtime state)."""
-        self.limiter = SharedLimiter(self.endpoint, self)
+        self.limiter = SharedLimiter(self.endpoint.rpm, self.endpoint.tpm, self.endpoint.max_concurrency, self)
         return self.limiter
 
     def attach(self, actor: EndpointActor) -> None:
@@ -292,7 +310,7 @@ class EndpointShare:
         if not link.available:
             return self._without_redis(permit, link.cause)
         policy = self.endpoint.breaker
-        lease = f"{PROCESS}:{next(_LEASES)}" if limiter.max_concurrency else ""
+        lease = new_lease() if limiter.max_concurrency else ""
         need = float(min(max(reservation.tokens, 0), limiter.tpm or 0))
         try:
             reply = await self.state.call(("admit", self.keys, [

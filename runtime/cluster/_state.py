@@ -20,6 +20,7 @@ from ..policy import Budget, Endpoint
 from ._budget import SharedBudgetGuard
 from ._cache import SharedCacheStore
 from ._endpoint import EndpointShare, SharedBreakerStorage, SharedLimiter
+from ._key import SharedKeyLimiter
 from ._link import Call, RedisLink, Unavailable
 from .policy import SharedPolicy
 
@@ -88,6 +89,10 @@ class SharedState:
         guard = SharedBudgetGuard(budget, self, scope=scope)
         self._budgets.append(guard)
         return guard
+
+    def key_limiter(self, scope: str, rpm: int | None, tpm: int | None, max_concurrency: int | None) -> SharedKeyLimiter:
+        """Limits shared by every process for ``scope`` (a gateway key), on its own Redis hash."""
+        return SharedKeyLimiter(self, scope, rpm, tpm, max_concurrency)
 
     def cache_store(self, max_entries: int) -> SharedCacheStore:
         """A response-cache store whose writes reach every process (``[shared] cache = true``)."""

@@ -8,8 +8,10 @@ kept in memory after start.
 Each key's ``rpm``, ``tpm`` and ``max_concurrency`` are a :class:`~runtime.endpoint.limiter.Limiter`
 and its budgets a :class:`~runtime.accounting.BudgetGuard`, the very classes that limit
 endpoints and the runtime: reserve before sending, reconcile with the real usage after.
-The rate and concurrency limits are this process's (with ``--workers N`` each worker holds
-its own); the budgets' totals are shared through Redis when the runtime has ``[shared]``.
+Both come from the runtime (``Runtime.limiter_for``, ``Runtime.budget_guard_for``): with
+``[shared]`` they are shared through Redis like the endpoints' (the limiter's ``confirm``
+takes the key's share of the cluster's buckets and leases, one round trip per request),
+else they are this process's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import hmac
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from ..accounting import BudgetGuard
 from ..accounting.budget import Reservation as BudgetReservation
@@ -25,10 +28,23 @@ from ..endpoint.limiter import Limiter
 from ..endpoint.limiter import Reservation as LimiterReservation
 from .config import GatewayKey
 
-__all__ = ["ClientKey", "GuardFactory", "Grant", "KeyRing"]
+__all__ = ["ClientKey", "GuardFactory", "Grant", "KeyRing", "LimiterFactory"]
 
 #: Makes a key's budget guard: ``Runtime.budget_guard_for`` (shared with ``[shared]``) or BudgetGuard.
 GuardFactory = Callable[..., BudgetGuard]
+#: Makes a key's limiter: ``Runtime.limiter_for`` (shared with ``[shared]``) or a local Limiter.
+LimiterFactory = Callable[..., Limiter]
+
+
+def _local_limiter(*, rpm: int | None, tpm: int | None, max_concurrency: int | None, scope: str) -> Limiter:
+    return Limiter(rpm, tpm, max_concurrency)
+
+
+@runtime_checkable
+class _Confirming(Protocol):
+    """A shared limiter: what its mirror admitted must still be taken from the cluster's."""
+
+    async def confirm(self, reservation: LimiterReservation) -> float | None: ...
 
 
 class Grant:
@@ -45,13 +61,15 @@ class Grant:
 class ClientKey:
     """A configured key at run time: its digest, allowed routes, limiter and budget guard."""
 
-    def __init__(self, config: GatewayKey, new_guard: GuardFactory = BudgetGuard) -> None:
+    def __init__(self, config: GatewayKey, new_guard: GuardFactory = BudgetGuard, new_limiter: LimiterFactory = _local_limiter) -> None:
         self.name = config.name
         self.digest = config.digest()
         self.routes = frozenset(config.models)
-        self.limiter = Limiter(rpm=config.rpm, tpm=config.tpm, max_concurrency=config.max_concurrency)
+        scope = f"key {config.name}"
+        self.limiter = new_limiter(rpm=config.rpm, tpm=config.tpm, max_concurrency=config.max_concurrency, scope=scope)
+        self._confirm = self.limiter.confirm if isinstance(self.limiter, _Confirming) else None
         budget = config.budget
-        self.budget = new_guard(budget, scope=f"key {config.name}") if budget is not None else None
+        self.budget = new_guard(budget, scope=scope) if budget is not None else None
         # Counting a prompt's tokens costs microseconds: only when a limit reads the count.
         self.counts_tokens = bool(config.tpm) or budget is not None
 
@@ -62,17 +80,29 @@ class ClientKey:
         """May this key use ``route``?"""
         return not self.routes or route in self.routes
 
-    def admit(self, tokens: int, now: float) -> Grant | float:
+    async def admit(self, tokens: int, now: float) -> Grant | float:
         """Reserve a request of about ``tokens``: a :class:`Grant`, or the seconds to wait
-        before the key's limits could take it. Raises BudgetExceeded when a budget is spent."""
+        before the key's limits could take it. Raises BudgetExceeded when a budget is spent
+        (and NoEndpointAvailable when shared limits cannot be reached and must not be served around)."""
         held = self.limiter.try_acquire(tokens, now)
         if held is None:
             when = self.limiter.available_at(tokens, now)
             # A full concurrency cap frees on a release, at no known time: try again soon.
             return 1.0 if math.isinf(when) else max(when - now, 0.001)
+        if self._confirm is not None:
+            wait = await self._confirm(held)
+            if wait is not None:
+                return max(wait, 0.001)
+        budget = self.budget
+        reserved = None
         try:
-            reserved = self.budget.reserve(tokens) if self.budget is not None else None
+            if budget is not None:
+                reserved = budget.reserve(tokens)
+                if budget.hold is not None:  # shared totals: the estimate is held on Redis too
+                    await budget.hold(reserved)
         except BaseException:
+            if reserved is not None and budget is not None:
+                budget.release(reserved)
             self.limiter.release(held, 0, now)
             raise
         return Grant(held, reserved, tokens)
@@ -108,8 +138,10 @@ class ClientKey:
 class KeyRing:
     """The configured keys; :meth:`find` looks a presented key up in constant time."""
 
-    def __init__(self, keys: Sequence[GatewayKey], new_guard: GuardFactory = BudgetGuard) -> None:
-        self.keys = [ClientKey(k, new_guard) for k in keys]
+    def __init__(
+        self, keys: Sequence[GatewayKey], new_guard: GuardFactory = BudgetGuard, new_limiter: LimiterFactory = _local_limiter
+    ) -> None:
+        self.keys = [ClientKey(k, new_guard, new_limiter) for k in keys]
 
     def __bool__(self) -> bool:
         return bool(self.keys)

@@ -7,7 +7,8 @@ the runtime's ``shutdown_grace``, then the runtime stops.
 
 ``--workers N`` starts N such processes on one port (``SO_REUSEPORT``: the kernel spreads
 connections among them) and forwards SIGTERM to each. Each worker has its own runtime,
-so breakers, limits, budgets and key limits are per process.
+so breakers, limits, budgets and key limits are per process unless ``[shared]`` puts
+them on one Redis for every worker and replica.
 """
 
 from __future__ import annotations

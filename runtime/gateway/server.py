@@ -77,7 +77,7 @@ class Gateway:
     def __init__(self, runtime: Runtime, config: GatewayConfig | None = None) -> None:
         self.rt = runtime
         self.config = config or GatewayConfig()
-        self.keys = KeyRing(self.config.keys, runtime.budget_guard_for)
+        self.keys = KeyRing(self.config.keys, runtime.budget_guard_for, runtime.limiter_for)
         self.routes = _routes(runtime)
         self._routes_table = self._table()
         self.draining = False
@@ -285,13 +285,13 @@ class Gateway:
             return self._failure(rid, dialect, routing)
         return client, body, routing
 
-    def _admit(self, client: ClientKey | None, tokens: Callable[[], int]) -> Grant | Failure | None:
+    async def _admit(self, client: ClientKey | None, tokens: Callable[[], int]) -> Grant | Failure | None:
         """Take the request's share of its key's limits and budget (``tokens()``: its estimate,
         asked only when a limit reads it), or the 429 saying when to come back."""
         if client is None:
             return None
         try:
-            granted = client.admit(tokens() if client.counts_tokens else 1, _now())
+            granted = await client.admit(tokens() if client.counts_tokens else 1, _now())
         except LLMError as exc:  # the key's budget is spent
             return failure_of(exc)
         if isinstance(granted, float):
@@ -346,7 +346,7 @@ class Gateway:
                 return self._failure(rid, face.dialect, recovery)
             routing = {**routing, "on_interrupt": recovery}
         # The key's share is taken last: every refusal above holds nothing.
-        grant = self._admit(client, lambda: self._estimate(call))
+        grant = await self._admit(client, lambda: self._estimate(call))
         if isinstance(grant, Failure):
             return self._failure(rid, face.dialect, grant, client.headers(_now()) if client else None)
         settled = False
@@ -417,7 +417,7 @@ class Gateway:
             return intake
         client, body, routing = intake
         texts = [body.input] if isinstance(body.input, str) else body.input
-        grant = self._admit(client, lambda: sum(len(t) for t in texts) // 4 + 1)
+        grant = await self._admit(client, lambda: sum(len(t) for t in texts) // 4 + 1)
         if isinstance(grant, Failure):
             return self._failure(rid, "openai", grant, client.headers(_now()) if client else None)
         settled = False
