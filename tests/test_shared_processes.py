@@ -126,7 +126,10 @@ class Cluster:
 
     def start(self, prefix: str, workers: list[Worker] | None = None, *, budget: dict[str, Any] | None = None,
               **endpoint: Any) -> None:
-        shared = {"url": self.redis.url, "prefix": prefix, "sync_interval": 0.1, "reconnect_max": 0.2, "lease_ttl": 1.0}
+        # timeout: a loaded machine can stall a Redis call past the default 0.25 s, which would
+        # turn a process to local state (these tests stop Redis instead: refused at once).
+        shared = {"url": self.redis.url, "prefix": prefix, "sync_interval": 0.1, "reconnect_max": 0.2, "lease_ttl": 1.0,
+                  "timeout": 5.0}
         spec = {"name": "shared", "provider": "openai", "model": self.server.endpoint.model,
                 "base_url": self.server.endpoint.base_url, "api_key": "k", **endpoint}
         assert all(a == {"ok": True} for a in self.all(workers, op="start", shared=shared, endpoint=spec,
@@ -222,17 +225,18 @@ def test_a_breaker_opened_by_one_process_is_honoured_by_all_within_a_second(clus
 
 def test_half_open_admits_exactly_half_open_calls_across_processes(cluster: Cluster, fresh: str) -> None:
     """After the open period, 12 callers in 4 processes race: exactly half_open_calls (2) trials
-    are admitted; they time out, the breaker reopens for longer, nothing else goes out."""
+    are admitted and hold the half-open breaker until the callers stop; nothing else goes out."""
     breaker = {"failure_threshold": 1, "open_for": 0.6, "half_open_calls": 2, "max_open_for": 10.0}
     cluster.start(fresh, breaker=breaker)
     cluster.server.call(lambda: cluster.server.endpoint.faults.fail_next(1, 500))
     assert cluster.workers[0].ask(op="load", requests=1, concurrency=1, timeout=1)["outcomes"] == {"ServerError": 1}
-    cluster.server.call(lambda: setattr(cluster.server.endpoint.faults, "latency", 1.0))
+    cluster.server.call(lambda: setattr(cluster.server.endpoint.faults, "hang", True))
     time.sleep(0.25)  # every process has synced the open record (sync_interval 0.1 s)
-    # The trials fail at ~0.6 s; reopened for 1.2 s (± 10 %), the breaker stays open past the
-    # last caller's deadline (1.0 + 0.3 s).
-    answers = cluster.all(op="load", duration=1.0, concurrency=3, timeout=0.3, pause=0.02)
-    # Every trial times out (the endpoint answers in 1 s): the Timeouts are the trials admitted.
+    # Half-open from ~0.6 s: the trials hang until their callers' deadline (2 s), past the end
+    # of the load (~2.25 s), so however slowly a loaded machine runs the callers, the two
+    # permits stay out and no third trial can be admitted.
+    answers = cluster.all(op="load", duration=2.0, concurrency=3, timeout=2.0, pause=0.02)
+    # Every trial times out (the endpoint never answers): the Timeouts are the trials admitted.
     # (A trial admitted at the very end of its caller's deadline may time out before it is sent.)
     assert _total(answers, "Timeout") == 2, answers
     assert set().union(*(a["outcomes"] for a in answers)) == {"Timeout", "NoEndpointAvailable"}
