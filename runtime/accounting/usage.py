@@ -102,11 +102,10 @@ class UsageLedger:
         )
 
     def _day(self) -> str:
+        """The day a record counts in, when :meth:`record`'s check (the default clock, before
+        the known day's end: one float comparison) did not find it."""
         if self._now is _utc_now:
-            # The default clock: one float comparison per record until midnight UTC.
             t = time.time()
-            if t < self._day_end:
-                return self._day_key
             today = datetime.datetime.fromtimestamp(t, datetime.UTC).date()
             self._day_key = today.isoformat()
             self._day_end = datetime.datetime.combine(today, datetime.time(), datetime.UTC).timestamp() + 86400.0
@@ -139,7 +138,9 @@ class UsageLedger:
         """
         # One tally per (day, endpoint, model): one lookup and one add per request; the
         # totals by day, endpoint and model are summed when a report is asked for.
-        key = (self._day(), endpoint, model or None)
+        # The default clock before midnight UTC (nearly always): the day known, without a call.
+        day = self._day_key if self._now is _utc_now and time.time() < self._day_end else self._day()
+        key = (day, endpoint, model or None)
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()

@@ -41,6 +41,7 @@ from collections.abc import Set as AbstractSet
 from typing import Generic, TypeVar
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 
 from .._logging import log_attempt
@@ -124,16 +125,14 @@ class RouteTable:
         return tiers
 
 
-class Outcome(Generic[T]):
-    """A successful attempt: its value, the actor and permit, and the attempt trail."""
+class Outcome(msgspec.Struct, Generic[T]):
+    """A successful attempt: its value, the actor and permit, and the attempt trail.
+    (A struct: built in C, one Python ``__init__`` call less per request.)"""
 
-    __slots__ = ("actor", "attempts", "permit", "value")
-
-    def __init__(self, value: T, actor: EndpointActor, permit: Permit, attempts: list[Attempt]) -> None:
-        self.value = value
-        self.actor = actor
-        self.permit = permit
-        self.attempts = attempts
+    value: T
+    actor: EndpointActor
+    permit: Permit
+    attempts: list[Attempt]
 
 
 class Dispatcher:

@@ -675,8 +675,9 @@ class Breaker:
         """
         rec = self._rec
         if rec.state == S_CLOSED and outcome is _SUCCESS and not rec.consecutive:
-            # The common case: only the window moves.
-            rec.window_calls[_advance(rec, now, self._policy)] += 1
+            # The common case: only the window moves, and within the current bucket it need not slide.
+            bucket = int(now * WINDOW_BUCKETS / self._policy.window)
+            rec.window_calls[bucket % WINDOW_BUCKETS if bucket == rec.window_bucket else _advance(rec, now, self._policy)] += 1
             return
         self._announce(self._storage.settle(self._policy, outcome, now, retry_after, self._rng.random()))
 
