@@ -172,7 +172,9 @@ def test_key_rpm_is_one_limit_for_two_gateway_processes_on_one_redis(tmp_path: P
     with RedisServer() as redis_server, process(server, tmp_path) as (_, upstream):
         extra = (
             '[[gateway.keys]]\nname = "k"\nkey = "sk-gw"\nrpm = 4\n'
-            f'[shared]\nurl = "{redis_server.url}"\nprefix = "t-gateway-key-rpm"\n'
+            # timeout: a Redis call slowed past it by a loaded machine would make a process
+            # serve on its own limits
+            f'[shared]\nurl = "{redis_server.url}"\nprefix = "t-gateway-key-rpm"\ntimeout = 5.0\n'
         )
         serve = [sys.executable, "-m", "runtime", "serve", "--config", str(_config(tmp_path, upstream, extra))]
         with process(serve, tmp_path) as (_, url_a), process(serve, tmp_path) as (_, url_b):

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from waiting import until
 
 from runtime import HealthPolicy, Runtime
 from runtime.cluster import SharedPolicy
@@ -42,7 +43,9 @@ HEADERS = {"Authorization": "Bearer sk"}
 async def two_gateways(server: RedisServer, prefix: str, key: GatewayKey) -> AsyncIterator[tuple[FaultyEndpoint, Post, Gateway, Gateway]]:
     """One upstream, two runtimes on one Redis (``prefix``), a gateway over each with ``key``
     (sent as ``sk``); and ``post(gw)``: a chat request of the key, its status and error message."""
-    policy = SharedPolicy(url=server.url, prefix=prefix, sync_interval=0.05)
+    # A generous timeout: under a loaded test run a slow Redis call would switch a runtime
+    # to its local state, and each would admit by itself.
+    policy = SharedPolicy(url=server.url, prefix=prefix, sync_interval=0.05, timeout=5.0)
     config = GatewayConfig(port=0, keys=[key])
     async with FaultyEndpoint("openai", name="up") as up:
         endpoint = up.endpoint(health=HealthPolicy(enabled=False))
@@ -68,7 +71,9 @@ async def test_key_budget_spent_through_one_gateway_is_refused_by_the_other(serv
             statuses.append((await post(a))[0])
             if statuses[-1] == 429:
                 break
-        await asyncio.sleep(0.3)  # b's periodic sync reads the total
+        spent_a, spent_b = (gw.keys.keys[0].budget for gw in (a, b))
+        assert spent_a is not None and spent_b is not None
+        await until(lambda: spent_b.remaining() == spent_a.remaining())  # b's periodic sync read the total
         refused = await post(b)
     assert statuses[0] == 200 and statuses[-1] == 429
     assert refused[0] == 429 and (refused[1] or "").startswith("insufficient_quota")
@@ -82,10 +87,7 @@ async def test_key_concurrency_is_one_cap_across_gateways(server: RedisServer) -
     async with two_gateways(server, "t-gateway-key-concurrency", key) as (up, post, a, b):
         up.faults.hang = True
         held = asyncio.ensure_future(post(a))
-        for _ in range(500):
-            if a.in_flight and up.stats.requests:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: a.in_flight > 0 and up.stats.requests > 0)
         refused = await post(b)
         held.cancel()
         up.faults.hang = False
