@@ -8,7 +8,9 @@ and this one, the client (the official ``openai.AsyncOpenAI``). The same request
   (a) direct: the openai client to the upstream,
   (b) through a bare aiohttp proxy (read, POST upstream, answer: the floor under any
       aiohttp gateway, so what the hop itself costs on this machine is seen apart),
-  (c) through the gateway (uvloop), (d) through the gateway (asyncio),
+      on uvloop and on asyncio,
+  (c) through the gateway (uvloop), (d) through the gateway (asyncio) (without the
+      ``uvloop`` extra installed, (b) and (c) run on asyncio alone),
   (e) through LiteLLM's proxy, when ``litellm`` is installed.
 
 Concurrency 1: the modes alternate in blocks of 50 requests, so drift on a shared
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -53,9 +56,9 @@ FLOOR_PROXY = """
 import asyncio, sys
 import aiohttp
 from aiohttp import web
-try:
+if sys.argv[2] == "uvloop":
     import uvloop
-except ImportError:
+else:
     uvloop = None
 
 async def main(upstream):
@@ -99,10 +102,10 @@ def rss_kib(pid: int) -> int:
 async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int) -> None:
     seconds = await samples(modes, requests, BLOCK)
     base_med, base_p99 = statistics.median(seconds["direct"]), pct(seconds["direct"], 0.99)
-    print(f"{'mode':<18}{'median µs':>11}{'p99 µs':>11}{'added p50 µs':>14}{'added p99 µs':>14}")
+    print(f"{'mode':<24}{'median µs':>11}{'p99 µs':>11}{'added p50 µs':>14}{'added p99 µs':>14}")
     for name, s in seconds.items():
         med, p99 = statistics.median(s), pct(s, 0.99)
-        print(f"{name:<18}{med * 1e6:>11.0f}{p99 * 1e6:>11.0f}{(med - base_med) * 1e6:>14.0f}{(p99 - base_p99) * 1e6:>14.0f}")
+        print(f"{name:<24}{med * 1e6:>11.0f}{p99 * 1e6:>11.0f}{(med - base_med) * 1e6:>14.0f}{(p99 - base_p99) * 1e6:>14.0f}")
 
 
 async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int, concurrency: int) -> None:
@@ -114,7 +117,7 @@ async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requ
     for name, series in rates.items():
         ratios = [r / b for r, b in zip(series, rates["direct"], strict=True)]
         print(
-            f"{name:<18}{statistics.median(series):>9.0f} req/s   {statistics.median(ratios):>5.2f}× direct "
+            f"{name:<24}{statistics.median(series):>9.0f} req/s   {statistics.median(ratios):>5.2f}× direct "
             f"(rounds {min(ratios):.2f}–{max(ratios):.2f})"
         )
 
@@ -176,15 +179,17 @@ def bare_modes(session: aiohttp.ClientSession, urls: dict[str, tuple[str, str]])
     return {name: mode(url, model) for name, (url, model) in urls.items()}
 
 
-async def cpu_table(modes: dict[str, Callable[[], Awaitable[None]]], pids: dict[str, int], upstream_pid: int, n: int) -> None:
-    """CPU each server process spends per request, at concurrency 16 (bare client)."""
+async def cpu_table(
+    modes: dict[str, Callable[[], Awaitable[None]]], pids: dict[str, int], upstream_pid: int, n: int, concurrency: int
+) -> None:
+    """CPU each server process spends per request, at ``concurrency`` (bare client)."""
     for name, fn in modes.items():
         pid = pids.get(name)
         c0, u0 = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(upstream_pid)
-        await throughput(fn, n, 16)
+        await throughput(fn, n, concurrency)
         gw = (cpu_seconds(pid) - c0) / n * 1e6 if pid else 0.0
         up = (cpu_seconds(upstream_pid) - u0) / n * 1e6
-        print(f"{name:<18} in front {gw:>6.0f} µs/req   upstream {up:>6.0f} µs/req")
+        print(f"{name:<24} in front {gw:>6.0f} µs/req   upstream {up:>6.0f} µs/req")
 
 
 def litellm_proxy(upstream: str, directory: Path) -> tuple[subprocess.Popen[str], str] | None:
@@ -218,14 +223,17 @@ async def run(args: argparse.Namespace) -> None:
             for loop in loops:
                 proc, url = start_child([sys.executable, "-m", "runtime", "serve", "--config", str(config), "--loop", loop])
                 procs.append(proc)
-                gateways[f"gateway ({loop})"], pids[loop] = url, proc.pid
-            floor_proc, floor = start_child([sys.executable, "-c", FLOOR_PROXY, upstream])
-            procs.append(floor_proc)
+                gateways[f"gateway ({loop})"], pids[f"gateway ({loop})"] = url, proc.pid
+            floors: dict[str, str] = {}
+            for loop in loops:
+                proc, url = start_child([sys.executable, "-c", FLOOR_PROXY, upstream, loop])
+                procs.append(proc)
+                floors[f"aiohttp proxy ({loop})"], pids[f"aiohttp proxy ({loop})"] = url, proc.pid
             lite = litellm_proxy(upstream, Path(tmp))
             if lite is not None:
                 procs.append(lite[0])
             clients = {"direct": openai.AsyncOpenAI(base_url=upstream, api_key="x", max_retries=0)}
-            for name, url in {"aiohttp proxy": floor, **gateways}.items():
+            for name, url in {**floors, **gateways}.items():
                 clients[name] = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
             if lite is not None:
                 clients["litellm proxy"] = openai.AsyncOpenAI(base_url=lite[1], api_key="x", max_retries=0)
@@ -238,13 +246,14 @@ async def run(args: argparse.Namespace) -> None:
 
             modes = {name: mode(c, "bench" if name == "direct" else "up") for name, c in clients.items()}
             targets = {"direct": (upstream + "/chat/completions", "bench")}
-            targets.update({name: (url + "/v1/chat/completions", "up") for name, url in {"aiohttp proxy": floor, **gateways}.items()})
+            targets.update({name: (url + "/v1/chat/completions", "up") for name, url in {**floors, **gateways}.items()})
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             bare = bare_modes(session, targets)
             for fn in (*modes.values(), *bare.values()):
                 for _ in range(100):
                     await fn()
-            print(f"client, gateway and upstream on {os.cpu_count()} cores; openai {openai.__version__}")
+            uvloop = importlib.metadata.version("uvloop") if "uvloop" in loops else "not installed"
+            print(f"client, gateway and upstream on {os.cpu_count()} cores; openai {openai.__version__}, uvloop {uvloop}")
             print(f"\nopenai client, concurrency 1, {args.requests} requests per mode (alternating blocks of {BLOCK})")
             await latency_table(modes, args.requests)
             print(f"\nopenai client, concurrency {args.concurrency}, throughput ({ROUNDS} alternating rounds)")
@@ -253,14 +262,15 @@ async def run(args: argparse.Namespace) -> None:
             await latency_table(bare, args.requests)
             print(f"\nbare aiohttp client, concurrency {args.concurrency}, throughput ({ROUNDS} alternating rounds)")
             await throughput_table(bare, args.requests * 2, args.concurrency)
-            print("\nCPU per request of each server process (bare client, concurrency 16)")
-            servers = {"aiohttp proxy": floor_proc.pid, **{f"gateway ({loop})": pid for loop, pid in pids.items()}}
-            await cpu_table(bare, servers, upstream_proc.pid, args.requests)
+            for concurrency in (1, 16):
+                print(f"\nCPU per request of each server process (bare client, concurrency {concurrency})")
+                await cpu_table(bare, pids, upstream_proc.pid, args.requests, concurrency)
             for c in clients.values():
                 await c.close()
             await session.close()
             print(f"\nmemory over {args.memory_requests} requests (bare aiohttp client, concurrency {args.concurrency})")
-            await memory(gateways[f"gateway ({loops[0]})"], pids[loops[0]], args.memory_requests, args.concurrency, args.memory_seconds)
+            first = f"gateway ({loops[0]})"
+            await memory(gateways[first], pids[first], args.memory_requests, args.concurrency, args.memory_seconds)
         finally:
             for proc in procs:
                 proc.terminate()
