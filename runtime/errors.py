@@ -21,7 +21,10 @@
     │   └── ProtocolError            malformed body, wrong content type, stream cut short
     ├── StreamInterrupted            a stream failed after text reached the caller
     ├── InvalidOutput                the reply does not match the response_format schema
-    └── AllEndpointsFailed           every attempt failed; ``attempts`` tells each story
+    ├── AllEndpointsFailed           every attempt failed; ``attempts`` tells each story
+    ├── ActorStopped                 an actor stopped (or crashed) before it could answer
+    └── ActorTimeout                 an actor's answer to ``ask`` took longer than its timeout
+                                     (also a built-in ``TimeoutError``)
 
 Adapters translate every ``aiohttp`` and ``msgspec`` exception into one of these at their
 boundary (``raise ... from exc``); nothing above them sees a library exception.
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
     from .types import Attempt, RateLimitSnapshot
 
 __all__ = [
+    "ActorStopped",
+    "ActorTimeout",
     "AllEndpointsFailed",
     "AuthenticationFailed",
     "BadRequest",
@@ -288,3 +293,18 @@ class AllEndpointsFailed(LLMError):
             for a in self.attempts
         )
         return f"{self.message} [{trail}]" if trail else self.message
+
+
+class ActorStopped(LLMError):
+    """The actor is not running, so it cannot take the message."""
+
+
+class ActorTimeout(LLMError, TimeoutError):
+    """An actor did not answer an ``ask`` within its ``timeout``. Also a ``TimeoutError``, the
+    built-in a timed-out wait raises, so code written against that keeps working. The
+    message is still the actor's to handle: a timeout only stops the wait."""
+
+    def __init__(self, message: str, *, actor: str, timeout: float) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.timeout = timeout

@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime.actors import Actor, ActorState, ActorStopped, ChildSpec, Restart, Supervisor
+from runtime.errors import ActorTimeout, LLMError
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +30,10 @@ class Counter(Actor):
                 return self.value
             case "boom":
                 raise RuntimeError("boom")
+            case "slow":
+                await anyio.sleep(10)
+            case "own timeout":
+                raise TimeoutError("the handler's own")
         return None
 
 
@@ -196,6 +201,24 @@ async def test_ask_gets_the_handlers_exception_and_the_actor_carries_on() -> Non
         assert actor.state is ActorState.RUNNING
         actor.tell("add")
         assert await actor.ask("get") == 1
+        actor.stop()
+
+
+async def test_ask_past_its_timeout_raises_actor_timeout_a_timeout_error_too() -> None:
+    """ask(timeout=) on an answer that takes longer: ActorTimeout naming the actor and the
+    timeout, which existing `except TimeoutError` code still catches; a TimeoutError the
+    handler raises is its answer, passed on as it is."""
+    actor = Counter()
+    async with anyio.create_task_group() as tg:
+        await tg.start(actor.run)
+        with pytest.raises(TimeoutError, match="the handler's own") as own:
+            await actor.ask("own timeout", timeout=5)
+        assert type(own.value) is TimeoutError
+        with pytest.raises(ActorTimeout) as info:
+            await actor.ask("slow", timeout=2)
+        assert isinstance(info.value, TimeoutError) and isinstance(info.value, LLMError)
+        assert (info.value.actor, info.value.timeout) == ("counter", 2)
+        assert str(info.value) == "actor 'counter' did not answer 'slow' within 2s"
         actor.stop()
 
 

@@ -25,6 +25,7 @@ from runtime import (
     NoEndpointAvailable,
     RetryPolicy,
     Runtime,
+    ServerError,
 )
 from runtime.endpoint.actor import EndpointActor
 from runtime.providers.mock import MockClient
@@ -274,6 +275,42 @@ async def test_per_request_hedge_works_on_a_runtime_without_a_hedge_policy(pair:
         ]
         await anyio.sleep(0.1)
         assert all(s.in_flight == 0 for s in rt.status())
+
+
+@pytest.mark.parametrize("hedge", [None, HedgePolicy(after=0.1, budget_ratio=1.0)])
+async def test_a_bug_in_an_attempt_surfaces_as_itself_hedged_or_not(
+    monkeypatch: pytest.MonkeyPatch, hedge: HedgePolicy | None
+) -> None:
+    """A programming error in an adapter (a TypeError) reaches the caller as that TypeError,
+    from a hedged race (its racers in a task group) as from a single attempt, never wrapped
+    in an ExceptionGroup; both slots are given back."""
+    async def chat(self: MockClient, request: Any, timeout: float) -> Any:
+        await anyio.sleep(0.5)  # after the hedge delay: both racers are out
+        raise TypeError("an adapter's bug")
+
+    monkeypatch.setattr(MockClient, "chat", chat)
+    endpoints = [Endpoint(name=n, provider="mock", priority=1, health=QUIET) for n in ("a", "b")]
+    async with Runtime(endpoints, seed=2) as rt:
+        with pytest.raises(TypeError, match="an adapter's bug") as info:
+            await rt.chat("hi", hedge=hedge if hedge is not None else False)
+        assert type(info.value) is TypeError
+        assert [s.in_flight for s in rt.status()] == [0, 0]
+
+
+async def test_a_hedged_race_lost_by_every_racer_raises_the_library_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every racer failing with a provider error: the caller gets AllEndpointsFailed (an
+    LLMError) with each racer's attempt, not a group."""
+    async def chat(self: MockClient, request: Any, timeout: float) -> Any:
+        await anyio.sleep(0.5)
+        raise ServerError("upstream broke", status=500)
+
+    monkeypatch.setattr(MockClient, "chat", chat)
+    endpoints = [Endpoint(name=n, provider="mock", priority=1, health=QUIET) for n in ("a", "b")]
+    async with Runtime(endpoints, retry=RetryPolicy(max_attempts=2), seed=2) as rt:
+        with pytest.raises(AllEndpointsFailed) as info:
+            await rt.chat("hi", hedge=HedgePolicy(after=0.1, budget_ratio=1.0))
+    assert {type(a.error) for a in info.value.attempts} == {ServerError}
+    assert any(a.hedge for a in info.value.attempts)
 
 
 # --- permits are settled on every exit -----------------------------------------------------

@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import LLMError
+from ..errors import ActorStopped, ActorTimeout
 
 __all__ = ["Actor", "ActorState", "ActorStopped", "Call"]
 
@@ -37,10 +37,6 @@ class ActorState(enum.Enum):
     STOPPING = "stopping"  # asked to stop; finishing what it holds
     STOPPED = "stopped"  # run() returned normally
     CRASHED = "crashed"  # run() raised
-
-
-class ActorStopped(LLMError):
-    """The actor is not running, so it cannot take the message."""
 
 
 class Call:
@@ -173,15 +169,19 @@ class Actor:
 
         Always answered: the handler's value, the exception the handler raised, or
         :class:`ActorStopped` when the actor stops or crashes first. ``timeout`` (seconds)
-        raises ``TimeoutError`` if the answer takes longer.
+        raises :class:`~runtime.errors.ActorTimeout` (a ``TimeoutError`` too) if the answer
+        takes longer.
         """
         call = Call(message)
         try:
             await self._send.send(call)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise ActorStopped(f"actor {self.name!r} is not running") from exc
-        with anyio.fail_after(timeout):
+        # move_on_after, not fail_after: a TimeoutError the handler raised is its answer, not ours.
+        with anyio.move_on_after(timeout):
             return await call.wait()
+        raise ActorTimeout(f"actor {self.name!r} did not answer {message!r} within {timeout:g}s",
+                           actor=self.name, timeout=timeout)
 
     def stop(self) -> None:
         """Ask the actor to stop after the messages already in its mailbox."""

@@ -461,8 +461,12 @@ class Dispatcher:
                 race.start(tg, actor, permit, timeout, walk.clock())
                 await self._launch_hedges(tg, race, walk, hedge, _hedge_delay(actor, hedge))
                 tg.cancel_scope.cancel()
-        except BaseException:
+        except BaseException as exc:
             race.abandon()
+            if isinstance(exc, BaseExceptionGroup):
+                # A racer's bug (each racer keeps its LLMError) leaves the task group wrapped:
+                # the caller gets it as itself, as from an attempt that was not hedged.
+                raise exc.exceptions[0] from None
             raise
         return race.settle(walk, walk.clock(), self.retry, self._rng)
 
