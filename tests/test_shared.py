@@ -95,6 +95,24 @@ def test_shared_table_is_validated_and_names_the_key() -> None:
         assert info.value.key == key, (table, info.value.key)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "key", "detail"),
+    [
+        ({"timeout": "1"}, "shared.timeout", "must be a finite number"),
+        ({"cache": "yes"}, "shared.cache", "must be true or false"),
+        ({"lease_ttl": float("inf")}, "shared.lease_ttl", "must be a finite number"),
+        ({"prefix": 7}, "shared.prefix", "must be a string"),
+        ({"on_unavailable": None}, "shared.on_unavailable", "must be one of"),
+    ],
+)
+def test_shared_policy_built_in_python_checks_its_types(kwargs: dict[str, Any], key: str, detail: str) -> None:
+    """SharedPolicy(...) in Python is checked by its declared types as a [shared] table is:
+    a ConfigError naming the key, never a TypeError from deeper down."""
+    with pytest.raises(ConfigError) as info:
+        SharedPolicy(**kwargs)
+    assert info.value.key == key and info.value.detail.startswith(detail), info.value
+
+
 def test_password_in_the_url_never_shows() -> None:
     """A password in the Redis URL is masked in the policy's repr and in errors."""
     policy = SharedPolicy(url="redis://user:s3cret@10.0.0.5:6380/0")

@@ -9,7 +9,7 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError
-from ..policy import _check, _Config, _positive
+from ..policy import _check, _Config, _positive, check_types
 
 __all__ = ["SharedPolicy", "masked_url"]
 
@@ -54,6 +54,9 @@ class SharedPolicy(_Config, frozen=True):
     cache: bool = False
 
     def __post_init__(self) -> None:
+        # By the declared types first, as every policy: SharedPolicy(timeout="1") is a
+        # ConfigError naming shared.timeout, not a TypeError from a comparison below.
+        check_types(self, "shared")
         scheme = urlsplit(self.url).scheme
         _check(
             scheme in _SCHEMES,
