@@ -341,11 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _logging.logging_to_stderr(level), telemetry_for_cli(args.trace, sys.stderr):
             return handler(args)
     except BrokenPipeError:
-        # The reader went away (`| head`): say nothing, and keep Python from
-        # complaining again when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_PIPE
+        return _pipe_gone()
+    except BaseExceptionGroup as group:  # a write from a task of a command's event loop
+        if group.split(BrokenPipeError)[1] is None:
+            return _pipe_gone()
+        raise
     except OSError as exc:  # the --trace file
         return _fail(ConfigError(f"cannot write {exc.filename}: {exc.strerror or exc}", key="trace"), EXIT_USAGE, args.json)
     except UsageError as exc:
@@ -356,6 +356,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, EXIT_FAILED, args.json)
     except KeyboardInterrupt:
         return _fail(KeyboardInterrupt("interrupted"), EXIT_INTERRUPTED, args.json)
+
+
+def _pipe_gone() -> int:
+    """The reader went away (`| head`): say nothing, and keep Python from complaining again
+    when it flushes stdout and stderr at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
+    return EXIT_PIPE
 
 
 def _fail(exc: BaseException, code: int, as_json: bool, endpoints: Sequence[Endpoint] = ()) -> int:

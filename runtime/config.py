@@ -45,7 +45,7 @@ from .policy import (
 )
 from .providers.registry import PROVIDERS as REGISTRY
 
-__all__ = ["RuntimeConfig", "endpoints_from_env", "load_config", "parse_config"]
+__all__ = ["RuntimeConfig", "config_error", "endpoints_from_env", "load_config", "parse_config"]
 
 
 class RuntimeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -123,7 +123,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RuntimeC
                 raise ConfigError(exc.detail, key=exc.key, endpoint=endpoint) from None
         raise
     except msgspec.ValidationError as exc:
-        raise _translate(exc, data, source) from None
+        raise config_error(exc, data, source) from None
 
 
 def _endpoint_of_failure(data: Mapping[str, Any], exc: ConfigError) -> str | None:
@@ -136,7 +136,10 @@ def _endpoint_of_failure(data: Mapping[str, Any], exc: ConfigError) -> str | Non
     return None
 
 
-def _translate(exc: msgspec.ValidationError, data: Mapping[str, Any], source: str) -> ConfigError:
+def config_error(exc: msgspec.ValidationError, data: Mapping[str, Any], source: str) -> ConfigError:
+    """msgspec's refusal of ``data`` (read from ``source``) as the :class:`ConfigError` a user
+    reads: the key by its path in the file, the endpoint by its name, the rule in words. For
+    every file format built on these structs (the runtime's configuration, a harness scenario)."""
     message = str(exc)
     match = _PATH.search(message)
     path = match.group("path") if match else ""

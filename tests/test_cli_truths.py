@@ -114,6 +114,23 @@ def test_config_check_into_a_closed_pipe_exits_quietly() -> None:
     assert (done.returncode, done.stderr) == (141, "")
 
 
+@pytest.mark.parametrize("stderr_too", [False, True])
+def test_bench_run_into_a_closed_pipe_exits_quietly(tmp_path: Path, stderr_too: bool) -> None:
+    """`bench run S | head` (and `2>&1 | head`): the reader is gone; no traceback (the
+    progress lines are written from the run's event loop), exit 141 as every command."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    command = [sys.executable, "-m", "runtime", "bench", "run", "500-once", "--no-control", "--no-plots",
+               "--out", str(tmp_path)]
+    try:
+        done = subprocess.run(command, stdout=write_end, stderr=write_end if stderr_too else subprocess.PIPE,
+                              text=True, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert "Traceback" not in (done.stderr or "")
+
+
 def test_blocking_without_with_says_how() -> None:
     """`rt.blocking().chat(...)` raises an error that shows the `with` form."""
     rt = Runtime([FaultyEndpoint("openai").endpoint()])

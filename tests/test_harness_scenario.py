@@ -11,6 +11,7 @@ import pytest
 from runtime.errors import ConfigError
 from runtime.harness import catalogue, load_scenario, parse_scenario, resolve
 from runtime.harness.scenario import knob_names
+from runtime.providers.registry import PROVIDERS
 
 _BASE = """
 name = "t"
@@ -82,6 +83,20 @@ def test_wrong_top_level_and_endpoint_keys_are_refused() -> None:
 def test_bad_values_are_refused_naming_the_key(extra: str, key: str) -> None:
     """Each wrong value names its key."""
     assert _refused(extra).key == key
+
+
+def test_a_dialect_is_a_provider_of_the_registry_with_a_wire() -> None:
+    """Every provider of the registry with a wire format can be faked; "mock" (no wire) and
+    a name the registry lacks are refused naming the endpoint."""
+    for name, provider in PROVIDERS.items():
+        extra = f'[[endpoints]]\nname = "c"\ndialect = "{name}"\n'
+        if provider.dialect == "mock":
+            err = _refused(extra)
+            assert (err.key, err.endpoint) == ("dialect", "c") and "no wire format" in str(err)
+        else:
+            assert _parse(extra).endpoints[-1].dialect == name
+    err = _refused('[[endpoints]]\nname = "c"\ndialect = "gemini"\n')
+    assert (err.key, err.endpoint) == ("dialect", "c")
 
 
 def test_load_needs_exactly_one_shape() -> None:

@@ -57,13 +57,14 @@ import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from ..config import _translate
+from ..config import config_error
 from ..errors import ConfigError
-from ..policy import BreakerPolicy, HealthPolicy, OnInterrupt, Price, RetryPolicy
+from ..policy import BreakerPolicy, HealthPolicy, OnInterrupt, Price, Provider, RetryPolicy
+from ..providers.registry import PROVIDERS
 from ..testing import Faults
 
 __all__ = [
@@ -82,9 +83,6 @@ __all__ = [
     "parse_scenario",
 ]
 
-DialectName = Literal["openai", "anthropic", "ollama", "azure", "deepseek", "openai-compatible"]
-
-
 class _Spec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Shared config of every scenario table: keyword-only, immutable, unknown keys refused."""
 
@@ -93,7 +91,8 @@ class EndpointSpec(_Spec, frozen=True):
     """One fault-injecting endpoint; the list's order is the priority order."""
 
     name: str
-    dialect: DialectName = "openai"
+    #: a provider of the registry (runtime.providers.registry) served on its wire format
+    dialect: Provider = "openai"
     #: default: its place in the list (1, 2, ...); equal priorities share the traffic
     priority: int | None = None
     model: str | None = None
@@ -287,7 +286,7 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "scenario") -> Scen
     except ConfigError as exc:  # a policy's own checks (breaker, health, retry, price)
         raise ConfigError(f"{source}: {exc.message}", key=exc.key, endpoint=exc.endpoint) from None
     except msgspec.ValidationError as exc:
-        raise _translate(exc, raw, source) from None
+        raise config_error(exc, raw, source) from None
     _check(scenario, source)
     return scenario
 
@@ -359,6 +358,8 @@ def _check(s: Scenario, source: str) -> None:
     for i, ep in enumerate(s.endpoints):
         if not ep.name or names.index(ep.name) != i:
             raise bad("name", "endpoint names must be unique and not empty", ep.name)
+        if PROVIDERS[ep.dialect].dialect == "mock":
+            raise bad("dialect", f"{ep.dialect!r} has no wire format to serve: give a provider that has one", ep.name)
         if ep.priority is not None and ep.priority < 1:
             raise bad("priority", f"must be at least 1, got {ep.priority}", ep.name)
         if ep.latency < 0 or ep.chunk_delay < 0 or not 0 <= ep.port < 65536:

@@ -35,6 +35,7 @@ from .._runtime import Runtime
 from ..config import load_config
 from ..errors import AllEndpointsFailed, ConfigError, StreamInterrupted
 from ..policy import Endpoint, RetryPolicy
+from ..providers.registry import PROVIDERS
 from .scenario import BudgetSpec, RuntimeSpec
 
 __all__ = [
@@ -53,8 +54,8 @@ __all__ = [
     "system_from_spec",
 ]
 
-#: Providers served with the OpenAI wire format.
-OPENAI_WIRE = ("openai", "openai-compatible", "azure", "deepseek")
+#: Providers served with the OpenAI wire format, from the registry.
+OPENAI_WIRE = tuple(name for name, provider in PROVIDERS.items() if provider.dialect == "openai")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,7 @@ class LLMRuntime(System):
 
 
 def _fake_endpoint(ep: TargetEndpoint, **fields: Any) -> Endpoint:
-    key: dict[str, Any] = {"api_key": "test-key"} if ep.provider not in ("ollama", "openai-compatible") else {}
+    key: dict[str, Any] = {"api_key": "test-key"} if PROVIDERS[ep.provider].key_required else {}
     return Endpoint(
         name=ep.name, provider=ep.provider, model=ep.model, base_url=ep.base_url, priority=ep.priority,  # type: ignore[arg-type]
         **key, **fields,
@@ -457,13 +458,13 @@ class LiteLLMRouter(System):
         except ImportError:
             raise Unsupported("litellm is not installed") from None
         b = target.budget
-        prefix = {"anthropic": "anthropic", "ollama": "ollama_chat"}
+        prefix = {"anthropic": "anthropic", "ollama": "ollama_chat"}  # by wire format; litellm's names
         model_list = [
             {
                 "model_name": ep.name,
                 "litellm_params": {
-                    "model": f"{prefix.get(ep.provider, 'openai')}/{ep.model}",
-                    "api_base": ep.base_url.removesuffix("/v1") if ep.provider in prefix else ep.base_url,
+                    "model": f"{prefix.get(PROVIDERS[ep.provider].dialect, 'openai')}/{ep.model}",
+                    "api_base": ep.base_url.removesuffix("/v1") if PROVIDERS[ep.provider].dialect in prefix else ep.base_url,
                     "api_key": "test-key",
                 },
             }
