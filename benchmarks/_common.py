@@ -39,7 +39,7 @@ def pct(samples: list[float], q: float) -> float:
 
 
 async def samples(
-    modes: dict[str, Callable[[], Awaitable[None]]], requests: int, block: int, cpu: dict[str, float] | None = None
+    modes: dict[str, Callable[[], Awaitable[object]]], requests: int, block: int, cpu: dict[str, float] | None = None
 ) -> dict[str, list[float]]:
     """Seconds per call of each mode, ``requests`` each, the modes alternating in blocks of
     ``block`` calls: often enough that drift in machine load hits every mode alike, seldom

@@ -137,44 +137,44 @@ async def run(iterations: int) -> None:
         print(f"{name:38} {median:10.2f} {p99:8.2f} {mean:8.2f}")
 
     count = 1000
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.take_snapshot()
-    triples = []
-    for i in range(count):
-        name = f"endpoint-{i}"
-        b, lim, lat = breaker_of(name), Limiter(rpm=500, tpm=200_000, max_concurrency=64), LatencyTracker()
+
+    def triple(i: int) -> object:
+        b, lim, lat = breaker_of(f"endpoint-{i}"), Limiter(rpm=500, tpm=200_000, max_concurrency=64), LatencyTracker()
         b.admit(now)
         b.record(SUCCESS, now)
         reservation = lim.try_acquire(TOKENS, now)
         assert reservation is not None
         lim.release(reservation, 800, now)
         lat.observe(0.25, now)
-        triples.append((b, lim, lat))
-    gc.collect()
-    after = tracemalloc.take_snapshot()
-    tracemalloc.stop()
-    total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        return b, lim, lat
+
+    def actor(i: int) -> object:
+        endpoint = Endpoint(name=f"actor-{i}", provider="mock", health=quiet, rpm=500, tpm=200_000, max_concurrency=64)
+        built = EndpointActor(endpoint, None)
+        permit = built.try_admit(TOKENS, now)
+        assert permit is not None
+        built.finish(permit, None, now + 0.25, 800)
+        return built
+
+    total = _allocated(triple, count)
     print(f"\nmemory: {count:,} Breaker + Limiter + LatencyTracker triples (rpm, tpm, concurrency set)")
     print(f"  {total / 1024:,.0f} KiB in all, {total / count / 1024:.2f} KiB per endpoint")
+    total = _allocated(actor, count)
+    print(f"memory: {count:,} whole EndpointActors (config, mailbox, breaker, limiter, latency, probe schedule)")
+    print(f"  {total / 1024:,.0f} KiB in all, {total / count / 1024:.2f} KiB per endpoint")
 
+
+def _allocated(build: Callable[[int], object], count: int) -> int:
+    """Bytes held by ``count`` objects ``build(i)`` makes, all kept alive until measured."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    actors = []
-    for i in range(count):
-        endpoint = Endpoint(name=f"actor-{i}", provider="mock", health=quiet, rpm=500, tpm=200_000, max_concurrency=64)
-        actor = EndpointActor(endpoint, None)
-        permit = actor.try_admit(TOKENS, now)
-        assert permit is not None
-        actor.finish(permit, None, now + 0.25, 800)
-        actors.append(actor)
+    kept = [build(i) for i in range(count)]
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    print(f"memory: {count:,} whole EndpointActors (config, mailbox, breaker, limiter, latency, probe schedule)")
-    print(f"  {total / 1024:,.0f} KiB in all, {total / count / 1024:.2f} KiB per endpoint")
+    del kept
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename"))
 
 
 def main() -> None:

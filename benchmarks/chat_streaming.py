@@ -28,12 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import msgspec
-from _common import pct, start_server, throughput
+from _common import pct, samples, start_server, throughput
 
 from runtime import AllEndpointsFailed, Endpoint, HealthPolicy, RetryPolicy, Runtime
 from runtime.testing import FaultyEndpoint, VirtualClockLoop
@@ -143,20 +142,13 @@ async def measure(base_url: str, words: int, requests: int, concurrency: int) ->
         for fn in modes.values():
             for _ in range(50):
                 await fn()
-        samples: dict[str, list[float]] = {name: [] for name in modes}
-        clock = time.perf_counter
-        for _ in range(max(1, requests // BLOCK)):
-            for name, fn in modes.items():
-                for _ in range(BLOCK):
-                    t0 = clock()
-                    await fn()
-                    samples[name].append(clock() - t0)
+        seconds = await samples(modes, requests, BLOCK)
         print(f"\nreply of {words} words ({words} content chunks when streamed), concurrency 1, {requests} requests per mode")
         print(f"  {'mode':<14}{'median µs':>12}{'p99 µs':>12}")
-        for name, s in samples.items():
+        for name, s in seconds.items():
             print(f"  {name:<14}{statistics.median(s) * 1e6:>12.1f}{pct(s, 0.99) * 1e6:>12.1f}")
-        added = statistics.median(samples["stream_chat"]) - statistics.median(samples["chat()"])
-        bare_added = statistics.median(samples["bare stream"]) - statistics.median(samples["bare whole"])
+        added = statistics.median(seconds["stream_chat"]) - statistics.median(seconds["chat()"])
+        bare_added = statistics.median(seconds["bare stream"]) - statistics.median(seconds["bare whole"])
         print(f"  stream_chat costs {added * 1e6:.0f} µs more than whole chat() per request (median); "
               f"a bare stream costs {bare_added * 1e6:.0f} µs more than a bare whole call")
         rates: dict[str, list[float]] = {"chat()": [], "stream_chat": []}

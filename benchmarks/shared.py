@@ -30,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
-from _common import pct, start_server
+from _common import pct, samples, start_server
 
 from runtime import Endpoint, HealthPolicy, LLMError, Runtime
 from runtime.cluster import SharedPolicy
@@ -72,19 +72,12 @@ async def latency(base_url: str, redis_url: str, requests: int) -> None:
         for fn in modes.values():  # warm up connections and code paths
             for _ in range(50):
                 await fn()
-        samples: dict[str, list[float]] = {name: [] for name in modes}
-        clock = time.perf_counter
-        for _ in range(max(1, requests // BLOCK)):
-            for name, fn in modes.items():
-                for _ in range(BLOCK):
-                    t0 = clock()
-                    await fn()
-                    samples[name].append(clock() - t0)
-    base_med = statistics.median(samples["local state, limits"])
-    base_p99 = pct(samples["local state, limits"], 0.99)
-    print(f"1. added latency, concurrency 1, {len(samples['bare aiohttp'])} requests per mode")
+        seconds = await samples(modes, requests, BLOCK)
+    base_med = statistics.median(seconds["local state, limits"])
+    base_p99 = pct(seconds["local state, limits"], 0.99)
+    print(f"1. added latency, concurrency 1, {len(seconds['bare aiohttp'])} requests per mode")
     print(f"   {'mode':<26} {'median µs':>10} {'p99 µs':>10} {'median +µs vs local':>20} {'p99 +µs':>9}")
-    for name, values in samples.items():
+    for name, values in seconds.items():
         med, p99 = statistics.median(values), pct(values, 0.99)
         added = "" if name == "bare aiohttp" else f"{(med - base_med) * 1e6:+20.0f} {(p99 - base_p99) * 1e6:+9.0f}"
         print(f"   {name:<26} {med * 1e6:10.0f} {p99 * 1e6:10.0f} {added}")

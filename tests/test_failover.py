@@ -8,7 +8,6 @@ All on the fast-forwarding loop against fault-injecting local endpoints.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -36,30 +35,22 @@ pytestmark = pytest.mark.anyio
 QUIET = HealthPolicy(enabled=False)
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[FaultyEndpoint, FaultyEndpoint]]:
-    """A primary and a backup, both local OpenAI-dialect endpoints."""
-    async with (
-        FaultyEndpoint("openai", name="primary", text="answer from primary") as primary,
-        FaultyEndpoint("openai", name="backup", text="answer from backup") as backup,
-    ):
-        yield primary, backup
-
-
 def tiered(*eps: FaultyEndpoint, **endpoint_kwargs: Any) -> list[Any]:
     """One priority tier per endpoint, in order, without probes."""
     return [ep.endpoint(priority=i + 1, health=QUIET, **endpoint_kwargs) for i, ep in enumerate(eps)]
 
 
-async def burst(rt: Runtime, n: int, timeout: float) -> tuple[list[str], list[BaseException]]:
-    """``n`` concurrent chats, started 8 ms apart (all in flight together on a slow endpoint;
-    a real listen queue drops a few hundred simultaneous SYNs): the endpoints that answered
-    and the errors callers saw."""
+async def burst(
+    rt: Runtime, n: int, timeout: float | None = None, every: float = 0.008
+) -> tuple[list[str], list[BaseException]]:
+    """``n`` concurrent chats, started ``every`` seconds apart (8 ms: all in flight together on
+    a slow endpoint, while a real listen queue drops a few hundred simultaneous SYNs): the
+    endpoints that answered and the errors callers saw."""
     answered: list[str] = []
     failures: list[BaseException] = []
 
     async def one(i: int) -> None:
-        await anyio.sleep(i * 0.008)
+        await anyio.sleep(i * every)
         try:
             answered.append((await rt.chat("hi", timeout=timeout)).endpoint)
         except LLMError as exc:
@@ -197,7 +188,7 @@ async def test_requests_waiting_out_a_throttle_send_one_trial_not_a_stampede(
     primary, backup = pair
     primary.faults.error_rate, primary.faults.error_status, primary.faults.retry_after = 1.0, 429, 0.5
     async with Runtime(tiered(primary, backup), seed=2) as rt:
-        answered, failures = await _spaced(rt, 5, every=0.1)
+        answered, failures = await burst(rt, 5, every=0.1)
     assert failures == [] and answered == ["backup"] * 5
     assert primary.stats.requests == 2  # the first 429, then the trial at the lift
     assert backup.stats.requests == 5
@@ -224,28 +215,10 @@ async def test_the_trial_after_a_throttle_releases_the_others_when_it_succeeds(p
             tg.start_soon(first)
             tg.start_soon(look)
             await anyio.sleep(0.3)  # the throttle is known: the next four wait for it
-            more, failures = await _spaced(rt, 4, every=0.05)
+            more, failures = await burst(rt, 4, every=0.05)
     assert failures == [] and answered + more == ["primary"] * 5
     assert in_flight == [1]
     assert primary.stats.requests == 6
-
-
-async def _spaced(rt: Runtime, n: int, every: float) -> tuple[list[str], list[BaseException]]:
-    """``n`` chats started ``every`` seconds apart: who answered, and what failed."""
-    answered: list[str] = []
-    failures: list[BaseException] = []
-
-    async def one(i: int) -> None:
-        await anyio.sleep(i * every)
-        try:
-            answered.append((await rt.chat("hi")).endpoint)
-        except LLMError as exc:
-            failures.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(n):
-            tg.start_soon(one, i)
-    return answered, failures
 
 
 async def test_timeout_is_not_waited_for_again(pair: tuple[FaultyEndpoint, FaultyEndpoint]) -> None:

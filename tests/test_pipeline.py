@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -28,16 +28,6 @@ from runtime.testing import FaultyEndpoint
 pytestmark = pytest.mark.anyio
 
 QUIET = HealthPolicy(enabled=False)
-
-
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[FaultyEndpoint, FaultyEndpoint]]:
-    """A primary and a backup, both speaking OpenAI."""
-    async with (
-        FaultyEndpoint("openai", name="primary", model="gpt-4o-mini") as primary,
-        FaultyEndpoint("openai", name="backup", model="gpt-4o") as backup,
-    ):
-        yield primary, backup
 
 
 def runtime_of(*endpoints: FaultyEndpoint, **kwargs: Any) -> Runtime:
