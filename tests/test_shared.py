@@ -169,7 +169,9 @@ async def test_rpm_is_one_bucket_for_two_runtimes(server: RedisServer, prefix: s
     policy = _policy(server, prefix)
     async with Runtime([endpoint], shared=policy) as a, Runtime([endpoint], shared=policy) as b:
         results = await asyncio.gather(
-            *(rt.chat("hi", timeout=0.3) for rt in (a, b) for _ in range(10)), return_exceptions=True
+            # The next token is 6 s away, past the deadline: a refusal is at once, while 5 s
+            # leaves the admitted ones time to be answered on a loaded machine.
+            *(rt.chat("hi", timeout=5) for rt in (a, b) for _ in range(10)), return_exceptions=True
         )
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, NoEndpointAvailable)]
