@@ -42,7 +42,7 @@ from rich.text import Text
 
 from .endpoint.actor import EndpointStatus
 from .harness import LLMRuntime, RunObserver, builtin, run_scenario
-from .harness.metrics import percentile
+from .harness.metrics import percentile, percentiles
 from .harness.runner import RequestRecord, Transition
 from .harness.scenario import FaultSpec, Scenario
 from .harness.systems import Call, Session
@@ -369,12 +369,7 @@ async def run_demo(
 def _summarise(
     tally: _Tally, transitions: list[Transition], duration: float, rate: float, seed: int, scenario: Scenario
 ) -> DemoSummary:
-    ordered = sorted(tally.latencies)
-
-    def pct(p: float) -> float | None:
-        value = percentile(ordered, p)
-        return None if value is None else round(value * 1000.0, 3)
-
+    latency = percentiles(tally.latencies)
     served = {name: tally.served[name] for name, _ in DEMO_FLEET if tally.served[name]}
     return DemoSummary(
         duration=duration,
@@ -391,8 +386,8 @@ def _summarise(
         breaker_transitions=sum(1 for t in transitions if t.kind == "breaker"),
         endpoint_transitions=sum(1 for t in transitions if t.kind == "endpoint"),
         transitions=list(transitions),
-        p50_ms=pct(50),
-        p95_ms=pct(95),
-        p99_ms=pct(99),
+        p50_ms=latency.p50,
+        p95_ms=latency.p95,
+        p99_ms=latency.p99,
         faults=[f"{f.start:g}-{f.end:g}s {f.title}" for f in timeline(duration)],
     )

@@ -41,6 +41,7 @@ __all__ = [
     "Series",
     "WindowResult",
     "percentile",
+    "percentiles",
     "score",
 ]
 
@@ -148,7 +149,8 @@ def percentile(ordered: Sequence[float], p: float) -> float | None:
     return ordered[rank - 1]
 
 
-def _percentiles(seconds: Iterable[float]) -> Percentiles:
+def percentiles(seconds: Iterable[float]) -> Percentiles:
+    """p50, p95 and p99 of ``seconds`` (in any order), nearest rank, in milliseconds."""
     ordered = sorted(seconds)
 
     def ms(p: float) -> float | None:
@@ -218,7 +220,7 @@ def _window(
             1 for a in run.arrivals
             if a.endpoint == fault.endpoint and a.kind != "probe" and fault.start <= a.at < fault.end
         ),
-        latency_ms=_percentiles(r.latency for r in inside if r.ok),
+        latency_ms=percentiles(r.latency for r in inside if r.ok),
         serving=serving,
         time_to_detect_s=detect,
         time_to_recover_s=recover,
@@ -297,8 +299,8 @@ def score(run: RunRecord) -> RunResult:
         truncated=sum(r.ok and r.truncated for r in reqs),
         success_rate=_rate(succeeded, len(reqs)),
         errors=dict(sorted(Counter(r.error for r in reqs if r.error is not None).items())),
-        latency_ms=_percentiles(r.latency for r in reqs if r.ok),
-        ttfc_ms=_percentiles(r.ttfc for r in reqs if r.ttfc is not None),
+        latency_ms=percentiles(r.latency for r in reqs if r.ok),
+        ttfc_ms=percentiles(r.ttfc for r in reqs if r.ttfc is not None),
         attempts_per_request_mean=round(sum(attempts) / len(attempts), 3) if attempts else None,
         attempts_per_request_max=max(attempts) if attempts else None,
         attempts_source="caller" if routes.caller else "endpoints",
