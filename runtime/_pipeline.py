@@ -459,8 +459,7 @@ class Call:
         pipeline.metrics.record_request(
             hit.endpoint, hit.provider, hit.model, None, 0.0, 0.0, outcome="cached", operation=self.operation
         )
-        self.span.set_attribute("llm_runtime.cached", True)
-        end_span(self.span, None)
+        end_span(self.span, None, {"llm_runtime.cached": True})
         return key, msgspec.structs.replace(hit, cached=True, attempts=[])
 
     def stale(self, key: str | None, failure: AllEndpointsFailed) -> ChatResponse | None:
@@ -476,8 +475,7 @@ class Call:
         self.pipeline.metrics.record_request(
             stale.endpoint, stale.provider, stale.model, None, 0.0, 0.0, outcome="stale", operation=self.operation
         )
-        self.span.set_attribute("llm_runtime.stale", True)
-        end_span(self.span, None)
+        end_span(self.span, None, {"llm_runtime.stale": True})
         return msgspec.structs.replace(stale, cached=True, stale=True, attempts=failure.attempts)
 
     def reserve(self, request: ChatRequest, trim: bool) -> tuple[int, int]:
@@ -610,17 +608,18 @@ class Call:
         self.count_failed_attempts()
         pipeline = self.pipeline
         span = self.span
+        attributes: dict[str, Any] | None = None
         if isinstance(exc, LLMError):
             name = type(exc).__name__
             pipeline.ledger.record_error(None, self.model, name)
             pipeline.metrics.record_failure(name, pipeline.clock() - self.started, operation=self.operation)
             if span.is_recording():
-                span.set_attribute("attempts", len(self.trail))
+                attributes = {"attempts": len(self.trail)}
                 if not self.model and self.trail:
                     actor = pipeline.routes.by_name.get(self.trail[-1].endpoint)
                     if actor is not None:
-                        span.set_attribute("gen_ai.request.model", actor.model)
-        end_span(span, exc)
+                        attributes["gen_ai.request.model"] = actor.model
+        end_span(span, exc, attributes)
 
     def release(self) -> None:
         """Free the budget reservation, once."""
