@@ -245,6 +245,7 @@ class Pipeline:
         self.count_prompt = count_prompt
         self.on_interrupt = on_interrupt
         self.accept = _budget_filter(endpoint_budgets)
+        self.windows = any(actor.endpoint.context_window is not None for actor in routes.actors)
         self.accept_embeddings = _embeddings_filter(self.accept)
         # Built inside the running loop the runtime serves from: its clock, read once.
         self.clock = asyncio.get_running_loop().time
@@ -486,7 +487,8 @@ class Call:
         tokens = prompt + (request.max_tokens or DEFAULT_REPLY_RESERVE)
         if pipeline.budget is not None:
             self.reservation = pipeline.budget.reserve(tokens, 0.0)
-        return tokens, 0 if trim else prompt + (request.max_tokens or 0)
+        # No endpoint with a context window: nothing to fit, and no window check per admission.
+        return tokens, 0 if trim or not pipeline.windows else prompt + (request.max_tokens or 0)
 
     def dispatch(
         self,
