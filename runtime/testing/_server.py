@@ -48,17 +48,6 @@ from aiohttp import web
 from ..policy import KEY_REQUIRED, Endpoint
 from ..providers.registry import PROVIDERS
 
-__all__ = [
-    "Arrival",
-    "Decision",
-    "Dialect",
-    "FaultyEndpoint",
-    "Faults",
-    "LocalEndpoints",
-    "ServerStats",
-    "Step",
-]
-
 Dialect = Literal["openai", "anthropic", "ollama"]
 """A wire format: OpenAI chat completions, Anthropic messages or Ollama's native API."""
 
@@ -654,6 +643,24 @@ def _tools_openai(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _chat_prompt(
+    body: dict[str, Any], model: str, messages: list[dict[str, Any]], *,
+    max_tokens: int | None, stream: bool, include_usage: bool = False, prefill: str | None = None,
+) -> _Prompt:
+    """What a reply depends on, from a request in the OpenAI chat shape (which Ollama's chat shares)."""
+    return _Prompt(
+        model=model,
+        words=sum(_words(_text_of(m.get("content"))) for m in messages),
+        last_user=next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""),
+        tools=_tools_openai(body),
+        tool_result_last=messages[-1].get("role") == "tool",
+        max_tokens=max_tokens,
+        stream=stream,
+        include_usage=include_usage,
+        prefill=prefill,
+    )
+
+
 _OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Invalid request (injected by FaultyEndpoint)."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."),
@@ -686,7 +693,6 @@ class _OpenAI(_Dialect):
         messages = _messages(body)
         if not model:
             raise _BadRequest("you must provide a model parameter", param="model")
-        last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         options = body.get("stream_options")
         prefill = None
@@ -694,12 +700,8 @@ class _OpenAI(_Dialect):
             if body.get("add_generation_prompt", True) is not False:
                 raise _BadRequest("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
             prefill = _trailing_assistant(messages)
-        return _Prompt(
-            model=model,
-            words=sum(_words(_text_of(m.get("content"))) for m in messages),
-            last_user=last_user,
-            tools=_tools_openai(body),
-            tool_result_last=messages[-1].get("role") == "tool",
+        return _chat_prompt(
+            body, model, messages,
             max_tokens=limit if isinstance(limit, int) else None,
             stream=body.get("stream") is True,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
@@ -1048,15 +1050,10 @@ class _Ollama(_Dialect):
         if not model:
             raise _BadRequest("model is required")
         messages = _messages(body)
-        last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         options = body.get("options")
         limit = options.get("num_predict") if isinstance(options, dict) else None
-        return _Prompt(
-            model=model,
-            words=sum(_words(_text_of(m.get("content"))) for m in messages),
-            last_user=last_user,
-            tools=_tools_openai(body),
-            tool_result_last=messages[-1].get("role") == "tool",
+        return _chat_prompt(
+            body, model, messages,
             max_tokens=limit if isinstance(limit, int) and limit > 0 else None,
             stream=body.get("stream") is not False,  # streaming is Ollama's default
             prefill=_trailing_assistant(messages),
