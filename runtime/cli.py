@@ -445,8 +445,7 @@ def explain(exc: BaseException, endpoints: Sequence[Endpoint] = ()) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from ._console import PipeConsole
     from .demo import run_demo
 
     options: dict[str, Any] = {}
@@ -455,7 +454,7 @@ def _demo(args: argparse.Namespace) -> int:
 
         options["loop_factory"] = VirtualClockLoop
     # With --json the live view goes to stderr and stdout carries only the summary.
-    console = Console(stderr=True) if args.json else Console()
+    console = PipeConsole(stderr=True) if args.json else PipeConsole()
     summary = anyio.run(
         run_demo, args.duration, args.rate, args.seed, None, console, backend="asyncio", backend_options=options
     )
@@ -658,9 +657,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(_encode_json(_status_json(rows)) + "\n")
     else:
-        from rich.console import Console
+        from ._console import PipeConsole
 
-        console = Console()
+        console = PipeConsole()
         console.print(_status_table(rows, terminal=console.is_terminal, width=console.width))
         # The whole errors below the table: a column wide enough for them would crush the rest.
         for row in rows:
@@ -805,9 +804,9 @@ async def _probe_once(rt: Runtime) -> list[_Row]:
 
 
 def _watch(rt: Runtime, args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from ._console import PipeConsole
 
-    console = Console()
+    console = PipeConsole()
     rows: list[_Row] = anyio.run(_watch_async, rt, args, console)
     return _status_code(rows)
 

@@ -40,6 +40,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ._console import PipeConsole
 from .endpoint.actor import EndpointStatus
 from .harness import LLMRuntime, RunObserver, builtin, run_scenario
 from .harness.metrics import percentile, percentiles
@@ -354,7 +355,7 @@ async def run_demo(
         raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate must be a positive number of requests per second, got {rate!r}")
-    console = console if console is not None else Console()
+    console = console if console is not None else PipeConsole()
     scenario = demo_scenario(duration, rate)
     system = LLMRuntime()
     show = _Show(console, system, scenario, rate, seed)

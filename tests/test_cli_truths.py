@@ -100,13 +100,19 @@ def test_config_check_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert openai["key"] == "no API key: environment variable OPENAI_API_KEY is not set"
 
 
-def test_config_check_into_a_closed_pipe_exits_quietly() -> None:
-    """`config check F | head -1`: the reader is gone; no BrokenPipe traceback, exit 141."""
+@pytest.mark.parametrize(
+    "command",
+    [["config", "check", str(ROOT / "examples" / "runtime.toml")], ["demo", "--duration", "1", "--rate", "5"]],
+    ids=["config check", "demo"],
+)
+def test_a_command_into_a_closed_pipe_exits_quietly(command: list[str]) -> None:
+    """`llm-runtime COMMAND | head -1`: the reader is gone; no BrokenPipe traceback, exit 141
+    (the demo's live view prints through rich, whose own answer was exit 1)."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has already left: the first write fails
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "runtime", "config", "check", str(ROOT / "examples" / "runtime.toml")],
+            [sys.executable, "-m", "runtime", *command],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
         )
     finally:

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .._console import PipeConsole
 from ..errors import ConfigError
 from ._catalogue import catalogue, resolve
 from .metrics import RunResult, score
@@ -207,7 +208,7 @@ def _run(args: argparse.Namespace) -> int:
     systems = _systems(specs, args.config, not args.no_control)  # refuses bad names before anything starts
     if args.jobs < 1:
         raise ConfigError(f"must be at least 1, got {args.jobs}", key="jobs")
-    console = _Console(stderr=True)
+    console = PipeConsole(stderr=True)
     jobs = min(args.jobs, len(scenarios))
     if jobs <= 1:
         with _Progress(console, len(scenarios) * len(systems)) as progress:
@@ -221,15 +222,6 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("no system could run these scenarios", key="system")
     report = new_report(results, args.seed)
     return _publish(report, Path(args.out), args)
-
-
-class _Console(Console):
-    """A rich console that lets a broken pipe be one: rich's own answer (exit 1 at once)
-    would skip the command line's (quiet, exit 141), and inside the event loop's task
-    group its SystemExit came out as a traceback."""
-
-    def on_broken_pipe(self) -> None:
-        raise BrokenPipeError
 
 
 def _run_parallel(
@@ -266,9 +258,9 @@ def _publish(report: Report, out: Path, args: argparse.Namespace) -> int:
             table.add_column(name, no_wrap=True)
         for row in summary_rows(report.runs):
             table.add_row(*row)
-        console = _Console()
+        console = PipeConsole()
         if not console.is_terminal:  # a file or a pipe: the whole table, not one squeezed to 80 columns
-            console = _Console(width=170)
+            console = PipeConsole(width=170)
         console.print(table)
     return 0 if report.passed else 1
 
