@@ -130,26 +130,14 @@ class SSEDecoder:
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """The events completed by ``data``."""
-        if not data:
-            return []
-        if self._head is not None:
-            self._head, data = _without_bom(self._head, data)
-            if not data:
-                return []
-        if self._skip_lf:
-            self._skip_lf = False
-            if data[0] == 0x0A:
-                data = data[1:]
-                if not data:
-                    return []
+        if self._head is not None or self._skip_lf:
+            data = self._trim_start(data)
         has_cr = b"\r" in data
         if not has_cr and b"\n" not in data:
             # No line ends here: keep the piece; joining happens once, when the line ends,
             # so a long line in many small reads costs linear, not quadratic, time.
-            self._partial.append(data)
-            self._partial_size += len(data)
-            if self._partial_size + self._data_size > self.max_frame_bytes:
-                raise _too_large(self._partial_size + self._data_size, self.max_frame_bytes)
+            if data:
+                self._hold(data)
             return []
         if self._partial:
             self._partial.append(data)
@@ -164,7 +152,7 @@ class SSEDecoder:
         tail = lines.pop()
         events: list[SSEEvent] = []
         # The two lines almost every event is made of (``data: …`` and the blank line that
-        # dispatches it) are handled inline; everything else goes through _line.
+        # dispatches it) are read here, in the loop; every other field goes through _field.
         limit = self.max_frame_bytes
         for line in lines:
             if not line:
@@ -174,69 +162,73 @@ class SSEDecoder:
                     self._data = None
                     self._data_size = 0
                 self._event = "message"
-            elif line.startswith(b"data: "):
+                continue
+            if line.startswith(b"data: "):
                 value = line[6:]
-                if self._data is None:
-                    self._data = [value]
-                else:
-                    self._data.append(value)
-                self._data_size += len(value) + 1  # + the joining newline, so empty lines count too
-                if self._data_size > limit:
-                    raise _too_large(self._data_size, limit)
             elif line.startswith(b"event: "):
                 self._event = _event_name(line[7:])
+                continue
             else:
-                self._line(line, events)
-        if tail:
-            self._partial.append(tail)
-            self._partial_size = len(tail)
-            if self._partial_size + self._data_size > self.max_frame_bytes:
-                raise _too_large(self._partial_size + self._data_size, self.max_frame_bytes)
-        return events
-
-    def finish(self) -> list[SSEEvent]:
-        """The event still open at end of input (see the module docstring); resets the decoder."""
-        events: list[SSEEvent] = []
-        if self._head:
-            self._partial.insert(0, self._head)  # a stream of 1-2 bytes that only looked like a BOM
-        self._head = b""
-        if self._partial:
-            line = b"".join(self._partial)
-            self._partial = []
-            self._partial_size = 0
-            self._line(line, events)
-        self._line(b"", events)
-        self._skip_lf = False
-        return events
-
-    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
-        if not line:
-            parts = self._data
-            if parts is not None:
-                events.append(SSEEvent(self._event, parts[0] if len(parts) == 1 else b"\n".join(parts)))
-                self._data = None
-                self._data_size = 0
-            self._event = "message"
-            return
-        if line[0] == 0x3A:  # ":" opens a comment
-            self.comments += 1
-            return
-        name, _, value = line.partition(b":")
-        if value[:1] == b" ":
-            value = value[1:]
-        if name == b"data":
+                field = self._field(line)
+                if field is None:
+                    continue
+                value = field
             if self._data is None:
                 self._data = [value]
             else:
                 self._data.append(value)
             self._data_size += len(value) + 1  # + the joining newline, so empty lines count too
-            if self._data_size > self.max_frame_bytes:
-                raise _too_large(self._data_size, self.max_frame_bytes)
-        elif name == b"event":
+            if self._data_size > limit:
+                raise _too_large(self._data_size, limit)
+        if tail:
+            self._hold(tail)
+        return events
+
+    def finish(self) -> list[SSEEvent]:
+        """The event still open at end of input (see the module docstring); resets the decoder."""
+        # The end of input ends the open line and then the open event, as "\n\n" would (a
+        # pending "\r\n" half takes the first "\n", and the event still ends).
+        events = self.feed(b"\n\n")
+        self._head = b""
+        self._skip_lf = False
+        return events
+
+    def _trim_start(self, data: bytes) -> bytes:
+        """``data`` without what belongs to the reads before it: a byte-order mark at the
+        stream's start, the ``\\n`` of a ``\\r\\n`` split across two reads."""
+        if self._head is not None:
+            self._head, data = _without_bom(self._head, data)
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]
+        return data
+
+    def _hold(self, piece: bytes) -> None:
+        """Keep ``piece`` of a line whose end has not come yet."""
+        self._partial.append(piece)
+        self._partial_size += len(piece)
+        if self._partial_size + self._data_size > self.max_frame_bytes:
+            raise _too_large(self._partial_size + self._data_size, self.max_frame_bytes)
+
+    def _field(self, line: bytes) -> bytes | None:
+        """Apply a line that is not ``data: …`` or blank: a comment, ``event``, ``id``, or a
+        field the spec says to ignore; a ``data`` field's value (its space-less spelling,
+        ``data:x`` or ``data``) is returned for the caller to add to the event."""
+        if line[0] == 0x3A:  # ":" opens a comment
+            self.comments += 1
+            return None
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            return value
+        if name == b"event":
             self._event = _event_name(value)
         elif name == b"id":
             if b"\0" not in value:
                 self.last_event_id = value.decode("utf-8", "replace")
+        return None
 
 
 _EVENT_NAMES: dict[bytes, str] = {}
