@@ -264,9 +264,10 @@ class Pipeline:
                 field="on_interrupt",
             )
         timeout = options.timeout
-        deadline = self.clock() + (self.timeout if timeout is None else timeout)  # deadline(), a call less
+        now = self.clock()  # read once: the deadline's start, the call's and the dispatch's
+        deadline = now + (self.timeout if timeout is None else timeout)  # deadline(), a call less
         if options.output is None:
-            return self.whole(options, deadline)
+            return self.whole(options, deadline, now)
         return self.typed(options, options.output, deadline)
 
     async def typed(self, options: ChatOptions, output: OutputSchema, deadline: float) -> ChatResponse:
@@ -279,11 +280,13 @@ class Pipeline:
 
         return await finish_structured(reply, output, options.request.messages, options.repair, resend)
 
-    async def whole(self, options: ChatOptions, deadline: float) -> ChatResponse:
-        """One whole reply by ``deadline`` (loop time), as it came."""
+    async def whole(self, options: ChatOptions, deadline: float, now: float | None = None) -> ChatResponse:
+        """One whole reply by ``deadline`` (loop time), as it came; ``now``: the loop time just read."""
         request = options.request
         completion = request.kind == "completion"
-        call = Call(self, "text_completion" if completion else "chat", request.model, options.endpoint, deadline, completion)
+        call = Call(
+            self, "text_completion" if completion else "chat", request.model, options.endpoint, deadline, completion, now
+        )
         if tracing_enabled():
             call.start_span()
         key = None
@@ -297,7 +300,7 @@ class Pipeline:
             tokens, window = call.reserve(request, options.trim)
             outcome = await call.dispatch(
                 call.chat_attempt, tokens=tokens, window=window, usage_tokens=_total_tokens,
-                hedge=self.hedge if hedge is None else self.hedge_for(hedge),
+                hedge=self.hedge if hedge is None else self.hedge_for(hedge), now=now,
             )
         except AllEndpointsFailed as exc:
             stale = call.stale(key, exc)
@@ -401,14 +404,19 @@ class Call:
     def __init__(
         self, pipeline: Pipeline, operation: str, model: str | None, endpoint: str | None, deadline: float,
         completion: bool = False,
+        started: float | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.operation = operation
         self.model = model
-        self.started = pipeline.clock()
+        self.started = pipeline.clock() if started is None else started
         self.deadline = deadline
         self.route = endpoint or model
-        tiers = pipeline.routes.tiers(model, endpoint)
+        routes = pipeline.routes
+        # Unpinned (nearly every request): the route's tiers straight from the table, tiers() a call less.
+        tiers = routes.by_route.get(model) if endpoint is None else None
+        if tiers is None:
+            tiers = routes.tiers(model, endpoint)
         self.tiers: list[Tier] = _completion_tiers(tiers, endpoint, model) if completion else tiers
         self.trail: list[Attempt] = []
         self.counted = 0
@@ -500,19 +508,22 @@ class Call:
         usage_tokens: Callable[[T], int | None] | None = None,
         accept: Callable[[EndpointActor], bool] | None = None,
         hedge: HedgePolicy | None = None,
+        now: float | None = None,
     ) -> Awaitable[Outcome[T]]:
-        """Run attempts through the dispatcher under this call's span, deadline and trail.
-        Every way out of the call (:meth:`account`, :meth:`fail`, :meth:`stale`) counts the
-        trail's failed attempts."""
+        """Run attempts through the dispatcher under this call's span, deadline and trail
+        (``now``: the loop time just read, if it was). Every way out of the call
+        (:meth:`account`, :meth:`fail`, :meth:`stale`) counts the trail's failed attempts."""
         pipeline = self.pipeline
+        budget = pipeline.budget
+        hold = budget.hold if budget is not None and self.reservation is not None else None
         run = pipeline.dispatcher.run(
             self.tiers, attempt, tokens=tokens, deadline=self.deadline, prompt_tokens=window,
             route=self.route, settle=settle, usage_tokens=usage_tokens,
             accept=pipeline.accept if accept is None else accept, hedge=hedge, trail=self.trail,
+            now=None if hold is not None else now,  # a hold on shared totals waits first: the dispatch reads its own
         )
-        budget = pipeline.budget
-        if budget is not None and budget.hold is not None and self.reservation is not None:
-            run = _held(budget.hold(self.reservation), run)
+        if hold is not None:
+            run = _held(hold(self.reservation), run)
         if self.span is NO_SPAN:
             return run  # no frame of ours between the caller and the dispatcher
         return _under(self.span, run)
@@ -561,7 +572,9 @@ class Call:
             reply.usage = usage = estimate_usage(
                 request, reply.text, actor.model, tool_calls=reply.tool_calls, reasoning=reply.reasoning
             )
-        price = pipeline.price(answered, actor)
+        price = pipeline._prices.get((actor.name, answered))  # price()'s first step, a call less
+        if price is None:
+            price = pipeline.price(answered, actor)
         reply.cost_usd = cost = price.cost(usage)
         reply.cost_known = price.known
         tokens = usage.input_tokens + usage.output_tokens

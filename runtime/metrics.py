@@ -216,14 +216,16 @@ def metrics_enabled() -> bool:
     ``metrics.get_meter_provider()`` reads ``os.environ`` on every call; the set-once
     global is read directly instead (see :func:`runtime.telemetry.resolve_providers`).
     """
-    provider = getattr(_metrics_internal, "_METER_PROVIDER", _UNREAD)
-    if provider is _UNREAD:  # the API changed its internals: take the public, slower path
-        provider = metrics.get_meter_provider()
+    if _API_CHANGED:  # its internals are not what this reads: take the public, slower path
+        provider: metrics.MeterProvider | None = metrics.get_meter_provider()
         return type(provider).__name__ != "_ProxyMeterProvider" and not isinstance(provider, NoOpMeterProvider)
+    provider = _metrics_internal._METER_PROVIDER
     return provider is not None and not isinstance(provider, NoOpMeterProvider)
 
 
 _UNREAD = object()
+# Decided once: the set-once global is read as an attribute, without a getattr() call per request.
+_API_CHANGED = getattr(_metrics_internal, "_METER_PROVIDER", _UNREAD) is _UNREAD
 
 
 class Metrics:

@@ -79,13 +79,16 @@ def tracing_enabled() -> bool:
     read directly; :func:`resolve_providers` (called when a runtime starts) lets an
     environment-configured provider load first.
     """
-    provider = getattr(trace, "_TRACER_PROVIDER", _UNREAD)
-    if provider is _UNREAD:  # the API changed its internals: take the public, slower path
-        provider = trace.get_tracer_provider()
+    if _API_CHANGED:  # its internals are not what this reads: take the public, slower path
+        provider: object = trace.get_tracer_provider()
+    else:
+        provider = trace._TRACER_PROVIDER
     return provider is not None and not isinstance(provider, _NO_SDK)
 
 
 _UNREAD = object()
+# Decided once: the set-once global is read as an attribute, without a getattr() call per request.
+_API_CHANGED = getattr(trace, "_TRACER_PROVIDER", _UNREAD) is _UNREAD
 
 
 def resolve_providers() -> None:

@@ -384,13 +384,17 @@ def chat_request(
     params: Mapping[str, Any] | None = None,
 ) -> ChatRequest:
     """The :class:`ChatRequest` for ``chat``/``stream``'s arguments, every one checked."""
-    msgs = _messages(messages)
+    if type(messages) is str and messages.strip():  # one prompt (most requests): _messages() in short
+        msgs = [Message(role="user", content=messages)]
+    else:
+        msgs = _messages(messages)
     if system is not None:
         msgs.insert(0, Message(role="system", content=_text(system, "system")))
     if model is not None:
         _text(model, "model")
-    # Each check runs only for an argument given: most requests give few.
-    if max_tokens is not None:
+    # Each check runs only for an argument given: most requests give few. A plain int
+    # (type(): no bool) of 1 or more passes without _count's calls.
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
         _count(max_tokens, "max_tokens")
     if temperature is not None:
         _number(temperature, "temperature", 0.0, 2.0)

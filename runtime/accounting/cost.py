@@ -57,7 +57,10 @@ class ModelPrice(FrozenStruct, frozen=True):
 
     def cost(self, usage: Usage) -> float:
         """USD for ``usage``: cached input tokens at the cached price, the rest at the input price."""
-        cached = min(usage.cached_input_tokens or 0, usage.input_tokens)
+        cached = usage.cached_input_tokens
+        if not cached:  # most replies: the same sum without the cached share's terms
+            return (usage.input_tokens * self.input + usage.output_tokens * self.output) * _PER_TOKEN
+        cached = min(cached, usage.input_tokens)
         fresh = usage.input_tokens - cached
         cached_price = self.input if self.cached_input is None else self.cached_input
         return (fresh * self.input + cached * cached_price + usage.output_tokens * self.output) * _PER_TOKEN

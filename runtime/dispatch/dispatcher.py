@@ -92,7 +92,8 @@ class RouteTable:
             for key in {*actor.endpoint.groups, actor.model}:
                 if key:
                     members.setdefault(key, []).append(actor)
-        self._routes = {route: self._tiers(group) for route, group in members.items()}
+        #: route -> its tiers (what :meth:`tiers` answers for a route when no endpoint is pinned)
+        self.by_route = {route: self._tiers(group) for route, group in members.items()}
 
     @staticmethod
     def _tiers(actors: list[EndpointActor]) -> list[Tier]:
@@ -105,7 +106,7 @@ class RouteTable:
         """Route to a restarted actor instead of the one it replaces."""
         self.by_name[new.name] = new
         self.actors = [new if a is old else a for a in self.actors]
-        for tiers in self._routes.values():
+        for tiers in self.by_route.values():
             for tier in tiers:
                 tier.actors = [new if a is old else a for a in tier.actors]
 
@@ -118,9 +119,9 @@ class RouteTable:
                     f"no endpoint named {endpoint!r}; configured: {', '.join(self.by_name)}", field="endpoint"
                 )
             return [Tier(actor.priority, [actor])]
-        tiers = self._routes.get(route)
+        tiers = self.by_route.get(route)
         if tiers is None:
-            known = sorted(k for k in self._routes if k)
+            known = sorted(k for k in self.by_route if k)
             raise InvalidRequest(f"no endpoint serves model or group {route!r}; known: {', '.join(known)}", field="model")
         return tiers
 
@@ -188,23 +189,26 @@ class Dispatcher:
     ) -> tuple[EndpointActor, Permit] | None:
         actors = tier.actors
         n = len(actors)
-        if n == 1:
-            order: Sequence[EndpointActor] = actors
+        if n == 1:  # nothing to draw: ask the one endpoint (what _admit does, a call less)
+            actor = actors[0]
+            if (exclude or min_window or accept is not None) and not _eligible(actor, exclude, min_window, accept):
+                return None
+            permit = actor.try_admit(tokens, now)
+            return None if permit is None else (actor, permit)
+        rnd = self._random
+        if tier.uniform:
+            i = int(rnd() * n)
+            j = int(rnd() * (n - 1))
+            j += j >= i
         else:
-            rnd = self._random
-            if tier.uniform:
-                i = int(rnd() * n)
-                j = int(rnd() * (n - 1))
-                j += j >= i
-            else:
-                cum = tier.cum_weights
-                total = cum[-1]
-                i = bisect.bisect(cum, rnd() * total)
-                j = bisect.bisect(cum, rnd() * total)
-                if j == i:
-                    j = (i + 1) % n
-            a, b = actors[i], actors[j]
-            order = (a, b) if a.score(now) <= b.score(now) else (b, a)
+            cum = tier.cum_weights
+            total = cum[-1]
+            i = bisect.bisect(cum, rnd() * total)
+            j = bisect.bisect(cum, rnd() * total)
+            if j == i:
+                j = (i + 1) % n
+        a, b = actors[i], actors[j]
+        order = (a, b) if a.score(now) <= b.score(now) else (b, a)
         for actor in order:
             permit = self._admit(actor, tokens, now, exclude, min_window, accept)
             if permit is not None:
@@ -250,6 +254,7 @@ class Dispatcher:
         accept: Callable[[EndpointActor], bool] | None = None,
         hedge: HedgePolicy | None = None,
         trail: list[Attempt] | None = None,
+        now: float | None = None,
     ) -> Outcome[T]:
         """Run ``attempt(actor, timeout)`` on chosen endpoints until one succeeds.
 
@@ -259,10 +264,12 @@ class Dispatcher:
         ``hedge`` hedges every attempt of this request. Each attempt is appended to
         ``trail`` (a new list when None) however the run ends; ``Outcome.attempts`` is it.
         A trail that already holds attempts is a request walking on (a stream restarting
-        after its answer failed): see :meth:`_Walk.resume`.
+        after its answer failed): see :meth:`_Walk.resume`. ``now`` is the loop time the
+        run starts at, when the caller has just read it (None: read here).
         """
         clock = asyncio.get_running_loop().time
-        now = clock()
+        if now is None:
+            now = clock()
         if trail:
             walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
             walk.resume(now, self.retry, self._rng)
@@ -271,22 +278,29 @@ class Dispatcher:
         self.retry_budget.record_request(now)
         if hedge is not None or self.hedge is not None:
             self.hedge_budget.record_request(now)
-        # The common case, decided without a wait: an endpoint of the first tier takes it now.
+        # The common case, decided without a wait: an endpoint of the first tier takes it now ...
         picked = self._choose_in(tiers[0], tokens, now, _NONE, prompt_tokens, accept) if tiers and now < deadline else None
-        if picked is not None and hedge is None and picked[0].confirm is None:
-            # ... and answers: no walk is built until an attempt fails.
-            actor, permit = picked
-            timeout = min(actor.endpoint.timeout, deadline - now)
-            try:
-                return await self._single(trail, clock, attempt, actor, permit, timeout, now, settle, usage_tokens)
-            except LLMError as exc:
-                walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
-                if not walk.failed_on(actor, exc, clock(), self.retry, self._rng):
-                    raise
-            picked = None
-        else:
+        if picked is None or hedge is not None or picked[0].confirm is not None:
             walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
-        return await self._walk_on(walk, attempt, picked, route, settle, usage_tokens, hedge)
+            return await self._walk_on(walk, attempt, picked, route, settle, usage_tokens, hedge)
+        # ... and answers: no walk is built until an attempt fails, and no frame of the
+        # dispatcher's own stands between this one and the attempt's (see _single).
+        actor, permit = picked
+        timeout = actor.endpoint.timeout
+        if deadline - now < timeout:  # min(), a call less
+            timeout = deadline - now
+        try:
+            value = await (_traced(attempt, actor, timeout, 1) if tracing_enabled() else attempt(actor, timeout))
+        except BaseException as exc:
+            _lost(trail, clock, actor, permit, exc, now)
+            if not isinstance(exc, LLMError):
+                raise
+            walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
+            if not walk.failed_on(actor, exc, clock(), self.retry, self._rng):
+                raise
+        else:
+            return _answered(trail, clock(), actor, permit, now, value, settle, usage_tokens)
+        return await self._walk_on(walk, attempt, None, route, settle, usage_tokens, hedge)
 
     async def _walk_on(
         self,
@@ -416,22 +430,17 @@ class Dispatcher:
         usage_tokens: Callable[[T], int | None] | None,
     ) -> Outcome[T]:
         """One attempt, recorded in ``trail``; the permit is settled here on any error or
-        cancellation, and on success unless ``settle`` is false. One clock reading ends it."""
+        cancellation, and on success unless ``settle`` is false. (:meth:`run` takes a
+        request's first attempt the same way, in its own frame.)"""
         try:
             if tracing_enabled():
                 value = await _traced(attempt, actor, timeout, len(trail) + 1)
             else:
                 value = await attempt(actor, timeout)
-        except BaseException as exc:  # what ``with permit:`` does, without its two calls per attempt
-            permit.settle(exc)
-            if isinstance(exc, LLMError):
-                _record(trail, Attempt(endpoint=actor.name, error=exc, elapsed=clock() - started))
+        except BaseException as exc:
+            _lost(trail, clock, actor, permit, exc, started)
             raise
-        end = clock()
-        _record(trail, Attempt(endpoint=actor.name, elapsed=end - started))
-        if settle:
-            permit.settle(None, end, usage_tokens(value) if usage_tokens else None)
-        return Outcome(value, actor, permit, trail)
+        return _answered(trail, clock(), actor, permit, started, value, settle, usage_tokens)
 
     def _why_none(self, tiers: list[Tier], now: float, deadline: float) -> str:
         states = ", ".join(_describe(a) for tier in tiers for a in tier.actors)
@@ -729,6 +738,35 @@ _NONE: frozenset[str] = frozenset()
 def _record(trail: list[Attempt], attempt: Attempt) -> None:
     trail.append(attempt)
     log_attempt(trail)
+
+
+def _answered(
+    trail: list[Attempt],
+    end: float,
+    actor: EndpointActor,
+    permit: Permit,
+    started: float,
+    value: T,
+    settle: bool,
+    usage_tokens: Callable[[T], int | None] | None,
+) -> Outcome[T]:
+    """An attempt that answered at loop time ``end``: recorded (one clock reading ends it)
+    and its permit settled, unless ``settle`` is false (the caller then owns it)."""
+    trail.append(Attempt(endpoint=actor.name, elapsed=end - started))
+    log_attempt(trail)
+    if settle:
+        permit.settle(None, end, usage_tokens(value) if usage_tokens else None)
+    return Outcome(value, actor, permit, trail)
+
+
+def _lost(
+    trail: list[Attempt], clock: Callable[[], float], actor: EndpointActor, permit: Permit, exc: BaseException, started: float
+) -> None:
+    """An attempt that raised: its permit settled with the error (what ``with permit:`` does,
+    without its two calls per attempt) and, for an LLMError, recorded in ``trail``."""
+    permit.settle(exc)
+    if isinstance(exc, LLMError):
+        _record(trail, Attempt(endpoint=actor.name, error=exc, elapsed=clock() - started))
 
 
 def _nothing() -> BaseException:

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import msgspec
 
 from ..actors.actor import Actor, ActorStopped
 from ..errors import AuthenticationFailed, LLMError, ProviderError, RateLimited
@@ -81,7 +82,7 @@ class EndpointStatistics(FrozenStruct, frozen=True):
     probes: ProbeScheduleStats
 
 
-class Permit:
+class Permit(msgspec.Struct, eq=False):
     """One admitted attempt's hold on its endpoint (a concurrency slot, a limiter
     reservation, maybe a half-open trial), settled exactly once.
 
@@ -89,16 +90,14 @@ class Permit:
     permit:`` settles it with the exception that escapes the block (a cancellation
     counts as nothing) unless the holder settled it inside; a block that ends normally
     leaves it to the holder, which settles it or hands it on. Settling twice is a no-op,
-    so an owner may settle on every exit path without counting.
+    so an owner may settle on every exit path without counting. (A struct: made in C,
+    one Python ``__init__`` less per attempt; compared by identity.)
     """
 
-    __slots__ = ("_actor", "reservation", "settled", "started")
-
-    def __init__(self, actor: EndpointActor, reservation: Reservation, started: float) -> None:
-        self._actor = actor
-        self.reservation = reservation
-        self.started = started
-        self.settled = False
+    _actor: EndpointActor
+    reservation: Reservation
+    started: float
+    settled: bool = False
 
     def __repr__(self) -> str:
         return f"<Permit {self._actor.name!r} {'settled' if self.settled else 'open'}>"
@@ -123,7 +122,25 @@ class Permit:
         actor = self._actor
         if actor._successor is not None:  # restarted since admitting: the live owner settles
             actor = self.actor
-        actor._settle(self, error, anyio.current_time() if now is None else now, tokens)
+        if now is None:
+            now = anyio.current_time()
+        if error is not None:
+            actor._settle_failure(self, error, now, tokens)
+            return
+        # A success, straight through (nearly every attempt): breaker, slot, latency, health.
+        elapsed = now - self.started
+        slow = actor._slow_call
+        actor.breaker.record(_SUCCESS if slow is None else classify(None, elapsed, slow), now)
+        limiter = actor.limiter
+        limiter.release(self.reservation, tokens, now)
+        if actor._draining and limiter.in_flight == 0:
+            actor.drained.set()
+        actor.latency.observe(elapsed, now)
+        actor._last_success = now
+        if actor.health is not _HEALTHY:
+            # A real answer is better evidence than the last failed probe.
+            actor._probe_failing = False
+            actor._refresh(now, "request succeeded")
 
     def __enter__(self) -> Permit:
         return self
@@ -228,26 +245,15 @@ class EndpointActor(Actor):
         """Settle ``permit`` (see :meth:`Permit.settle`); a settled permit is left alone."""
         permit.settle(error, now, tokens)
 
-    def _settle(self, permit: Permit, error: BaseException | None, now: float, tokens: int | None) -> None:
-        """Classify the outcome of an attempt and feed breaker, limiter and latency."""
-        elapsed = now - permit.started
-        if error is None and self._slow_call is None:
-            self.breaker.record(_SUCCESS, now)  # the common case needs no classifying
-        else:
-            # A 503/529 that says when to come back sets the open period, should it open.
-            retry_after = error.retry_after if isinstance(error, ProviderError) else None
-            self.breaker.record(classify(error, elapsed, self._slow_call), now, retry_after=retry_after)
+    def _settle_failure(self, permit: Permit, error: BaseException, now: float, tokens: int | None) -> None:
+        """Classify a failed (or cancelled) attempt and feed breaker, limiter and latency
+        (a success settles in :meth:`Permit.settle`)."""
+        # A 503/529 that says when to come back sets the open period, should it open.
+        retry_after = error.retry_after if isinstance(error, ProviderError) else None
+        self.breaker.record(classify(error, now - permit.started, self._slow_call), now, retry_after=retry_after)
         self.limiter.release(permit.reservation, tokens, now)
         if self._draining and self.limiter.in_flight == 0:
             self.drained.set()
-        if error is None:
-            self.latency.observe(elapsed, now)
-            self._last_success = now
-            if self.health is not _HEALTHY:
-                # A real answer is better evidence than the last failed probe.
-                self._probe_failing = False
-                self._refresh(now, "request succeeded")
-            return
         if isinstance(error, ProviderError):
             self.latency.error(f"{type(error).__name__}: {error}", now, kind=type(error).__name__)
             if error.rate_limit is not None:
@@ -266,12 +272,9 @@ class EndpointActor(Actor):
 
     def observe_rate_limit(self, snapshot: Any, now: float) -> None:
         """Feed the rate-limit headers of a successful response to the limiter."""
-        if snapshot is not None:
-            limiter = self.limiter
-            limiter.observe(snapshot, now)
-            if limiter.throttled_until > now:
-                self._refresh(now, "provider rate limit spent")
-                self._wake.set()
+        if snapshot is not None and self.limiter.observe(snapshot, now):
+            self._refresh(now, "provider rate limit spent")
+            self._wake.set()
 
     def score(self, now: float) -> float:
         """Lower is better: peak-sensitive latency × (in-flight + 1), divided by weight.

@@ -330,8 +330,9 @@ class Limiter:
         self._trial = None
         self._replain()
 
-    def observe(self, snapshot: RateLimitSnapshot, now: float) -> None:
-        """Adjust admission to the provider's rate-limit headers.
+    def observe(self, snapshot: RateLimitSnapshot, now: float) -> bool:
+        """Adjust admission to the provider's rate-limit headers; True when the limiter is
+        throttled past ``now`` afterwards (by these headers or an earlier 429).
 
         A count at 0 with a reset in N seconds throttles until ``now + N``. A count
         running low (under 20 % of the provider's limit, or any count when the limit is
@@ -339,12 +340,20 @@ class Limiter:
         towards its limit until the reset, so the limiter stops before the provider
         starts answering 429. A healthy count switches the gate off.
         """
+        if self._gate_requests is None and self._gate_tokens is None:
+            # Nearly every reply: healthy counts and no gate on, so admission stays as it was
+            # (what _gate would find for each count, without its two calls).
+            remaining, limit = snapshot.remaining_requests, snapshot.limit_requests
+            if remaining is None or (limit is not None and LOW_REMAINING * limit <= remaining > 0):
+                remaining, limit = snapshot.remaining_tokens, snapshot.limit_tokens
+                if remaining is None or (limit is not None and LOW_REMAINING * limit <= remaining > 0):
+                    return now < self._throttled_until
         requests = self._gate(snapshot.remaining_requests, snapshot.limit_requests, snapshot.reset_requests, now)
         tokens = self._gate(snapshot.remaining_tokens, snapshot.limit_tokens, snapshot.reset_tokens, now)
-        if requests is None and tokens is None and self._gate_requests is None and self._gate_tokens is None:
-            return  # healthy counts and no gate on (nearly every reply): admission is as it was
-        self._gate_requests, self._gate_tokens = requests, tokens
-        self._replain()
+        if requests is not None or tokens is not None or self._gate_requests is not None or self._gate_tokens is not None:
+            self._gate_requests, self._gate_tokens = requests, tokens
+            self._replain()
+        return now < self._throttled_until
 
     def headroom(self, now: float) -> tuple[float | None, float | None]:
         """Requests and tokens the RPM and TPM buckets would take now (None: no such limit),
