@@ -197,7 +197,6 @@ _PARAM_RULES: dict[str, Rule] = {
     "parallel_tool_calls": _no_parallel_tools,
     "reasoning_effort": _thinking,
 }
-_decode_json = msgspec.json.decode
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
@@ -355,16 +354,10 @@ class AnthropicAdapter(Adapter):
                     blocks.extend(_blocks(content))
                 elif content:
                     blocks.append({"type": "text", "text": content})
-                for call in message.tool_calls:
-                    try:
-                        arguments = _decode_json(call.arguments or "{}")
-                    except msgspec.DecodeError as exc:
-                        raise InvalidRequest(
-                            f"tool call {call.id!r} has arguments that are not JSON: {exc}",
-                            field="messages",
-                            endpoint=self.name,
-                        ) from exc
-                    blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
+                blocks.extend(
+                    {"type": "tool_use", "id": call.id, "name": call.name, "input": self.tool_arguments(call)}
+                    for call in message.tool_calls
+                )
                 out.append({"role": "assistant", "content": blocks})
             elif isinstance(content, list):
                 out.append({"role": role, "content": _blocks(content)})

@@ -50,6 +50,7 @@ from ..types import (
     Message,
     RateLimitSnapshot,
     StreamChunk,
+    ToolCall,
 )
 from .deadlines import Deadlines
 from .registry import PROVIDERS
@@ -260,6 +261,16 @@ class Adapter(abc.ABC):
         return msgspec.structs.replace(
             request, messages=[*request.messages, Message(role="assistant", content=self._prefill_text(partial))]
         )
+
+    def tool_arguments(self, call: ToolCall) -> Any:
+        """A tool call's JSON arguments as values, for a dialect that sends them as an object
+        (``{}`` when empty); :class:`InvalidRequest` naming the call when they are not JSON."""
+        try:
+            return msgspec.json.decode(call.arguments or "{}")
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(
+                f"tool call {call.id!r} has arguments that are not JSON: {exc}", field="messages", endpoint=self.name
+            ) from exc
 
     def _prefill_text(self, partial: str) -> str:
         """The partial answer as this provider accepts it for a prefill."""

@@ -208,18 +208,10 @@ class OllamaAdapter(Adapter):
             if images:
                 wire["images"] = images
         if message.tool_calls:
-            calls = []
-            for call in message.tool_calls:
-                try:
-                    arguments = msgspec.json.decode(call.arguments or "{}")
-                except msgspec.DecodeError as exc:
-                    raise InvalidRequest(
-                        f"tool call {call.id!r} has arguments that are not JSON: {exc}",
-                        field="messages",
-                        endpoint=self.name,
-                    ) from exc
-                calls.append({"id": call.id, "function": {"name": call.name, "arguments": arguments}})
-            wire["tool_calls"] = calls
+            wire["tool_calls"] = [
+                {"id": call.id, "function": {"name": call.name, "arguments": self.tool_arguments(call)}}
+                for call in message.tool_calls
+            ]
         if message.role == "tool":
             if message.name is not None:
                 wire["tool_name"] = message.name

@@ -175,17 +175,9 @@ class _CompletionView(_View):
     error: _ErrorView | str | None = None
 
 
-class _DeltaView(_View):
-    content: str | None = None
-    refusal: str | None = None
-    reasoning_content: str | None = None
-    reasoning: str | None = None
-    tool_calls: list[_ToolCallView] | None = None
-
-
 class _ChunkChoiceView(_View):
     index: int = 0
-    delta: _DeltaView | None = None
+    delta: _MessageView | None = None  # a delta has a message's fields, each a fragment
     text: str | None = None  # a streamed text completion's choice
     finish_reason: str | None = None
 

@@ -88,45 +88,63 @@ def _too_large(size: int, limit: int) -> ProtocolError:
     return ProtocolError(f"stream frame of {size} bytes exceeds the {limit}-byte limit")
 
 
-class SSEDecoder:
+class _LineFramer:
+    """What both framers hold between reads: the pieces of a line whose end has not come
+    (joined once, when it does, so a long line in many small reads costs linear, not
+    quadratic, time) and the start of a possible byte-order mark."""
+
+    __slots__ = ("_head", "_partial", "_partial_size", "max_frame_bytes")
+
+    #: bytes of the event being assembled (SSE's own; NDJSON frames are lines alone)
+    _data_size: int = 0
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._partial: list[bytes] = []  # pieces of the current, unterminated line
+        self._partial_size = 0
+        self._head: bytes | None = b""  # the start of a possible BOM; None past the stream's start
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the incomplete line plus the data of the event being assembled."""
+        return self._partial_size + self._data_size
+
+    def _hold(self, piece: bytes) -> None:
+        """Keep ``piece`` of a line whose end has not come yet."""
+        self._partial.append(piece)
+        self._partial_size += len(piece)
+        if self._partial_size + self._data_size > self.max_frame_bytes:
+            raise _too_large(self._partial_size + self._data_size, self.max_frame_bytes)
+
+    def _joined(self, data: bytes) -> bytes:
+        """``data``, which ends a line, after the pieces held of that line."""
+        self._partial.append(data)
+        data = b"".join(self._partial)
+        self._partial = []
+        self._partial_size = 0
+        return data
+
+
+class SSEDecoder(_LineFramer):
     """Bytes to :class:`SSEEvent`\\ s, incrementally; the same events for any split of the input.
 
     ``comments`` counts comment lines seen (keep-alives); ``last_event_id`` is the last
     ``id:`` field. ``retry:`` and unknown fields are ignored, as the spec says.
     """
 
-    __slots__ = (
-        "_data",
-        "_data_size",
-        "_event",
-        "_head",
-        "_partial",
-        "_partial_size",
-        "_skip_lf",
-        "comments",
-        "last_event_id",
-        "max_frame_bytes",
-    )
+    __slots__ = ("_data", "_data_size", "_event", "_skip_lf", "comments", "last_event_id")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
+        super().__init__(max_frame_bytes)
         self.comments = 0
         self.last_event_id: str | None = None
-        self._partial: list[bytes] = []  # pieces of the current, unterminated line
-        self._partial_size = 0
         self._data: list[bytes] | None = None  # data lines of the open event; None: no data yet
         self._data_size = 0
         self._event = "message"
         self._skip_lf = False  # the last read ended on "\r": a leading "\n" completes that CRLF
-        self._head: bytes | None = b""  # the start of a possible BOM; None past the stream's start
 
     def __repr__(self) -> str:
         return f"<SSEDecoder [buffered {self.buffered} bytes | {self.comments} comments]>"
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held: the incomplete line plus the data of the event being assembled."""
-        return self._partial_size + self._data_size
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """The events completed by ``data``."""
@@ -134,16 +152,11 @@ class SSEDecoder:
             data = self._trim_start(data)
         has_cr = b"\r" in data
         if not has_cr and b"\n" not in data:
-            # No line ends here: keep the piece; joining happens once, when the line ends,
-            # so a long line in many small reads costs linear, not quadratic, time.
             if data:
                 self._hold(data)
             return []
         if self._partial:
-            self._partial.append(data)
-            data = b"".join(self._partial)
-            self._partial = []
-            self._partial_size = 0
+            data = self._joined(data)
         if has_cr:
             if data[-1] == 0x0D:
                 self._skip_lf = True
@@ -204,13 +217,6 @@ class SSEDecoder:
                 data = data[1:]
         return data
 
-    def _hold(self, piece: bytes) -> None:
-        """Keep ``piece`` of a line whose end has not come yet."""
-        self._partial.append(piece)
-        self._partial_size += len(piece)
-        if self._partial_size + self._data_size > self.max_frame_bytes:
-            raise _too_large(self._partial_size + self._data_size, self.max_frame_bytes)
-
     def _field(self, line: bytes) -> bytes | None:
         """Apply a line that is not ``data: …`` or blank: a comment, ``event``, ``id``, or a
         field the spec says to ignore; a ``data`` field's value (its space-less spelling,
@@ -245,25 +251,17 @@ def _event_name(raw: bytes) -> str:
     return name
 
 
-class NDJSONDecoder:
+class NDJSONDecoder(_LineFramer):
     """Bytes to lines of newline-delimited JSON, incrementally; blank lines are skipped and a
     ``\\r`` before the ``\\n`` is dropped. The same lines for any split of the input."""
 
-    __slots__ = ("_head", "_partial", "_partial_size", "max_frame_bytes")
+    __slots__ = ()
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._partial: list[bytes] = []
-        self._partial_size = 0
-        self._head: bytes | None = b""  # as SSEDecoder's: a BOM at the start is dropped
+        super().__init__(max_frame_bytes)  # a BOM at the start is dropped, as SSEDecoder does
 
     def __repr__(self) -> str:
         return f"<NDJSONDecoder [buffered {self.buffered} bytes]>"
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held: the incomplete last line."""
-        return self._partial_size
 
     def feed(self, data: bytes) -> list[bytes]:
         """The lines completed by ``data``."""
@@ -271,36 +269,21 @@ class NDJSONDecoder:
             self._head, data = _without_bom(self._head, data)
         if b"\n" not in data:
             if data:
-                self._partial.append(data)
-                self._partial_size += len(data)
-                if self._partial_size > self.max_frame_bytes:
-                    raise _too_large(self._partial_size, self.max_frame_bytes)
+                self._hold(data)
             return []
         if self._partial:
-            self._partial.append(data)
-            data = b"".join(self._partial)
-            self._partial = []
-            self._partial_size = 0
+            data = self._joined(data)
         lines = data.split(b"\n")
         tail = lines.pop()
         if tail:
-            self._partial.append(tail)
-            self._partial_size = len(tail)
-            if self._partial_size > self.max_frame_bytes:
-                raise _too_large(self._partial_size, self.max_frame_bytes)
+            self._hold(tail)
         return [line for line in map(_strip_cr, lines) if line and not line.isspace()]
 
     def finish(self) -> list[bytes]:
         """The last line when the input did not end with a newline; resets the decoder."""
-        if self._head:
-            self._partial.insert(0, self._head)
+        lines = self.feed(b"\n")  # the end of input ends the open line, as a newline would
         self._head = b""
-        if not self._partial:
-            return []
-        line = _strip_cr(b"".join(self._partial))
-        self._partial = []
-        self._partial_size = 0
-        return [line] if line and not line.isspace() else []
+        return lines
 
 
 def _strip_cr(line: bytes) -> bytes:
