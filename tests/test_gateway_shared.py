@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,21 +17,9 @@ from runtime.gateway import GatewayConfig, GatewayKey
 from runtime.gateway.server import Gateway
 from runtime.testing import FaultyEndpoint
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
 Post = Callable[[Gateway], Awaitable[tuple[int, str | None]]]
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """Real time: Redis's clock runs the shared totals, so the loop's clock must not jump."""
-    return ("asyncio", {})
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as srv:
-        yield srv
 
 
 BODY = {"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -40,12 +27,12 @@ HEADERS = {"Authorization": "Bearer sk"}
 
 
 @asynccontextmanager
-async def two_gateways(server: RedisServer, prefix: str, key: GatewayKey) -> AsyncIterator[tuple[FaultyEndpoint, Post, Gateway, Gateway]]:
+async def two_gateways(redis_server: RedisServer, prefix: str, key: GatewayKey) -> AsyncIterator[tuple[FaultyEndpoint, Post, Gateway, Gateway]]:
     """One upstream, two runtimes on one Redis (``prefix``), a gateway over each with ``key``
     (sent as ``sk``); and ``post(gw)``: a chat request of the key, its status and error message."""
     # A generous timeout: under a loaded test run a slow Redis call would switch a runtime
     # to its local state, and each would admit by itself.
-    policy = SharedPolicy(url=server.url, prefix=prefix, sync_interval=0.05, timeout=5.0)
+    policy = SharedPolicy(url=redis_server.url, prefix=prefix, sync_interval=0.05, timeout=5.0)
     config = GatewayConfig(port=0, keys=[key])
     async with FaultyEndpoint("openai", name="up") as up:
         endpoint = up.endpoint(health=HealthPolicy(enabled=False))
@@ -62,10 +49,10 @@ async def two_gateways(server: RedisServer, prefix: str, key: GatewayKey) -> Asy
             yield up, post, a, b
 
 
-async def test_key_budget_spent_through_one_gateway_is_refused_by_the_other(server: RedisServer) -> None:
+async def test_key_budget_spent_through_one_gateway_is_refused_by_the_other(redis_server: RedisServer) -> None:
     """Two gateways (two runtimes) on one Redis: a key's daily tokens spent through A are refused by B."""
     key = GatewayKey(name="k", key="sk", daily_tokens=60)
-    async with two_gateways(server, "t-gateway-key-budget", key) as (_, post, a, b):
+    async with two_gateways(redis_server, "t-gateway-key-budget", key) as (_, post, a, b):
         statuses = []
         for _ in range(20):
             statuses.append((await post(a))[0])
@@ -79,12 +66,12 @@ async def test_key_budget_spent_through_one_gateway_is_refused_by_the_other(serv
     assert refused[0] == 429 and (refused[1] or "").startswith("insufficient_quota")
 
 
-async def test_key_concurrency_is_one_cap_across_gateways(server: RedisServer) -> None:
+async def test_key_concurrency_is_one_cap_across_gateways(redis_server: RedisServer) -> None:
     """A key's max_concurrency = 1 holds across two gateways on one Redis: while a request of
     the key is in flight through A, B refuses the key with 429; once it ends (here: its client
     leaves), the lease is back and B serves the key."""
     key = GatewayKey(name="k", key="sk", max_concurrency=1)
-    async with two_gateways(server, "t-gateway-key-concurrency", key) as (up, post, a, b):
+    async with two_gateways(redis_server, "t-gateway-key-concurrency", key) as (up, post, a, b):
         up.faults.hang = True
         held = asyncio.ensure_future(post(a))
         await until(lambda: a.in_flight > 0 and up.stats.requests > 0)

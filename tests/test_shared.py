@@ -7,7 +7,7 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -33,20 +33,7 @@ from runtime.testing import FaultyEndpoint
 
 QUIET = HealthPolicy(enabled=False)
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """Real time: Redis's clock runs the shared buckets, so the loop's clock must not jump."""
-    return ("asyncio", {})
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    """One redis-server for the module; each test uses its own key prefix."""
-    with RedisServer() as srv:
-        yield srv
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
 
 @pytest.fixture
@@ -62,14 +49,14 @@ async def local() -> AsyncIterator[FaultyEndpoint]:
         yield ep
 
 
-def _policy(server: RedisServer, prefix: str, **overrides: Any) -> SharedPolicy:
+def _policy(redis_server: RedisServer, prefix: str, **overrides: Any) -> SharedPolicy:
     # A loaded machine can stall a Redis call past the default timeout (0.25 s), which turns
     # shared state into local state; the tests of that set a short timeout of their own.
-    return SharedPolicy(url=server.url, prefix=prefix, **{"sync_interval": 0.05, "timeout": 5.0, **overrides})
+    return SharedPolicy(url=redis_server.url, prefix=prefix, **{"sync_interval": 0.05, "timeout": 5.0, **overrides})
 
 
-def _evalsha_calls(server: RedisServer) -> int:
-    stats = redis.Redis.from_url(server.url).info("commandstats")
+def _evalsha_calls(redis_server: RedisServer) -> int:
+    stats = redis.Redis.from_url(redis_server.url).info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
@@ -138,35 +125,35 @@ def test_without_shared_no_shared_store_is_loaded() -> None:
 
 
 async def test_no_round_trip_without_limits_one_admission_with(
-    server: RedisServer, prefix: str, local: FaultyEndpoint
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint
 ) -> None:
     """An endpoint without limits never calls Redis on a request; one with limits makes one
     admission call per request (plus its batched release, off the request path)."""
-    policy = _policy(server, prefix, sync_interval=3600)
+    policy = _policy(redis_server, prefix, sync_interval=3600)
     free = local.endpoint(name="free", health=QUIET)
     async with Runtime([free], shared=policy) as rt:
         await rt.chat("warm up")
-        before = _evalsha_calls(server)
+        before = _evalsha_calls(redis_server)
         for _ in range(20):
             await rt.chat("hi")
-        assert _evalsha_calls(server) == before
+        assert _evalsha_calls(redis_server) == before
     limited = local.endpoint(name="limited", health=QUIET, rpm=1000, max_concurrency=10)
     async with Runtime([limited], shared=policy) as rt:
-        start = _evalsha_calls(server)
+        start = _evalsha_calls(redis_server)
         await rt.chat("warm up")
-        await until(lambda: _evalsha_calls(server) - start >= 2)  # its admission and release
-        before = _evalsha_calls(server)
+        await until(lambda: _evalsha_calls(redis_server) - start >= 2)  # its admission and release
+        before = _evalsha_calls(redis_server)
         for _ in range(20):
             await rt.chat("hi")
-        await until(lambda: _evalsha_calls(server) - before >= 40)  # the writer sends the releases
-        assert _evalsha_calls(server) - before == 40
-        assert rt.status()[0].shared == f"redis {server.url}"
+        await until(lambda: _evalsha_calls(redis_server) - before >= 40)  # the writer sends the releases
+        assert _evalsha_calls(redis_server) - before == 40
+        assert rt.status()[0].shared == f"redis {redis_server.url}"
 
 
-async def test_rpm_is_one_bucket_for_two_runtimes(server: RedisServer, prefix: str, local: FaultyEndpoint) -> None:
+async def test_rpm_is_one_bucket_for_two_runtimes(redis_server: RedisServer, prefix: str, local: FaultyEndpoint) -> None:
     """Two runtimes on one Redis share one RPM bucket: together they get rpm, not 2 × rpm."""
     endpoint = local.endpoint(name="shared-rpm", health=QUIET, rpm=10)
-    policy = _policy(server, prefix)
+    policy = _policy(redis_server, prefix)
     async with Runtime([endpoint], shared=policy) as a, Runtime([endpoint], shared=policy) as b:
         results = await asyncio.gather(
             # The next token is 6 s away, past the deadline: a refusal is at once, while 5 s
@@ -216,11 +203,11 @@ async def test_refuse_mode_names_the_cause(local: FaultyEndpoint) -> None:
 
 
 async def test_budget_spent_in_one_runtime_is_refused_in_the_other(
-    server: RedisServer, prefix: str, local: FaultyEndpoint
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint
 ) -> None:
     """A daily token budget is one total for every runtime on the Redis."""
     endpoint = local.endpoint(name="b", health=QUIET)
-    policy = _policy(server, prefix)
+    policy = _policy(redis_server, prefix)
     budget = Budget(daily_tokens=60)
     async with Runtime([endpoint], shared=policy, budget=budget) as a, Runtime(
         [endpoint], shared=policy, budget=budget
@@ -233,13 +220,13 @@ async def test_budget_spent_in_one_runtime_is_refused_in_the_other(
 
 
 async def test_a_request_in_flight_in_one_runtime_holds_its_estimate_for_all(
-    server: RedisServer, prefix: str, local: FaultyEndpoint
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint
 ) -> None:
     """Runtime a's request, in flight, holds its estimate on Redis: b is refused at once, with
     nothing settled yet and before any sync; when a's request ends the hold is freed (its
     usage counted instead) and b's next request fits again."""
     endpoint = local.endpoint(name="b", health=QUIET)
-    policy = _policy(server, prefix, sync_interval=3600)
+    policy = _policy(redis_server, prefix, sync_interval=3600)
     budget = Budget(daily_tokens=60)  # one estimate (prompt + max_tokens 30) fits, two do not
     local.faults.latency = 0.3
     async with Runtime([endpoint], shared=policy, budget=budget) as a, Runtime(
@@ -252,18 +239,18 @@ async def test_a_request_in_flight_in_one_runtime_holds_its_estimate_for_all(
         assert info.value.kind == "daily_tokens" and info.value.used > 30 and local.stats.requests == 1
         reply = await first
         local.faults.latency = 0.0
-        client = redis.Redis.from_url(server.url)
+        client = redis.Redis.from_url(redis_server.url)
         held = f"{{{prefix}:budget:runtime}}:held"
         await until(lambda: client.hgetall(held) == {b"tokens": b"0", b"usd": b"0"})  # a's settle, in the writer's batch
         assert reply.usage.input_tokens + reply.usage.output_tokens < 30
         await b.chat("hi", max_tokens=30)
 
 
-async def test_a_cancelled_request_frees_its_hold(server: RedisServer, prefix: str, local: FaultyEndpoint) -> None:
+async def test_a_cancelled_request_frees_its_hold(redis_server: RedisServer, prefix: str, local: FaultyEndpoint) -> None:
     """A request cancelled while in flight gives its hold back: the other runtime is not
     refused for a request that ended."""
     endpoint = local.endpoint(name="b", health=QUIET)
-    policy = _policy(server, prefix, sync_interval=3600)
+    policy = _policy(redis_server, prefix, sync_interval=3600)
     budget = Budget(daily_tokens=60)
     local.faults.hang = True
     async with Runtime([endpoint], shared=policy, budget=budget) as a, Runtime(
@@ -275,7 +262,7 @@ async def test_a_cancelled_request_frees_its_hold(server: RedisServer, prefix: s
         with pytest.raises(asyncio.CancelledError):
             await first
         local.faults.hang = False
-        client = redis.Redis.from_url(server.url)
+        client = redis.Redis.from_url(redis_server.url)
         await until(lambda: client.hget(f"{{{prefix}:budget:runtime}}:held", "tokens") == b"0")
         await b.chat("hi", max_tokens=30)
 
@@ -301,12 +288,12 @@ async def test_a_hold_whose_request_ended_while_redis_was_away_is_freed_when_it_
 
 
 async def test_a_shared_trip_emits_one_span_in_the_runtime_that_made_it(
-    server: RedisServer, prefix: str, local: FaultyEndpoint, span_exporter: Any
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint, span_exporter: Any
 ) -> None:
     """Runtime a trips the shared breaker: one "breaker open" span (a's), while b, which only
     learns of it, emits none and refuses at once."""
     endpoint = local.endpoint(name="trip", health=QUIET, breaker=BreakerPolicy(failure_threshold=2, open_for=30))
-    policy = _policy(server, prefix)
+    policy = _policy(redis_server, prefix)
     once = RetryPolicy(max_attempts=1)
     async with Runtime([endpoint], shared=policy, retry=once) as a, Runtime([endpoint], shared=policy) as b:
         local.faults.fail_next(2, 500)
@@ -323,34 +310,34 @@ async def test_a_shared_trip_emits_one_span_in_the_runtime_that_made_it(
 
 
 async def test_a_slow_redis_counts_as_unavailable_and_is_rejoined(
-    server: RedisServer, prefix: str, local: FaultyEndpoint
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint
 ) -> None:
     """Redis stalls (CLIENT PAUSE) past `timeout`: the request in that call succeeds on local
     state, later ones too, and once Redis answers again the process is back on shared state."""
-    policy = _policy(server, prefix, timeout=0.1, reconnect_max=0.1)
+    policy = _policy(redis_server, prefix, timeout=0.1, reconnect_max=0.1)
     async with Runtime([local.endpoint(name="slow", health=QUIET, rpm=1000)], shared=policy) as rt:
         await rt.chat("warm up")
-        redis.Redis.from_url(server.url).client_pause(600)
+        redis.Redis.from_url(redis_server.url).client_pause(600)
         assert (await rt.chat("hi")).text
         # That call waited out the timeout and marked Redis unavailable: the next ones do not
         # ask it (nor wait) until the reconnection succeeds.
         assert rt.status()[0].shared is not None and rt.status()[0].shared.startswith("local state")
         replies = [await rt.chat("hi") for _ in range(4)]
         assert all(r.text for r in replies)
-        await until(lambda: rt.status()[0].shared == f"redis {server.url}")
+        await until(lambda: rt.status()[0].shared == f"redis {redis_server.url}")
         assert (await rt.chat("hi")).text
 
 
 async def test_a_trial_refused_by_redis_gives_back_no_permit(
-    server: RedisServer, prefix: str, local: FaultyEndpoint
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint
 ) -> None:
     """Half-open with its one trial out (runtime a): runtime b's admission is refused by Redis,
     and settling b's refused permit as nothing leaves a's trial permit taken."""
     breaker = BreakerPolicy(failure_threshold=1, open_for=0.2, half_open_calls=1)
     endpoint = local.endpoint(name="trial", health=QUIET, breaker=breaker, rpm=1000)  # rpm: b asks Redis
-    policy = _policy(server, prefix, sync_interval=3600)  # b learns only from its own calls
+    policy = _policy(redis_server, prefix, sync_interval=3600)  # b learns only from its own calls
     state_key = f"{{{prefix}:trial}}:state"
-    client = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(redis_server.url)
     async with Runtime([endpoint], shared=policy, retry=RetryPolicy(max_attempts=1)) as a, Runtime(
         [endpoint], shared=policy
     ) as b:
@@ -394,12 +381,12 @@ async def test_a_trip_made_while_redis_was_away_is_shared_when_it_is_back(local:
 
 
 async def test_isolate_and_reset_by_hand_hold_for_every_runtime(
-    server: RedisServer, prefix: str, local: FaultyEndpoint
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint
 ) -> None:
     """isolate() in one runtime opens the endpoint's breaker everywhere; reset() closes it and
     ends a shared throttle everywhere."""
     endpoint = local.endpoint(name="hand", health=QUIET)
-    policy = _policy(server, prefix)
+    policy = _policy(redis_server, prefix)
     async with Runtime([endpoint], shared=policy) as a, Runtime([endpoint], shared=policy) as b:
         a.actor("hand").isolate()
         await until(lambda: b.status()[0].breaker == "open" and b.actor("hand").breaker.isolated)
@@ -416,12 +403,12 @@ async def test_isolate_and_reset_by_hand_hold_for_every_runtime(
 
 
 async def test_a_reply_cached_by_one_runtime_is_served_by_the_other(
-    server: RedisServer, prefix: str, local: FaultyEndpoint
+    redis_server: RedisServer, prefix: str, local: FaultyEndpoint
 ) -> None:
     """[shared] cache = true: b serves from cache what a cached, from b's next sync on; a
     clear in b empties a's cache too."""
     endpoint = local.endpoint(name="cached", health=QUIET)
-    policy = _policy(server, prefix, cache=True)
+    policy = _policy(redis_server, prefix, cache=True)
     cache = CachePolicy(ttl=60)
     async with Runtime([endpoint], shared=policy, cache=cache) as a, Runtime([endpoint], shared=policy, cache=cache) as b:
         assert a.cache is not None and b.cache is not None

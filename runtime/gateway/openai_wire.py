@@ -13,23 +13,15 @@ import base64
 import struct
 import time
 import typing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from ..types import (
-    ChatRequest,
-    ChatResponse,
-    EmbeddingResponse,
-    ImagePart,
-    Message,
-    StreamChunk,
-    TextPart,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-)
+from ..types import ChatRequest, ImagePart, Message, TextPart, ToolCall
 from .dialect import cost_of
+
+if TYPE_CHECKING:  # the replies' types, read in annotations only
+    from ..types import ChatResponse, EmbeddingResponse, StreamChunk, ToolCallDelta, Usage
 
 __all__ = [
     "DONE", "ChatCompletionBody", "ChunkWriter", "CompletionBody", "EmbeddingBody", "TextChunkWriter", "chat_call",
