@@ -1,7 +1,7 @@
 """The fault-injecting endpoints speak each provider's wire format and misbehave on demand.
 
-The wire shapes are checked against excerpts of the recorded fixtures (see the fixtures
-index, /work/shared/fixtures/INDEX.md), copied here so the tests stand alone. Excerpts
+The wire shapes are checked against excerpts of recorded provider transcripts and the
+providers' documented examples, copied here so the tests stand alone. Excerpts
 from Anthropic's live captures have the padding spaces before ``}`` removed.
 """
 
@@ -497,6 +497,23 @@ async def test_refuse_and_accept_on_same_port(session: aiohttp.ClientSession) ->
         ep.faults.accept()
         assert (await post(session, ep, body("anthropic")))[0] == 200
         assert ep.port == port and not ep.faults.refusing
+
+
+async def test_a_connection_that_missed_the_refusal_is_dropped_on_its_next_request(session: aiohttp.ClientSession) -> None:
+    """A connection the kernel accepted just before refuse() but asyncio set up just after
+    misses refuse()'s drop; a request on it is reset too (and not counted), or a client's
+    pool would be served through the outage. The port is closed here without the drop to
+    leave such a connection behind."""
+    async with FaultyEndpoint("openai") as ep:
+        assert (await post(session, ep, body("openai")))[0] == 200  # leaves a pooled connection
+        assert ep._listener is not None
+        ep._listener.close()  # what refuse() does, less dropping the open connections
+        assert ep.faults.refusing
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await post(session, ep, body("openai"))
+        assert ep.stats.requests == 1
+        ep.faults.accept()
+        assert (await post(session, ep, body("openai")))[0] == 200
 
 
 async def test_client_leaving_mid_stream_counts_disconnect(session: aiohttp.ClientSession) -> None:

@@ -1504,6 +1504,12 @@ class FaultyEndpoint:
     # --- answering ------------------------------------------------------------------
 
     async def _serve(self, request: web.Request, kind: _Kind) -> web.StreamResponse:
+        if self.faults.refusing:
+            # A connection the kernel accepted before the port closed but whose protocol
+            # asyncio made after (so the close's drop missed it): a dead endpoint answers
+            # nothing on it either, or the client's pool would reuse it through the outage.
+            _reset(request)
+            return web.Response(status=499)  # never reaches anyone; aiohttp discards it
         flight = _Flight()
         self._flights.add(flight)
         self._serial += 1  # numbers the reply's id and the request-id header
