@@ -564,7 +564,9 @@ async def test_edge_limits() -> None:
             up.faults.hang = False
             await until(lambda: gw.in_flight == 0)
             slow = await _slow_body(gw)
+            late = await _late_body(gw, 4096)
     assert big[0] == 413 and big[1]["error"]["code"] == "request_too_large"
+    assert late == 413  # a body read as it arrives is held to the limit as well as one that came with the head
     assert unknown[0] == 400 and unknown[1]["error"]["param"] == "frobnicate"
     assert broken[0] == 400 and broken[1]["error"]["param"] == "body"
     assert capped[0] == 503 and capped[2] == "1"
@@ -603,6 +605,21 @@ async def _slow_body(gw: Gateway) -> int:
     """Send a request head promising a body that never comes; the answer's status."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    await writer.drain()
+    line = await reader.readline()
+    writer.close()
+    return int(line.split()[1])
+
+
+async def _late_body(gw: Gateway, size: int) -> int:
+    """Send a request head and the body's first byte, the rest of ``size`` bytes only once the
+    gateway is reading it; the answer's status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    writer.write(head.encode() + b"{")
+    await writer.drain()
+    await until(lambda: gw.in_flight > 0)  # its handler waits for the body now
+    writer.write(b" " * (size - 1))
     await writer.drain()
     line = await reader.readline()
     writer.close()

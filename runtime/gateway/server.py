@@ -240,9 +240,12 @@ class Gateway:
         return found
 
     async def _body(self, request: web.BaseRequest) -> bytes | Failure:
+        if request.content.is_eof():
+            # The whole body came with the head: no wait to bound, and what is buffered is
+            # taken at once (BaseRequest.read's loop of chunks costs ~3 µs more a request).
+            body = request.content.read_nowait()
+            return self._too_large() if len(body) > self.config.max_body_bytes else body
         try:
-            if request.content.is_eof():  # the whole body came with the head: no wait to bound
-                return await request.read()
             if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
                 # curl asks before sending a larger body (and waits a second for no answer);
                 # the key has been checked by now, so the body is welcome.
@@ -251,9 +254,12 @@ class Gateway:
             async with asyncio.timeout(self.config.body_timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return Failure(413, "request_too_large", f"the body is larger than {self.config.max_body_bytes} bytes", "body")
+            return self._too_large()
         except TimeoutError:
             return Failure(408, "timeout", f"the body was not received within {self.config.body_timeout:g}s", "body")
+
+    def _too_large(self) -> Failure:
+        return Failure(413, "request_too_large", f"the body is larger than {self.config.max_body_bytes} bytes", "body")
 
     def _routing(self, model: str, client: ClientKey | None) -> dict[str, Any] | Failure:
         """``model=``/``endpoint=`` for the runtime, or 404/403."""
