@@ -224,7 +224,17 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         return command
 
-    demo = _command(
+    for add in (_add_demo, _add_chat, _add_status, _add_serve, _add_config):
+        add(commands, _command)
+    from .harness.command import add_bench
+
+    add_bench(commands, _command, _Parser)
+    return parser
+
+
+def _add_demo(commands: Any, add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``demo``: the failover demo against built-in local endpoints."""
+    demo = add_command(
         commands, "demo", _demo, configured=False,
         help="watch failover live: three local endpoints, scripted faults, zero failed requests",
         description=(
@@ -240,11 +250,14 @@ def _parser() -> argparse.ArgumentParser:
     # how the tests drive the command; not advertised.
     demo.add_argument("--virtual-clock", action="store_true", help=argparse.SUPPRESS)
 
-    chat = _command(
+
+def _add_chat(commands: Any, add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``chat`` and ``complete``: one prompt through the configured endpoints."""
+    chat = add_command(
         commands, "chat", _chat, help="send one prompt and print the reply",
         description="Send one prompt through the configured endpoints and print the reply.",
     )
-    complete = _command(
+    complete = add_command(
         commands, "complete", _chat, help="continue one prompt with a text-completion API",
         description=(
             "Continue a prompt with the text-completion API of the configured endpoints that have one "
@@ -274,7 +287,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--repair", type=_count, default=0, metavar="N",
                       help="with --schema, send an invalid reply back to its endpoint up to N times (default: 0)")
 
-    status = _command(
+
+def _add_status(commands: Any, add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``status``: probe every endpoint, once or ``--watch``."""
+    status = add_command(
         commands, "status", _status, help="probe every endpoint and print their states",
         description=(
             "Probe every configured endpoint; exit 0 when all are up, 3 when some are down, "
@@ -286,7 +302,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds between probes with --watch (default: 2)")
     status.add_argument("--count", type=_positive_int, metavar="N", help="with --watch, stop after N refreshes")
 
-    serve = _command(
+
+def _add_serve(commands: Any, add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``serve``: the OpenAI- and Anthropic-compatible gateway."""
+    serve = add_command(
         commands, "serve", _serve, help="run the OpenAI- and Anthropic-compatible gateway",
         description=(
             "Serve /v1/chat/completions, /v1/messages, /v1/embeddings and /v1/models over the configured "
@@ -301,10 +320,13 @@ def _parser() -> argparse.ArgumentParser:
     # A worker started by --workers: binds with SO_REUSEPORT. Not advertised.
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
+
+def _add_config(commands: Any, add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """``config check``: validate a config file and print it resolved."""
     config_cmd = commands.add_parser("config", help="configuration tools", description="Configuration tools.")
     config_sub = config_cmd.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     config_sub.required = True
-    check = _command(
+    check = add_command(
         config_sub, "check", _config_check,
         help="validate a config file and print it resolved, keys masked",
         description=(
@@ -313,10 +335,6 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("file", nargs="?", metavar="FILE", help="the file (default: discovered like the other commands)")
-    from .harness.command import add_bench
-
-    add_bench(commands, _command, _Parser)
-    return parser
 
 
 # --- main -----------------------------------------------------------------------------------------
