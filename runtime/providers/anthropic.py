@@ -74,6 +74,7 @@ from .base import (
     json_text,
     looks_like_context_overflow,
     parse_rfc3339_delay,
+    rate_limit_names,
     rate_limit_snapshot,
     response_schema,
     undecodable,
@@ -90,6 +91,9 @@ __all__ = ["API_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicAdapter"]
 DEFAULT_MAX_TOKENS = 4096
 #: The ``anthropic-version`` header: the Messages API version this adapter speaks.
 API_VERSION = "2023-06-01"
+
+_RATE_LIMIT_HEADERS = rate_limit_names("anthropic-ratelimit-{kind}-{field}")
+_INPUT_RATE_LIMIT_HEADERS = rate_limit_names("anthropic-ratelimit-{kind}-{field}", "input-tokens")
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
@@ -456,12 +460,10 @@ class AnthropicAdapter(Adapter):
         """``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``; resets are RFC 3339
         times, read as seconds from now. Without the combined token headers the input-token
         ones are read."""
-        tokens = (
-            "tokens"
-            if "anthropic-ratelimit-tokens-limit" in headers or "anthropic-ratelimit-tokens-remaining" in headers
-            else "input-tokens"
-        )
-        return rate_limit_snapshot(headers, "anthropic-ratelimit-{kind}-{field}", parse_rfc3339_delay, tokens=tokens)
+        names = _RATE_LIMIT_HEADERS
+        if names[3] not in headers and names[4] not in headers:
+            names = _INPUT_RATE_LIMIT_HEADERS
+        return rate_limit_snapshot(headers, names, parse_rfc3339_delay)
 
 
 class _MessageStreamDecoder(FramedDecoder[SSEEvent]):

@@ -78,6 +78,7 @@ __all__ = [
     "parse_go_duration",
     "parse_retry_after",
     "parse_rfc3339_delay",
+    "rate_limit_names",
     "rate_limit_snapshot",
     "response_schema",
     "should_retry_header",
@@ -560,31 +561,30 @@ def _int(value: str | None) -> int | None:
 
 
 
-@functools.cache
-def _rate_limit_names(template: str, tokens: str) -> tuple[str, ...]:
-    # Formatted once per provider, not six times per response (that was ~3 µs a reply).
+def rate_limit_names(template: str, tokens: str = "tokens") -> tuple[str, ...]:
+    """The six rate-limit header names a provider spells by ``template`` (``{field}`` is
+    ``limit``/``remaining``/``reset``, ``{kind}`` is ``requests`` or ``tokens``), in the order
+    :func:`rate_limit_snapshot` reads them: made once per provider, not per response."""
     return tuple(template.format(field=f, kind=k) for k in ("requests", tokens) for f in ("limit", "remaining", "reset"))
 
 
 def rate_limit_snapshot(
-    headers: Mapping[str, str], template: str, reset: Callable[[str], float | None], *, tokens: str = "tokens"
+    headers: Mapping[str, str], names: tuple[str, ...], reset: Callable[[str], float | None]
 ) -> RateLimitSnapshot | None:
-    """The six rate-limit headers a provider names by ``template`` (``{field}`` is
-    ``limit``/``remaining``/``reset``, ``{kind}`` is ``requests`` or ``tokens``), resets read
-    by ``reset``; None when the response carried none of them."""
-    values = list(map(headers.get, _rate_limit_names(template, tokens)))
-    if values.count(None) == len(values):
+    """The rate-limit headers ``names`` (from :func:`rate_limit_names`), resets read by
+    ``reset``; None when the response carried none of them."""
+    limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = map(headers.get, names)
+    if limit_r is remaining_r is reset_r is limit_t is remaining_t is reset_t is None:  # all six absent
         return None
-    limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = values
-    # Plain digits (what providers send) are read here; anything else goes through _int.
-    # (isdecimal, not isdigit: int() refuses "²", which isdigit accepts.)
-    counts = [int(v) if v is not None and v.isdecimal() else _int(v) for v in (limit_r, remaining_r, limit_t, remaining_t)]
+    # Every response carries these (when the provider sends them at all): plain digits,
+    # what providers send, are read inline; anything else goes through _int. (isdecimal,
+    # not isdigit: int() refuses "²", which isdigit accepts.)
     return RateLimitSnapshot(
-        limit_requests=counts[0],
-        remaining_requests=counts[1],
+        limit_requests=int(limit_r) if limit_r is not None and limit_r.isdecimal() else _int(limit_r),
+        remaining_requests=int(remaining_r) if remaining_r is not None and remaining_r.isdecimal() else _int(remaining_r),
         reset_requests=reset(reset_r) if reset_r is not None else None,
-        limit_tokens=counts[2],
-        remaining_tokens=counts[3],
+        limit_tokens=int(limit_t) if limit_t is not None and limit_t.isdecimal() else _int(limit_t),
+        remaining_tokens=int(remaining_t) if remaining_t is not None and remaining_t.isdecimal() else _int(remaining_t),
         reset_tokens=reset(reset_t) if reset_t is not None else None,
     )
 
@@ -700,10 +700,13 @@ class ProviderClient:
         except LLMError:
             raise
         except Exception as exc:
-            raise InvalidRequest(
-                self.adapter.redact(f"the request cannot be written for endpoint {self._name!r}: {type(exc).__name__}: {exc}"),
-                endpoint=self._name,
-            ) from self.adapter.scrub(exc)
+            raise self._unwritable(exc) from self.adapter.scrub(exc)
+
+    def _unwritable(self, exc: Exception) -> InvalidRequest:
+        return InvalidRequest(
+            self.adapter.redact(f"the request cannot be written for endpoint {self._name!r}: {type(exc).__name__}: {exc}"),
+            endpoint=self._name,
+        )
 
     async def _fail(self, resp: aiohttp.ClientResponse) -> ProviderError:
         body = await self._read(resp)
@@ -726,9 +729,15 @@ class ProviderClient:
 
     async def chat(self, request: ChatRequest, timeout: float) -> tuple[ChatResponse, RateLimitSnapshot | None]:
         """One non-streaming chat attempt, bounded by ``timeout`` seconds."""
-        http = self._encode(self.adapter.chat_request, request, stream=False)
+        adapter = self.adapter
+        try:  # _encode's guard, inline: this is every chat's path
+            http = adapter.chat_request(request, stream=False)
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise self._unwritable(exc) from adapter.scrub(exc)
         body, headers = await self._exchange(http, timeout, "reply")
-        return self.adapter.parse_chat(body), self.adapter.rate_limit(headers)
+        return adapter.parse_chat(body), adapter.rate_limit(headers)
 
     async def embed(self, request: EmbeddingRequest, timeout: float) -> tuple[EmbeddingResponse, RateLimitSnapshot | None]:
         """One embeddings attempt, bounded by ``timeout`` seconds."""
@@ -745,9 +754,13 @@ class ProviderClient:
         # timer (see runtime.providers.deadlines); aiohttp's own timer is turned off.
         try:
             with (self._deadlines or self._start_deadlines()).after(timeout):
-                async with self.session.request(
+                # Awaited rather than entered: aiohttp's two context managers are five coroutine
+                # frames a request, and all their exit does is the release() below (reading the
+                # whole body has already handed the connection back).
+                resp = await self.session.request(
                     http.method, http.url, headers=http.headers, data=http.body, timeout=_NO_TIMER
-                ) as resp:
+                )
+                try:
                     if resp.status >= 400:
                         raise await self._fail(resp)
                     body = await self._read(resp)
@@ -755,6 +768,8 @@ class ProviderClient:
                     if what == "reply" and not resp.headers.get(hdrs.CONTENT_TYPE, "").startswith("application/json"):
                         raise self.adapter._protocol(f"expected application/json, got {resp.content_type!r}")
                     return body, resp.headers
+                finally:
+                    resp.release()
         except LLMError:
             raise
         except TimeoutError as exc:

@@ -82,6 +82,7 @@ from .base import (
     error_class_for_status,
     looks_like_context_overflow,
     parse_go_duration,
+    rate_limit_names,
     rate_limit_snapshot,
     response_schema,
     undecodable,
@@ -213,6 +214,7 @@ _COMPLETION_RULES = rules_for(("presence_penalty", "frequency_penalty", "logit_b
 # vLLM's way to continue the final assistant message; it refuses the first without the second.
 _CONTINUE: dict[str, Any] = {"continue_final_message": True, "add_generation_prompt": False}
 # "Please try again in 6ms." / "in 20s." / "in 1m30s." in OpenAI's 429 messages
+_RATE_LIMIT_HEADERS = rate_limit_names("x-ratelimit-{field}-{kind}")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|h|m|s))+)")
 
 
@@ -548,7 +550,7 @@ class OpenAIAdapter(Adapter):
 
     def rate_limit(self, headers: Mapping[str, str]) -> RateLimitSnapshot | None:
         """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``; resets are Go durations."""
-        return rate_limit_snapshot(headers, "x-ratelimit-{field}-{kind}", parse_go_duration)
+        return rate_limit_snapshot(headers, _RATE_LIMIT_HEADERS, parse_go_duration)
 
 
 class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
