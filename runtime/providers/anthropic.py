@@ -326,10 +326,8 @@ class AnthropicAdapter(Adapter):
         if fmt is not None and fmt.get("type") in ("json_schema", "json_object"):
             _force_output_tool(body, fmt)
         if request.seed is not None:
-            unsupported("seed", request, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported)
-        apply_params(
-            body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
-        )
+            unsupported("seed", request, self)
+        apply_params(body, request, _PARAM_RULES, self)
         headers = with_extra_headers(self._stream_headers if stream else self._headers, request)
         return HTTPRequest("POST", self._url, headers, _encode(body))
 

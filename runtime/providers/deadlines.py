@@ -15,6 +15,7 @@ clock has nothing of ours to jump to.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 import msgspec
 
 __all__ = ["Bound", "Deadlines"]
+
+# The timer's callback reads no context variable: one empty context serves every arming,
+# instead of the copy of the caller's that call_at makes by default.
+_NO_CONTEXT = contextvars.Context()
 
 
 class Deadlines:
@@ -51,7 +56,7 @@ class Deadlines:
         if self._handle is not None:
             self._handle.cancel()
         self._armed = when
-        self._handle = self._loop.call_at(when, self._fire)
+        self._handle = self._loop.call_at(when, self._fire, context=_NO_CONTEXT)
 
     def _fire(self) -> None:
         # The loop runs a timer up to its clock resolution early: what was armed for is due.

@@ -174,7 +174,7 @@ class OllamaAdapter(Adapter):
             body["tools"] = request.tools
         if choice is not None and choice not in ("auto", "none"):
             # Ollama cannot be made to call a tool: "required" or a named tool has no equivalent
-            unsupported("tool_choice", request, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported)
+            unsupported("tool_choice", request, self)
         fmt = request.response_format
         if fmt is not None:
             kind = fmt.get("type")
@@ -182,9 +182,7 @@ class OllamaAdapter(Adapter):
                 body["format"] = "json"
             elif (wanted := response_schema(fmt)) is not None:
                 body["format"] = wanted[1]
-        apply_params(
-            body, request, _PARAM_RULES, endpoint=self.name, provider=self.provider, drop=self.endpoint.drop_unsupported
-        )
+        apply_params(body, request, _PARAM_RULES, self)
         url = self._generate_url if completion else self._chat_url
         return HTTPRequest("POST", url, with_extra_headers(self._headers, request), _encode(body))
 

@@ -202,6 +202,7 @@ class _EmbeddingListView(_View):
     usage: _UsageView | None = None
 
 
+_NO_MESSAGE = _MessageView()
 _completion_decoder = msgspec.json.Decoder(_CompletionView)
 _chunk_decoder = msgspec.json.Decoder(_ChunkView)
 _embedding_decoder = msgspec.json.Decoder(_EmbeddingListView)
@@ -397,7 +398,7 @@ class OpenAIAdapter(Adapter):
         body: dict[str, Any] = (
             {"model": self._model, "prompt": request.messages[0].text}
             if completion
-            else {"model": self._model, "messages": [_wire_message(m) for m in request.messages]}
+            else {"model": self._model, "messages": list(map(_wire_message, request.messages))}
         )
         if stream:
             body["stream"] = True
@@ -420,10 +421,7 @@ class OpenAIAdapter(Adapter):
             body["response_format"] = request.response_format  # json_object / json_schema, as given
         if request.seed is not None:
             body["seed"] = request.seed
-        apply_params(
-            body, request, _COMPLETION_RULES if completion else self.param_rules, endpoint=self.name,
-            provider=self.provider, drop=self.endpoint.drop_unsupported,
-        )
+        apply_params(body, request, _COMPLETION_RULES if completion else self.param_rules, self)
         headers = with_extra_headers(self._stream_headers if stream else self._json_headers, request)
         return HTTPRequest("POST", self._completions_url if completion else self._chat_url, headers, _encode(body))
 
@@ -459,8 +457,13 @@ class OpenAIAdapter(Adapter):
         choice = choices_in[0]
         if choice.index != 0:  # choice 0 is the reply, wherever the provider put it
             choice = next((c for c in choices_in if c.index == 0), choice)
-        message = choice.message or _MessageView()
-        text, calls = _choice_content(choice)
+        message = choice.message
+        calls: list[ToolCall]
+        if message is not None and not message.tool_calls:  # a plain reply, read here
+            text, calls = message.content or message.refusal or "", []
+        else:
+            text, calls = _choice_content(choice)
+            message = message or _NO_MESSAGE
         finish = choice.finish_reason
         if finish == "content_filter" and not text and not calls:
             raise ContentFiltered(

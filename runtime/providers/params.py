@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._logging import logger
 from ..errors import InvalidRequest
 from ..types import ChatRequest
+
+if TYPE_CHECKING:  # the adapters import this module
+    from .base import Adapter
 
 __all__ = ["OPENAI_RULES", "PARAMS", "Rule", "apply_params", "as_is", "in_options", "unsupported", "with_extra_headers"]
 
@@ -90,13 +93,9 @@ def rules_for(names: Iterable[str]) -> dict[str, Rule]:
 OPENAI_RULES: Mapping[str, Rule] = rules_for(PARAMS)
 
 
-def apply_params(
-    body: dict[str, Any], request: ChatRequest, rules: Mapping[str, Rule], *, endpoint: str, provider: str, drop: bool
-) -> None:
-    """Put the request's extra parameters on ``body`` by ``rules``, then merge ``extra_body``.
-
-    ``drop`` is the endpoint's ``drop_unsupported``; the request's own flag also counts.
-    """
+def apply_params(body: dict[str, Any], request: ChatRequest, rules: Mapping[str, Rule], adapter: Adapter) -> None:
+    """Put the request's extra parameters on ``body`` by ``rules``, then merge ``extra_body``;
+    a parameter without a rule is :func:`unsupported` on ``adapter``'s endpoint."""
     values = _params_of(request)
     if values != _NONE_SET:
         for name, value in zip(PARAMS, values, strict=True):
@@ -106,15 +105,16 @@ def apply_params(
             if rule is not None:
                 rule(body, value, request)
             else:
-                unsupported(name, request, endpoint=endpoint, provider=provider, drop=drop)
+                unsupported(name, request, adapter)
     if request.extra_body:
         body.update(request.extra_body)
 
 
-def unsupported(name: str, request: ChatRequest, *, endpoint: str, provider: str, drop: bool) -> None:
+def unsupported(name: str, request: ChatRequest, adapter: Adapter) -> None:
     """A parameter the provider has no equivalent for: dropped (with a DEBUG line) when the
-    endpoint's ``drop`` or the request's ``drop_unsupported`` says so, else refused."""
-    if drop or request.drop_unsupported:
+    endpoint's ``drop_unsupported`` or the request's says so, else refused."""
+    provider, endpoint = adapter.provider, adapter.name
+    if adapter.endpoint.drop_unsupported or request.drop_unsupported:
         logger.debug("dropped %s: %s has no equivalent (endpoint %r)", name, provider, endpoint)
         return
     raise InvalidRequest(
