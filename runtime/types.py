@@ -106,8 +106,8 @@ class Message(Struct):
         return "".join(p.text for p in content if isinstance(p, TextPart))
 
 
-class Usage(Struct):
-    """Token counts of one reply.
+class Usage(Struct, gc=False):
+    """Token counts of one reply (numbers and a flag: untracked by the collector, cheaper to make).
 
     ``estimated`` is true when the provider reported nothing and the runtime counted
     the tokens itself; the provider's own figures always win when it reports them.
@@ -121,8 +121,9 @@ class Usage(Struct):
     estimated: bool = False
 
 
-class RateLimitSnapshot(FrozenStruct, frozen=True):
-    """What a provider's rate-limit headers said; resets are seconds from when it was read."""
+class RateLimitSnapshot(FrozenStruct, frozen=True, gc=False):
+    """What a provider's rate-limit headers said; resets are seconds from when it was read
+    (numbers only: untracked by the collector)."""
 
     limit_requests: int | None = None
     remaining_requests: int | None = None

@@ -369,8 +369,9 @@ def _params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def chat_request(
+    # Positional-or-keyword (callers name them): a keyword-only parameter left out costs a
+    # dict lookup for its default on every call, a defaulted positional one does not.
     messages: Any,
-    *,
     system: Any = None,
     model: Any = None,
     max_tokens: Any = None,

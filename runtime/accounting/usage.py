@@ -121,7 +121,8 @@ class UsageLedger:
         model: str | None,
         usage: Usage | None = None,
         cost_usd: float = 0.0,
-        *,
+        # Not keyword-only (callers name them): a keyword-only parameter left out costs a
+        # dict lookup for its default on every call.
         error: str | None = None,
         cached: bool = False,
         priced: bool = True,

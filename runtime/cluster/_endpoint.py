@@ -75,13 +75,9 @@ def endpoint_keys(prefix: str, endpoint: str) -> tuple[str, str]:
 class SharedReservation(Reservation):
     """A reservation that Redis confirmed: its lease and the TPM estimate it holds there."""
 
-    __slots__ = ("confirmed", "lease", "need")
-
-    def __init__(self, tokens: int) -> None:
-        super().__init__(tokens)
-        self.confirmed = False
-        self.lease = ""
-        self.need = 0.0
+    confirmed: bool = False
+    lease: str = ""
+    need: float = 0.0
 
 
 class Share(Protocol):

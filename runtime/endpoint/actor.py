@@ -82,7 +82,7 @@ class EndpointStatistics(FrozenStruct, frozen=True):
     probes: ProbeScheduleStats
 
 
-class Permit(msgspec.Struct, eq=False):
+class Permit(msgspec.Struct, eq=False, gc=False):
     """One admitted attempt's hold on its endpoint (a concurrency slot, a limiter
     reservation, maybe a half-open trial), settled exactly once.
 
@@ -91,7 +91,8 @@ class Permit(msgspec.Struct, eq=False):
     counts as nothing) unless the holder settled it inside; a block that ends normally
     leaves it to the holder, which settles it or hands it on. Settling twice is a no-op,
     so an owner may settle on every exit path without counting. (A struct: made in C,
-    one Python ``__init__`` less per attempt; compared by identity.)
+    one Python ``__init__`` less per attempt; compared by identity; untracked by the
+    collector: nothing it holds, the actor included, refers back to a permit.)
     """
 
     _actor: EndpointActor

@@ -35,6 +35,8 @@ from __future__ import annotations
 import math
 import sys
 
+import msgspec
+
 from ..types import FrozenStruct, RateLimitSnapshot
 
 __all__ = ["HEAD_OF_LINE_GRACE", "Limiter", "LimiterStats", "Reservation", "TokenBucket"]
@@ -48,14 +50,13 @@ HEAD_OF_LINE_GRACE = 2.0
 LOW_REMAINING = 0.2
 
 
-class Reservation:
-    """One admitted request's hold on the limiter; give it back with :meth:`Limiter.release`."""
+class Reservation(msgspec.Struct, eq=False, gc=False):
+    """One admitted request's hold on the limiter; give it back with :meth:`Limiter.release`.
+    (A struct made in C, one Python ``__init__`` less per admission; compared by identity;
+    untracked by the collector: it holds only numbers and flags, so it is in no cycle.)"""
 
-    __slots__ = ("released", "tokens")
-
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-        self.released = False
+    tokens: int
+    released: bool = False
 
     def __repr__(self) -> str:
         return f"<Reservation {self.tokens} tokens{' released' if self.released else ''}>"
