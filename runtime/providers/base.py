@@ -803,6 +803,7 @@ class ChunkStream:
         "_chars",
         "_client",
         "_deadline",
+        "_deadlines",
         "_decoder",
         "_ended",
         "_idle",
@@ -817,7 +818,8 @@ class ChunkStream:
         self._decoder = client.adapter.stream_decoder()
         self._resp: aiohttp.ClientResponse | None = None
         self._pending: list[StreamChunk] = []
-        self._deadline = client.deadlines.time() + first_chunk_timeout
+        self._deadlines = client.deadlines  # read per chunk: held, not looked up through the client
+        self._deadline = self._deadlines.time() + first_chunk_timeout
         self._timeout = first_chunk_timeout
         self._idle = idle_timeout
         self._what = "first chunk"
@@ -827,7 +829,7 @@ class ChunkStream:
     async def _open(self, http: HTTPRequest) -> None:
         client = self._client
         try:
-            with client.deadlines.at(self._deadline):
+            with self._deadlines.at(self._deadline):
                 resp = await client.session.request(
                     http.method, http.url, headers=http.headers, data=http.body, timeout=_NO_TIMER
                 )
@@ -867,7 +869,7 @@ class ChunkStream:
         content = self._resp.content
         decoder = self._decoder
         try:
-            with self._client.deadlines.at(self._deadline):
+            with self._deadlines.at(self._deadline):
                 while True:
                     data = await content.readany()
                     chunks = decoder.feed(data) if data else self._finish()
@@ -885,7 +887,7 @@ class ChunkStream:
         if self._what == "first chunk":
             self._what = "next chunk"
             self._timeout = self._idle
-        self._deadline = self._client.deadlines.time() + self._timeout
+        self._deadline = self._deadlines.time() + self._timeout
         if not chunks:
             raise StopAsyncIteration
         first = chunks[0]
