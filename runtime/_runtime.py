@@ -129,6 +129,11 @@ class Runtime:
         # [shared]: breakers, limiters and budgets shared through Redis (redis-py is imported
         # only then); without it, everything is in-process.
         self._shared = _shared_state(shared, self._rng)
+        self._set_up_accounting(cache, budget)
+
+    def _set_up_accounting(self, cache: CachePolicy | None, budget: Budget | None) -> None:
+        """The response cache and the budget guards (the runtime's and each endpoint's), on
+        the shared state when there is one; the guards' remainders on the budget gauge."""
         store = None
         if cache is not None and self._shared is not None and self._shared.policy.cache:
             store = self._shared.cache_store(cache.max_entries)
@@ -136,7 +141,7 @@ class Runtime:
         new_guard: Callable[..., BudgetGuard] = BudgetGuard if self._shared is None else self._shared.budget_guard
         self._new_guard = new_guard
         self.budget_guard = new_guard(budget) if budget is not None else None
-        self._endpoint_budgets = {ep.name: new_guard(ep.budget, scope=ep.name) for ep in endpoints if ep.budget}
+        self._endpoint_budgets = {ep.name: new_guard(ep.budget, scope=ep.name) for ep in self.endpoints if ep.budget}
         for name, guard in self._endpoint_budgets.items():
             self.metrics.observe_budget(guard.remaining, scope=name)
         if self.budget_guard is not None:

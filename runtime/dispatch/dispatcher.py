@@ -258,14 +258,12 @@ class Dispatcher:
     ) -> Outcome[T]:
         """Run ``attempt(actor, timeout)`` on chosen endpoints until one succeeds.
 
-        ``tokens`` is what the limiter reserves (prompt + max_tokens) and ``prompt_tokens``
-        what must fit an endpoint's context window together with the reply. With
-        ``settle`` false the winning permit stays open for the caller to settle (streams).
-        ``hedge`` hedges every attempt of this request. Each attempt is appended to
-        ``trail`` (a new list when None) however the run ends; ``Outcome.attempts`` is it.
-        A trail that already holds attempts is a request walking on (a stream restarting
-        after its answer failed): see :meth:`_Walk.resume`. ``now`` is the loop time the
-        run starts at, when the caller has just read it (None: read here).
+        ``tokens`` is what the limiter reserves (prompt + max_tokens), ``prompt_tokens`` what
+        must fit a context window with the reply. With ``settle`` false the winning permit
+        stays open for the caller to settle (streams). ``hedge`` hedges every attempt. Each
+        attempt is appended to ``trail`` (a new list when None; ``Outcome.attempts``) however
+        the run ends; one that holds attempts already is a request walking on (a stream
+        restarting: :meth:`_Walk.resume`). ``now``: the loop time, if the caller just read it.
         """
         clock = asyncio.get_running_loop().time
         if now is None:
