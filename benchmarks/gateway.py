@@ -182,14 +182,25 @@ def bare_modes(session: aiohttp.ClientSession, urls: dict[str, tuple[str, str]])
 async def cpu_table(
     modes: dict[str, Callable[[], Awaitable[None]]], pids: dict[str, int], upstream_pid: int, n: int, concurrency: int
 ) -> None:
-    """CPU each server process spends per request, at ``concurrency`` (bare client)."""
-    for name, fn in modes.items():
-        pid = pids.get(name)
-        c0, u0 = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(upstream_pid)
-        await throughput(fn, n, concurrency)
-        gw = (cpu_seconds(pid) - c0) / n * 1e6 if pid else 0.0
-        up = (cpu_seconds(upstream_pid) - u0) / n * 1e6
-        print(f"{name:<24} in front {gw:>6.0f} µs/req   upstream {up:>6.0f} µs/req")
+    """CPU each server process spends per request, at ``concurrency`` (bare client): ``n``
+    requests per mode in each of ROUNDS alternating rounds, the median round and the range
+    (one pass per mode read the load of that moment as the mode's cost)."""
+    front: dict[str, list[float]] = {name: [] for name in modes}
+    upstream: dict[str, list[float]] = {name: [] for name in modes}
+    per_round = max(1, n // ROUNDS)
+    for _ in range(ROUNDS):
+        for name, fn in modes.items():
+            pid = pids.get(name)
+            c0, u0 = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(upstream_pid)
+            await throughput(fn, per_round, concurrency)
+            front[name].append((cpu_seconds(pid) - c0) / per_round * 1e6 if pid else 0.0)
+            upstream[name].append((cpu_seconds(upstream_pid) - u0) / per_round * 1e6)
+    for name in modes:
+        gw, up = front[name], upstream[name]
+        print(
+            f"{name:<24} in front {statistics.median(gw):>6.0f} µs/req ({min(gw):.0f}–{max(gw):.0f})   "
+            f"upstream {statistics.median(up):>6.0f} µs/req"
+        )
 
 
 def litellm_proxy(upstream: str, directory: Path) -> tuple[subprocess.Popen[str], str] | None:
@@ -263,8 +274,8 @@ async def run(args: argparse.Namespace) -> None:
             print(f"\nbare aiohttp client, concurrency {args.concurrency}, throughput ({ROUNDS} alternating rounds)")
             await throughput_table(bare, args.requests * 2, args.concurrency)
             for concurrency in (1, 16):
-                print(f"\nCPU per request of each server process (bare client, concurrency {concurrency})")
-                await cpu_table(bare, pids, upstream_proc.pid, args.requests, concurrency)
+                print(f"\nCPU per request of each server process (bare client, concurrency {concurrency}, {ROUNDS} alternating rounds)")
+                await cpu_table(bare, pids, upstream_proc.pid, args.requests * 2, concurrency)
             for c in clients.values():
                 await c.close()
             await session.close()
