@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["pct", "samples", "start_child", "start_server", "throughput"]
+__all__ = ["install_otel_sdk", "pct", "samples", "start_child", "start_server", "throughput"]
 
 
 def start_server(*flags: str, dialect: str = "openai") -> tuple[subprocess.Popen[str], str]:
@@ -72,3 +72,18 @@ async def throughput(fn: Callable[[], Awaitable[None]], total: int, concurrency:
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return total / (time.perf_counter() - t0)
+
+
+def install_otel_sdk(traces: bool = True, metrics: bool = True) -> None:
+    """The global OpenTelemetry SDK providers: a tracer provider that records every span (no
+    exporter: its cost is the SDK's, not the network's), a meter provider aggregating in memory."""
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if traces:
+        trace.set_tracer_provider(TracerProvider())
+    if metrics:
+        otel_metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))

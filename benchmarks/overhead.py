@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import msgspec
-from _common import pct, samples, start_server, throughput
+from _common import install_otel_sdk, pct, samples, start_server, throughput
 
 from runtime import Endpoint, HealthPolicy, Runtime
 
@@ -174,18 +174,6 @@ async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requ
             f"{statistics.median(ratios):>6.2f}× bare (rounds {min(ratios):.2f}–{max(ratios):.2f})   "
             f"CPU {per * 1e6:.1f} µs/req (added {(per - base_cpu) * 1e6:.1f})"
         )
-
-
-def install_otel_sdk() -> None:
-    """A tracer provider that records every span (no exporter: its cost is the SDK's, not
-    the network's) and a meter provider aggregating in memory."""
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-
-    trace.set_tracer_provider(TracerProvider())
-    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
 def litellm_router(base_url: str) -> object | None:

@@ -27,6 +27,8 @@ import time
 import timeit
 from collections.abc import Awaitable, Callable
 
+from _common import install_otel_sdk
+
 from runtime import Endpoint, HealthPolicy, Runtime
 
 MODES = ("off", "traces", "metrics", "both")
@@ -35,15 +37,7 @@ OPERATIONS = ("chat", "stream", "embed")
 
 def install(mode: str) -> None:
     """The SDK providers of ``mode``."""
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-
-    if mode in ("traces", "both"):
-        trace.set_tracer_provider(TracerProvider())
-    if mode in ("metrics", "both"):
-        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    install_otel_sdk(traces=mode in ("traces", "both"), metrics=mode in ("metrics", "both"))
 
 
 async def worker(mode: str) -> None:
