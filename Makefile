@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/admission.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/opcodes.py
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/tokens.py
 	$(BIN)/python benchmarks/chat_streaming.py
