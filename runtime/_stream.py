@@ -126,6 +126,7 @@ class ReplyStream:
         the first answer; for a recovery it is the text the caller has ("" when it cannot
         be continued), and :class:`Recovery` says what each endpoint is sent."""
         pipeline, request, trim, recovery = self._pipeline, self._options.request, self._options.trim, self._recovery
+        deadline = self._call.deadline
 
         async def attempt(actor: EndpointActor, timeout: float) -> _Opened:
             sent = pipeline.fit(request, actor) if trim else request
@@ -134,7 +135,9 @@ class ReplyStream:
                 sent, mode = recovery.request_for(actor, sent, partial or None)
             first = min(actor.first_chunk_timeout, timeout)
             until = asyncio.get_running_loop().time() + first
-            chunks = await actor.client.stream(sent, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout)
+            chunks = await actor.client.stream(
+                sent, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout, deadline=deadline
+            )
             try:
                 return _Opened(chunks, await first_content(chunks, until, first, actor.name), mode, sent)
             except BaseException:
@@ -167,15 +170,13 @@ class ReplyStream:
             if self._ended or chunks is None:
                 raise StopAsyncIteration
             try:
-                async with asyncio.timeout_at(self._call.deadline):
-                    chunk = await chunks.__anext__()
+                chunk = await chunks.__anext__()  # bounded by the request's deadline too (see _attempt)
             except StopAsyncIteration:
                 self._complete()
                 raise
-            except TimeoutError as exc:
-                cause = Timeout("the request's deadline passed mid-stream", endpoint=self.endpoint)
-                raise self._interrupted(self._failed(cause)) from exc
             except LLMError as exc:
+                if chunks.past_deadline and isinstance(exc, Timeout):
+                    raise self._interrupted(self._failed(exc)) from exc  # no time left to recover in
                 error = await self._recover(exc)
                 if error is not None:
                     raise error from exc

@@ -782,11 +782,12 @@ class ProviderClient:
         return self.adapter.continuation(request, partial)
 
     async def stream(
-        self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float
+        self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float, deadline: float = math.inf
     ) -> ChunkStream:
-        """Open one streaming chat attempt; the response headers must come within ``first_chunk_timeout``."""
+        """Open one streaming chat attempt; the response headers must come within
+        ``first_chunk_timeout``, and no read outlives ``deadline`` (loop time: the request's)."""
         http = self._encode(self.adapter.chat_request, request, stream=True)
-        stream = ChunkStream(self, first_chunk_timeout, idle_timeout)
+        stream = ChunkStream(self, first_chunk_timeout, idle_timeout, deadline)
         await stream._open(http)
         return stream
 
@@ -795,8 +796,11 @@ class ChunkStream:
     """An open streamed reply: an async iterator of :class:`StreamChunk`.
 
     The first chunk must come within ``first_chunk_timeout`` seconds of the request and
-    each later one within ``idle_timeout`` of the one before (keep-alives do not count).
-    ``aclose()`` closes the connection at once, so the server sees the client leave.
+    each later one within ``idle_timeout`` of the one before (keep-alives do not count),
+    all of them by ``deadline`` (loop time), the request's: one bound per read holds the
+    earlier of the two, where a timeout of the caller's around every chunk cost a loop
+    timer armed and cancelled per chunk. ``aclose()`` closes the connection at once, so
+    the server sees the client leave.
     """
 
     __slots__ = (
@@ -810,16 +814,20 @@ class ChunkStream:
         "_pending",
         "_resp",
         "_timeout",
+        "_until",
         "_what",
     )
 
-    def __init__(self, client: ProviderClient, first_chunk_timeout: float, idle_timeout: float) -> None:
+    def __init__(
+        self, client: ProviderClient, first_chunk_timeout: float, idle_timeout: float, deadline: float = math.inf
+    ) -> None:
         self._client = client
         self._decoder = client.adapter.stream_decoder()
         self._resp: aiohttp.ClientResponse | None = None
         self._pending: list[StreamChunk] = []
         self._deadlines = client.deadlines  # read per chunk: held, not looked up through the client
-        self._deadline = self._deadlines.time() + first_chunk_timeout
+        self._until = deadline
+        self._deadline = min(self._deadlines.time() + first_chunk_timeout, deadline)
         self._timeout = first_chunk_timeout
         self._idle = idle_timeout
         self._what = "first chunk"
@@ -856,6 +864,12 @@ class ChunkStream:
         """The rate-limit headers the response carried."""
         return self._client.adapter.rate_limit(self._resp.headers) if self._resp is not None else None
 
+    @property
+    def past_deadline(self) -> bool:
+        """Whether the request's deadline, not a chunk timeout, bounds the read now (or
+        bounded the read that timed out)."""
+        return self._deadline >= self._until
+
     def __aiter__(self) -> ChunkStream:
         return self
 
@@ -887,7 +901,8 @@ class ChunkStream:
         if self._what == "first chunk":
             self._what = "next chunk"
             self._timeout = self._idle
-        self._deadline = self._deadlines.time() + self._timeout
+        bound = self._deadlines.time() + self._timeout
+        self._deadline = bound if bound < self._until else self._until  # min(), a call less per read
         if not chunks:
             raise StopAsyncIteration
         first = chunks[0]
@@ -910,6 +925,8 @@ class ChunkStream:
         if isinstance(exc, LLMError):
             return exc
         if isinstance(exc, TimeoutError):
+            if self.past_deadline:
+                return Timeout("the request's deadline passed mid-stream", endpoint=client._name, provider=client._provider)
             return client._timeout(self._timeout, self._what)
         if isinstance(exc, (aiohttp.ClientError, OSError)):
             return client._connection(exc, streamed)

@@ -114,8 +114,11 @@ class MockClient:
         """None: a canned answer cannot continue anything, so a recovered stream restarts."""
         return None
 
-    async def stream(self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float) -> MockStream:
-        """The mock reply as a stream of word chunks, then a finish chunk with usage."""
+    async def stream(
+        self, request: ChatRequest, *, first_chunk_timeout: float, idle_timeout: float, deadline: float = math.inf
+    ) -> MockStream:
+        """The mock reply as a stream of word chunks, then a finish chunk with usage. It
+        never waits for a chunk, so no timeout or deadline can pass in a read."""
         await asyncio.sleep(0)
         words, finish, usage = self._reply(request)
         chunks = [StreamChunk(text=word, model=self._model) for word in words]
@@ -139,6 +142,11 @@ class MockStream:
     def rate_limit(self) -> RateLimitSnapshot | None:
         """Mock endpoints send no rate-limit headers."""
         return None
+
+    @property
+    def past_deadline(self) -> bool:
+        """Never: a read does not wait (see :meth:`MockClient.stream`)."""
+        return False
 
     def __aiter__(self) -> MockStream:
         return self
