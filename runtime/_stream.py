@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import NamedTuple
 
-import anyio
 import msgspec
 
 from ._assembly import PartialReply, first_content
@@ -134,7 +133,7 @@ class ReplyStream:
             if partial is not None:
                 sent, mode = recovery.request_for(actor, sent, partial or None)
             first = min(actor.first_chunk_timeout, timeout)
-            until = asyncio.get_running_loop().time() + first
+            until = pipeline.clock() + first
             chunks = await actor.client.stream(
                 sent, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout, deadline=deadline
             )
@@ -150,7 +149,7 @@ class ReplyStream:
         """Take over the stream an attempt opened, with its endpoint's permit."""
         self._chunks, self._sent = outcome.value.chunks, outcome.value.sent
         self._actor, self._permit = outcome.actor, outcome.permit
-        self._first_at = anyio.current_time()
+        self._first_at = self._pipeline.clock()
         self._served_from = len(self._answer.text) if outcome.value.mode == "continue" else 0
 
     async def __aexit__(
@@ -196,7 +195,7 @@ class ReplyStream:
         """Settle the serving endpoint's permit with ``cause`` and say so in the trail."""
         actor = self._settle(cause)
         if actor is not None:
-            self._call.attempt_failed(actor.name, cause, anyio.current_time() - self._first_at)
+            self._call.attempt_failed(actor.name, cause, self._pipeline.clock() - self._first_at)
             self._charge(actor)
         return cause
 
@@ -334,7 +333,7 @@ class ReplyStream:
         finally:
             # Leaving early is the caller's choice: it counts as nothing against the endpoint.
             # Settled even when closing failed or was cancelled: the stream owns the permit.
-            cancelled = anyio.get_cancelled_exc_class()()
+            cancelled = asyncio.CancelledError()
             if self._settle(cancelled) is not None:
                 self._call.fail(cancelled)
 
@@ -345,5 +344,5 @@ class ReplyStream:
         if permit is None:
             return None
         self._permit = None
-        permit.settle(outcome, anyio.current_time(), tokens)
+        permit.settle(outcome, self._pipeline.clock(), tokens)
         return permit.actor
