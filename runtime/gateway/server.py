@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -52,6 +53,8 @@ _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _JSON = "application/json"
 # New request ids: random per process, then a counter (unique, and cheaper than random per request).
 _PROCESS_ID = secrets.token_hex(6) + "-"
+# Where a decoded body routes to: every body kind names it ``model``.
+_model_named = operator.attrgetter("model")
 _SERIAL = itertools.count(1)
 # The one route with a parameter: /v1/models/{model}.
 _MODEL_PREFIX = "/v1/models/"
@@ -83,8 +86,9 @@ class Gateway:
         self.draining = False
         self.counts: dict[tuple[str, int], int] = {}
         self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Set by drain() while it waits for the last request in flight: an Event set and
+        # cleared around every request cost two calls a request to serve a wait at shutdown.
+        self._idle: asyncio.Future[None] | None = None
         self._runner: web.ServerRunner | None = None
         self._sites: list[web.TCPSite] = []
         self.host = self.config.host
@@ -163,7 +167,9 @@ class Gateway:
             await site.stop()
         # The grace period is owed to the requests in flight, even if the caller is cancelled.
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.rt.shutdown_grace) as waited:
-            await self._idle.wait()
+            if self._in_flight:
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
         if waited.cancelled_caught:
             logger.warning("drain: %d requests still in flight after %gs", self._in_flight, self.rt.shutdown_grace)
         with anyio.CancelScope(shield=True):
@@ -205,7 +211,6 @@ class Gateway:
             response = self._failure(rid, dialect, Failure(503, "overloaded", why, retry_after=1))
         else:
             self._in_flight += 1
-            self._idle.clear()
             try:
                 response = await handler(request, rid)
             except Exception:
@@ -214,8 +219,9 @@ class Gateway:
                 response = self._failure(rid, dialect, Failure(500, "internal_error", f"the gateway failed (request id {rid})"))
             finally:
                 self._in_flight -= 1
-                if self._in_flight == 0:
-                    self._idle.set()
+                idle = self._idle
+                if idle is not None and self._in_flight == 0 and not idle.done():
+                    idle.set_result(None)
         if not response.prepared:
             response.headers["x-request-id"] = rid
             if self.draining:
@@ -291,11 +297,10 @@ class Gateway:
             return self._failure(rid, dialect, routing)
         return client, body, routing
 
-    async def _admit(self, client: ClientKey | None, tokens: Callable[[], int]) -> Grant | Failure | None:
+    async def _admit(self, client: ClientKey, tokens: Callable[[], int]) -> Grant | Failure:
         """Take the request's share of its key's limits and budget (``tokens()``: its estimate,
-        asked only when a limit reads it), or the 429 saying when to come back."""
-        if client is None:
-            return None
+        asked only when a limit reads it), or the 429 saying when to come back. Awaited only
+        with a key: without one there is nothing to take, and no coroutine to make."""
         try:
             granted = await client.admit(tokens() if client.counts_tokens else 1, _now())
         except LLMError as exc:  # the key's budget is spent
@@ -342,7 +347,7 @@ class Gateway:
         return await self._chat(request, rid, FACES["anthropic"])
 
     async def _chat(self, request: web.BaseRequest, rid: str, face: Face) -> web.StreamResponse:
-        intake = await self._intake(request, rid, face.dialect, face.decode, lambda call: call.model)
+        intake = await self._intake(request, rid, face.dialect, face.decode, _model_named)
         if isinstance(intake, web.Response):
             return intake
         client, call, routing = intake
@@ -352,7 +357,7 @@ class Gateway:
                 return self._failure(rid, face.dialect, recovery)
             routing = {**routing, "on_interrupt": recovery}
         # The key's share is taken last: every refusal above holds nothing.
-        grant = await self._admit(client, lambda: self._estimate(call))
+        grant = await self._admit(client, lambda: self._estimate(call)) if client is not None else None
         if isinstance(grant, Failure):
             return self._failure(rid, face.dialect, grant, client.headers(_now()) if client else None)
         settled = False
@@ -418,12 +423,12 @@ class Gateway:
     # --- embeddings, models, operations ---------------------------------------------------------
 
     async def _embeddings(self, request: web.BaseRequest, rid: str) -> web.StreamResponse:
-        intake = await self._intake(request, rid, "openai", lambda raw: decode(raw, openai_wire.EmbeddingBody), lambda b: b.model)
+        intake = await self._intake(request, rid, "openai", lambda raw: decode(raw, openai_wire.EmbeddingBody), _model_named)
         if isinstance(intake, web.Response):
             return intake
         client, body, routing = intake
         texts = [body.input] if isinstance(body.input, str) else body.input
-        grant = await self._admit(client, lambda: sum(len(t) for t in texts) // 4 + 1)
+        grant = await self._admit(client, lambda: sum(len(t) for t in texts) // 4 + 1) if client is not None else None
         if isinstance(grant, Failure):
             return self._failure(rid, "openai", grant, client.headers(_now()) if client else None)
         settled = False
@@ -443,7 +448,7 @@ class Gateway:
     async def _count_tokens(self, request: web.BaseRequest, rid: str) -> web.StreamResponse:
         """Anthropic's token count of a prompt, by the runtime's estimator for the route's first model."""
         intake = await self._intake(
-            request, rid, "anthropic", lambda raw: decode(raw, anthropic_wire.CountTokensBody), lambda b: b.model
+            request, rid, "anthropic", lambda raw: decode(raw, anthropic_wire.CountTokensBody), _model_named
         )
         if isinstance(intake, web.Response):
             return intake
