@@ -81,13 +81,13 @@ class LatencyTracker:
         "_counts",
         "_decay",
         "_ewma",
-        "_filled",
         "_last_at",
-        "_pos",
+        "_observed",
         "_rate",
         "_ring",
         "_size",
         "_sorted",
+        "_sorted_at",
         "_successes",
         "last_error",
         "last_error_at",
@@ -103,11 +103,14 @@ class LatencyTracker:
         self._last_at: float | None = None
         self._ring = array("d", bytes(8 * samples))
         self._size = samples
-        self._pos = 0
-        self._filled = 0
-        self._sorted: list[float] | None = None  # cache, dropped on each new sample
-        # Successes counted apart from the other kinds: one attribute add per sample, not a dict update.
-        self._successes = 0
+        # Samples observed so far: sample k sits at k % samples, and the ring holds
+        # min(observed, samples) of them. One counter says where to write, how full the
+        # ring is and how many successes there were: a sample costs one add, not four.
+        self._observed = 0
+        # The sorted ring for percentiles, made when read, as of ``_sorted_at`` samples.
+        self._sorted: list[float] = []
+        self._sorted_at = 0
+        self._successes = 0  # successes counted by count() (observe counts its own)
         self._counts: dict[str, int] = {}
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -129,14 +132,9 @@ class LatencyTracker:
                 weight = 1.0 - x * (1.0 - 0.5 * x) if x < 1e-3 else _exp(-x)
                 self._ewma = latency + (ewma - latency) * weight
         self._last_at = now
-        pos = self._pos
-        self._ring[pos] = latency
-        pos += 1
-        self._pos = 0 if pos == self._size else pos
-        if self._filled < self._size:
-            self._filled += 1
-        self._sorted = None
-        self._successes += 1
+        n = self._observed
+        self._ring[n % self._size] = latency
+        self._observed = n + 1
 
     def count(self, kind: str, n: int = 1) -> None:
         """Count ``n`` calls that ended as ``kind`` (``failure``, ``ignored``, ``throttled``,
@@ -181,16 +179,18 @@ class LatencyTracker:
     @property
     def samples(self) -> int:
         """How many samples the percentiles rest on."""
-        return self._filled
+        return min(self._observed, self._size)
 
     def percentile(self, q: float) -> float | None:
         """The ``q``-quantile (0 < q ≤ 1, nearest rank) of recent latencies; None before any."""
-        filled = self._filled
-        if not filled:
+        observed = self._observed
+        if not observed:
             return None
+        filled = min(observed, self._size)
         ordered = self._sorted
-        if ordered is None:
+        if self._sorted_at != observed:
             ordered = self._sorted = sorted(self._ring[:filled])
+            self._sorted_at = observed
         rank = min(filled, max(1, math.ceil(q * filled)))
         return ordered[rank - 1]
 
@@ -202,9 +202,10 @@ class LatencyTracker:
     @property
     def counts(self) -> dict[str, int]:
         """Calls by outcome so far (a copy)."""
-        if not self._successes:
+        successes = self._observed + self._successes
+        if not successes:
             return dict(self._counts)
-        return {"success": self._successes, **self._counts}
+        return {"success": successes, **self._counts}
 
     def statistics(self) -> LatencyStats:
         """The figures now."""
@@ -212,7 +213,7 @@ class LatencyTracker:
             ewma=self._ewma,
             p50=self.percentile(0.5),
             p95=self.p95,
-            samples=self._filled,
+            samples=self.samples,
             counts=self.counts,
             last_error=self.last_error,
             last_error_at=self.last_error_at,
@@ -221,9 +222,9 @@ class LatencyTracker:
         )
 
     def __repr__(self) -> str:
-        if not self._filled:
+        if not self._observed:
             latency = "no samples"
         else:
-            latency = f"ewma {self._ewma * 1000:.1f}ms, p95 {(self.p95 or 0.0) * 1000:.1f}ms over {self._filled}"
+            latency = f"ewma {self._ewma * 1000:.1f}ms, p95 {(self.p95 or 0.0) * 1000:.1f}ms over {self.samples}"
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "no calls"
         return f"<LatencyTracker [{latency} | {counts}]>"
