@@ -182,15 +182,16 @@ class Limiter:
 
     __slots__ = (
         "_admitted",
+        "_free",
         "_gate_requests",
         "_gate_tokens",
         "_hol_tokens",
         "_hol_until",
-        "_in_flight",
         "_last_refusal",
         "_max_in_flight",
         "_plain",
         "_refused",
+        "_released",
         "_requests",
         "_reserved",
         "_throttled_until",
@@ -210,7 +211,6 @@ class Limiter:
         self._requests = TokenBucket(rpm) if rpm else None
         self._tokens = TokenBucket(tpm) if tpm else None
         self._max_in_flight = max_concurrency if max_concurrency else sys.maxsize
-        self._in_flight = 0
         self._throttled_until = -math.inf
         self._trial_due = False  # the next admission after the throttle is its trial
         self._trial: Reservation | None = None
@@ -219,7 +219,12 @@ class Limiter:
         self._gate_requests: _ProviderWindow | None = None
         self._gate_tokens: _ProviderWindow | None = None
         self._plain = not rpm and not tpm
+        # Plain and uncapped: an admission is one count, a release one more (see _replain).
+        self._free = self._plain and not max_concurrency
+        # In flight is admitted - released: two counts per request, where a count of its
+        # own would take a third.
         self._admitted = 0
+        self._released = 0
         self._refused: dict[str, int] = {}
         self._last_refusal: str | None = None
         self._reserved = 0.0
@@ -230,7 +235,7 @@ class Limiter:
     @property
     def in_flight(self) -> int:
         """Requests admitted and not yet released."""
-        return self._in_flight
+        return self._admitted - self._released
 
     @property
     def throttled_until(self) -> float:
@@ -249,7 +254,7 @@ class Limiter:
             rpm=self.rpm,
             tpm=self.tpm,
             max_concurrency=self.max_concurrency,
-            in_flight=self._in_flight,
+            in_flight=self._admitted - self._released,
             admitted=self._admitted,
             refused=dict(self._refused),
             throttled_until=None if self._throttled_until == -math.inf else self._throttled_until,
@@ -263,7 +268,7 @@ class Limiter:
 
     def __repr__(self) -> str:
         cap = "∞" if self.max_concurrency is None else str(self.max_concurrency)
-        parts = [f"in-flight {self._in_flight}/{cap}"]
+        parts = [f"in-flight {self._admitted - self._released}/{cap}"]
         if self.rpm:
             parts.append(f"rpm {self.rpm}")
         if self.tpm:
@@ -279,12 +284,14 @@ class Limiter:
     def try_acquire(self, tokens: int, now: float) -> Reservation | None:
         """Reserve a request of ``tokens`` (estimated prompt + ``max_tokens``) now, or
         refuse it at once (None; :attr:`last_refusal` says why). Never waits."""
+        if self._free:  # no limit, cap, throttle or trial (see _replain): nothing to check
+            self._admitted += 1
+            return Reservation(tokens)
         if now < self._throttled_until:
             return self._refuse("throttled")
-        if self._in_flight >= self._max_in_flight:
+        if self._admitted - self._released >= self._max_in_flight:
             return self._refuse("concurrency")
         if self._plain:
-            self._in_flight += 1
             self._admitted += 1
             return Reservation(tokens)
         return self._acquire_limited(tokens, now)
@@ -300,12 +307,14 @@ class Limiter:
         if reservation.released:
             return
         reservation.released = True
-        self._in_flight -= 1
+        self._released += 1
+        if actual_tokens is not None:
+            self._used += actual_tokens
+        if self._free:  # no trial out, no TPM bucket (see _replain)
+            return
         if reservation is self._trial:
             self._trial = None  # had it met a 429, the throttle that follows makes the next trial due
             self._replain()
-        if actual_tokens is not None:
-            self._used += actual_tokens
         bucket = self._tokens
         if bucket is not None:
             need = self._need(reservation.tokens)
@@ -322,7 +331,7 @@ class Limiter:
         if until > self._throttled_until:
             self._throttled_until = until
         self._trial_due = True
-        self._plain = False  # admission takes the slow path, which knows about the trial
+        self._plain = self._free = False  # admission takes the slow path, which knows about the trial
 
     def unthrottle(self) -> None:
         """End any throttle now (a manual reset): no trial either."""
@@ -367,7 +376,7 @@ class Limiter:
         """Estimated loop time at which a request of ``tokens`` could be admitted, if no
         other request arrives first (``now``: at once). ``inf`` when only a release can
         make room (the concurrency cap is full): no estimate is possible for that."""
-        if self._in_flight >= self._max_in_flight:
+        if self._admitted - self._released >= self._max_in_flight:
             return math.inf
         when = max(now, self._throttled_until)
         for gate, amount in ((self._gate_requests, 1.0), (self._gate_tokens, float(tokens))):
@@ -438,7 +447,6 @@ class Limiter:
             gate_r.taken += 1.0
         if gate_t is not None:
             gate_t.taken += tokens
-        self._in_flight += 1
         self._admitted += 1
         return Reservation(tokens)
 
@@ -473,7 +481,10 @@ class Limiter:
         return _ProviderWindow(remaining, limit, now, reset)
 
     def _replain(self) -> None:
-        self._plain = (
+        # Plain: no bucket, gate, throttle or trial to consult. A throttle sets the trial due
+        # and only an admission past its end (or unthrottle) clears that, so a plain limiter
+        # is never throttled at a later ``now``: admission need not compare the clock.
+        self._plain = plain = (
             self._requests is None
             and self._tokens is None
             and self._gate_requests is None
@@ -481,3 +492,4 @@ class Limiter:
             and not self._trial_due
             and self._trial is None
         )
+        self._free = plain and self._max_in_flight == sys.maxsize
