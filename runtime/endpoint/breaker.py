@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import random
 import sys
 from collections.abc import Callable
@@ -213,6 +214,7 @@ class BreakerRecord(msgspec.Struct):
     trips: int = 0  # automatic trips over the storage's life
     isolated: bool = False
     window_bucket: int = -(2**62)  # no bucket yet: the first call clears the ring
+    window_until: float = -math.inf  # the loop time the window's current bucket ends
     window_calls: list[int] = msgspec.field(default_factory=_zeros)
     window_fails: list[int] = msgspec.field(default_factory=_zeros)
 
@@ -244,7 +246,23 @@ def _advance(rec: BreakerRecord, now: float, policy: BreakerPolicy) -> int:
                 calls[slot] = 0
                 fails[slot] = 0
         rec.window_bucket = bucket
+        rec.window_until = _bucket_end(bucket, policy.window)
     return rec.window_bucket % WINDOW_BUCKETS
+
+
+def _bucket_end(bucket: int, window: float) -> float:
+    """The least time that :func:`_advance` puts past ``bucket``: a call before it counts
+    in ``bucket`` (a comparison on the hot path, where the bucket's number takes a division)."""
+    # The bucket of t is int(t * WINDOW_BUCKETS / window), rounded as floats round: start
+    # from the exact boundary and step by ulps (one or two) to where the rounding puts it.
+    # (int() truncates towards zero: bucket 0 spans both sides of 0, a negative one ends
+    # just above its own lower number.)
+    end = (bucket + 1 if bucket >= 0 else bucket) * window / WINDOW_BUCKETS
+    while int(end * WINDOW_BUCKETS / window) <= bucket:
+        end = math.nextafter(end, math.inf)
+    while int((below := math.nextafter(end, -math.inf)) * WINDOW_BUCKETS / window) > bucket:
+        end = below
+    return end
 
 
 def _clear_window(rec: BreakerRecord) -> None:
@@ -676,8 +694,7 @@ class Breaker:
         rec = self._rec
         if rec.state == S_CLOSED and outcome is _SUCCESS and not rec.consecutive:
             # The common case: only the window moves, and within the current bucket it need not slide.
-            bucket = int(now * WINDOW_BUCKETS / self._policy.window)
-            rec.window_calls[bucket % WINDOW_BUCKETS if bucket == rec.window_bucket else _advance(rec, now, self._policy)] += 1
+            rec.window_calls[rec.window_bucket % WINDOW_BUCKETS if now < rec.window_until else _advance(rec, now, self._policy)] += 1
             return
         self._announce(self._storage.settle(self._policy, outcome, now, retry_after, self._rng.random()))
 
