@@ -287,37 +287,55 @@ class _EventWriter:
 class ChunkWriter(_EventWriter):
     """Encodes one chat stream's ``chat.completion.chunk`` events, each ``data: {...}\\n\\n``."""
 
-    __slots__ = ("_role_sent",)
+    __slots__ = ("_role_sent", "_text_event")
     _prefix = "chatcmpl-"
     _object = "chat.completion.chunk"
 
     def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
         super().__init__(request_id, model, include_usage)
         self._role_sent = False
+        # The bytes around a plain text delta's JSON string, once the role has gone out:
+        # most events of an answer are that, and need no dict built and encoded for them.
+        self._text_event: tuple[bytes, bytes] | None = None
 
     def chunk(self, chunk: StreamChunk) -> bytes | None:
         """The event for one runtime chunk, or None when it carries nothing for the client."""
-        if chunk.model:
-            self._head["model"] = chunk.model
+        model = chunk.model
+        if model and model != self._head["model"]:
+            self._head["model"] = model
+            self._text_event = None
+        text, event = chunk.text, self._text_event
+        if text and event is not None and chunk.finish_reason is None and not chunk.reasoning and not chunk.tool_calls:
+            return event[0] + _encode(text) + event[1]
         delta: dict[str, Any] = {}
         if not self._role_sent:
             delta["role"] = "assistant"
             self._role_sent = True
-        if chunk.text:
-            delta["content"] = chunk.text
+        if text:
+            delta["content"] = text
         if chunk.reasoning:
             delta["reasoning_content"] = chunk.reasoning
         if chunk.tool_calls:
             delta["tool_calls"] = [_tool_delta(d) for d in chunk.tool_calls]
         if not delta and chunk.finish_reason is None:
             return None
+        if event is None:
+            self._text_event = self._around_text()
+        return b"data: " + _encode(self._event(delta, chunk.finish_reason)) + b"\n\n"
+
+    def _event(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            **self._head,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason, "logprobs": None}],
+            **self._head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
         }
         if self._include_usage:
             body["usage"] = None
-        return b"data: " + _encode(body) + b"\n\n"
+        return body
+
+    def _around_text(self) -> tuple[bytes, bytes]:
+        """What comes before and after the encoded text of a plain text delta's event."""
+        whole = _encode(self._event({"content": ""}, None))
+        at = whole.index(b'"content":""') + len(b'"content":')
+        return b"data: " + whole[:at], whole[at + 2 :] + b"\n\n"
 
 
 class TextChunkWriter(_EventWriter):
