@@ -87,6 +87,13 @@ class ReplyStream:
         return list(self._call.trail)
 
     @property
+    def ready(self) -> int:
+        """Chunks that have arrived and can be taken now, without waiting for the endpoint:
+        a proxy writes them out together (one write, not one per chunk)."""
+        chunks = self._chunks
+        return len(self._buffer) + (chunks.ready if chunks is not None and not self._ended else 0)
+
+    @property
     def continuations(self) -> int:
         """How many times the answer failed after content and another endpoint continued it."""
         return self._recovery.continuations

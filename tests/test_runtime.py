@@ -237,6 +237,18 @@ async def test_mock_provider_needs_no_network() -> None:
         assert len((await rt.embed(["x"])).vectors) == 1
 
 
+async def test_ready_counts_the_chunks_a_stream_can_give_without_waiting() -> None:
+    """ReplyStream.ready: the chunks that have arrived and not been taken (a proxy writes them
+    out together); a mock stream has its whole answer at hand, and none once it ended."""
+    async with Runtime([Endpoint(name="m", provider="mock", health=QUIET)]) as rt:
+        async with rt.stream("one two three") as stream:
+            ready = [stream.ready]
+            async for _ in stream:
+                ready.append(stream.ready)
+    assert ready[0] >= 2 and ready == list(range(ready[0], -1, -1))
+    assert stream.ready == 0
+
+
 async def test_usage_totals_by_endpoint_and_model(local: FaultyEndpoint) -> None:
     """usage() sums requests, tokens, cost and errors overall and by endpoint and model."""
     async with Runtime([local.endpoint(health=QUIET, model="gpt-4o-mini")]) as rt:

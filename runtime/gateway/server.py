@@ -400,6 +400,11 @@ class Gateway:
                 opening = writer.opening()
                 if opening:
                     await response.write(opening)
+                # Events that arrived together leave together: one write (a send and an
+                # HTTP chunk) for what the stream holds ready, not one per event. Whenever
+                # the stream has to wait (where a failure or a restart can come from),
+                # ``out`` has been written.
+                out: list[bytes] = []
                 async for chunk in stream:
                     if chunk.restart:
                         # The answer began again elsewhere; what the client has cannot be voided.
@@ -408,7 +413,10 @@ class Gateway:
                         return response, None
                     data = writer.chunk(chunk)
                     if data is not None:
-                        await response.write(data)
+                        out.append(data)
+                    if out and not stream.ready:
+                        await response.write(out[0] if len(out) == 1 else b"".join(out))
+                        out.clear()
             except LLMError as exc:
                 await _cut(request, response, face.dialect, failure_of(exc))
                 return response, None

@@ -865,6 +865,11 @@ class ChunkStream:
         return self._client.adapter.rate_limit(self._resp.headers) if self._resp is not None else None
 
     @property
+    def ready(self) -> int:
+        """Chunks decoded and waiting: the next ``ready`` reads do not wait for the network."""
+        return len(self._pending)
+
+    @property
     def past_deadline(self) -> bool:
         """Whether the request's deadline, not a chunk timeout, bounds the read now (or
         bounded the read that timed out)."""

@@ -144,6 +144,11 @@ class MockStream:
         return None
 
     @property
+    def ready(self) -> int:
+        """Every chunk not yet read: none of them waits."""
+        return len(self._chunks) - self._next
+
+    @property
     def past_deadline(self) -> bool:
         """Never: a read does not wait (see :meth:`MockClient.stream`)."""
         return False
