@@ -148,11 +148,21 @@ def chat_options(
     output = output_schema(response_format) if response_format is not None else None
     if type(repair) is not int or repair < 0:  # type(): a bool is no count
         raise InvalidRequest(f"repair must be an integer >= 0, got {repair!r}", field="repair")
-    request = chat_request(
-        messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-        stop=stop, tools=tools, tool_choice=tool_choice,
-        response_format=output.wire if output is not None else response_format, seed=seed, params=params,
-    )
+    if (
+        type(messages) is str and messages.strip() and system is None and stop is None and tools is None
+        and tool_choice is None and response_format is None and not params and temperature is None and top_p is None
+        and seed is None and (model is None or (type(model) is str and model))
+        and (max_tokens is None or (type(max_tokens) is int and max_tokens >= 1))
+    ):
+        # One prompt whose every argument plainly passes chat_request's checks (most requests):
+        # built here, without its frame and twelve arguments. Anything else, it checks.
+        request = ChatRequest(messages=[Message(role="user", content=messages)], model=model, max_tokens=max_tokens)
+    else:
+        request = chat_request(
+            messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            stop=stop, tools=tools, tool_choice=tool_choice,
+            response_format=output.wire if output is not None else response_format, seed=seed, params=params,
+        )
     return ChatOptions(request, timeout, endpoint, cache, hedge, trim, output, repair, on_interrupt)
 
 
@@ -254,34 +264,21 @@ class Pipeline:
 
     # --- the operations ----------------------------------------------------------------------
 
-    def chat(self, options: ChatOptions) -> Awaitable[ChatResponse]:
+    async def chat(self, options: ChatOptions, deadline: float | None = None) -> ChatResponse:
         """A whole reply, from the cache or the best endpoint; parsed (and repaired on the
-        endpoint that wrote it) when the options ask for typed output. Not a coroutine of its
-        own: the caller awaits :meth:`whole` directly, one frame less per resumption."""
-        if options.on_interrupt is not None:
-            raise InvalidRequest(
-                "on_interrupt is for stream(): a whole reply reaches the caller only once it is complete",
-                field="on_interrupt",
-            )
-        timeout = options.timeout
+        endpoint that wrote it) when the options ask for typed output. ``deadline`` (loop
+        time) is given for a repair, which keeps its request's; None starts the caller's."""
         now = self.clock()  # read once: the deadline's start, the call's and the dispatch's
-        deadline = now + (self.timeout if timeout is None else timeout)  # deadline(), a call less
-        if options.output is None:
-            return self.whole(options, deadline, now)
-        return self.typed(options, options.output, deadline)
-
-    async def typed(self, options: ChatOptions, output: OutputSchema, deadline: float) -> ChatResponse:
-        """A whole reply parsed into ``output``, repaired on its endpoint up to ``options.repair`` times."""
-        reply = await self.whole(options, deadline)
-
-        async def resend(messages: list[Message], endpoint: str) -> ChatResponse:
-            request = msgspec.structs.replace(options.request, messages=messages)
-            return await self.whole(msgspec.structs.replace(options, request=request, endpoint=endpoint), deadline)
-
-        return await finish_structured(reply, output, options.request.messages, options.repair, resend)
-
-    async def whole(self, options: ChatOptions, deadline: float, now: float | None = None) -> ChatResponse:
-        """One whole reply by ``deadline`` (loop time), as it came; ``now``: the loop time just read."""
+        if deadline is None:
+            if options.on_interrupt is not None:
+                raise InvalidRequest(
+                    "on_interrupt is for stream(): a whole reply reaches the caller only once it is complete",
+                    field="on_interrupt",
+                )
+            timeout = options.timeout
+            deadline = now + (self.timeout if timeout is None else timeout)  # deadline(), a call less
+            if options.output is not None:
+                return await self.typed(options, options.output, deadline)
         request = options.request
         completion = request.kind == "completion"
         call = Call(
@@ -317,6 +314,16 @@ class Pipeline:
         if key is not None and self.cache is not None and (options.output is None or options.output.matches(reply.text)):
             self.cache.set(key, reply)
         return reply
+
+    async def typed(self, options: ChatOptions, output: OutputSchema, deadline: float) -> ChatResponse:
+        """A whole reply parsed into ``output``, repaired on its endpoint up to ``options.repair`` times."""
+        reply = await self.chat(options, deadline)
+
+        async def resend(messages: list[Message], endpoint: str) -> ChatResponse:
+            request = msgspec.structs.replace(options.request, messages=messages)
+            return await self.chat(msgspec.structs.replace(options, request=request, endpoint=endpoint), deadline)
+
+        return await finish_structured(reply, output, options.request.messages, options.repair, resend)
 
     def stream(self, options: ChatOptions) -> ReplyStream:
         """A streamed reply; the walk starts when the caller enters it."""
