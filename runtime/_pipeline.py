@@ -523,15 +523,17 @@ class Call:
         pipeline = self.pipeline
         budget = pipeline.budget
         hold = budget.hold if budget is not None and self.reservation is not None else None
+        traced = self.span is not NO_SPAN  # tracing was on when the call started: its attempts have spans
         run = pipeline.dispatcher.run(
             self.tiers, attempt, tokens=tokens, deadline=self.deadline, prompt_tokens=window,
             route=self.route, settle=settle, usage_tokens=usage_tokens,
             accept=pipeline.accept if accept is None else accept, hedge=hedge, trail=self.trail,
             now=None if hold is not None else now,  # a hold on shared totals waits first: the dispatch reads its own
+            traced=traced,
         )
         if hold is not None:
             run = _held(hold(self.reservation), run)
-        if self.span is NO_SPAN:
+        if not traced:
             return run  # no frame of ours between the caller and the dispatcher
         return _under(self.span, run)
 

@@ -102,8 +102,8 @@ class UsageLedger:
         )
 
     def _day(self) -> str:
-        """The day a record counts in, when :meth:`record`'s check (the default clock, before
-        the known day's end: one float comparison) did not find it."""
+        """The day a record counts in, when :meth:`record`'s check (before the known day's
+        end, which only the default clock sets: one float comparison) did not find it."""
         if self._now is _utc_now:
             t = time.time()
             today = datetime.datetime.fromtimestamp(t, datetime.UTC).date()
@@ -139,8 +139,9 @@ class UsageLedger:
         """
         # One tally per (day, endpoint, model): one lookup and one add per request; the
         # totals by day, endpoint and model are summed when a report is asked for.
-        # The default clock before midnight UTC (nearly always): the day known, without a call.
-        day = self._day_key if self._now is _utc_now and time.time() < self._day_end else self._day()
+        # The default clock before midnight UTC (nearly always): the day known, without a call
+        # (with another clock the day's end stays -inf: asked each time).
+        day = self._day_key if time.time() < self._day_end else self._day()
         key = (day, endpoint, model or None)
         tally = self._tallies.get(key)
         if tally is None:

@@ -56,7 +56,7 @@ from ..errors import (
     Timeout,
 )
 from ..policy import HedgePolicy, RetryPolicy
-from ..telemetry import attempt_span, tracing_enabled
+from ..telemetry import attempt_span
 from ..types import Attempt
 from .retry import RetryBudget, backoff_delay
 
@@ -255,6 +255,7 @@ class Dispatcher:
         hedge: HedgePolicy | None = None,
         trail: list[Attempt] | None = None,
         now: float | None = None,
+        traced: bool = False,
     ) -> Outcome[T]:
         """Run ``attempt(actor, timeout)`` on chosen endpoints until one succeeds.
 
@@ -264,6 +265,7 @@ class Dispatcher:
         attempt is appended to ``trail`` (a new list when None; ``Outcome.attempts``) however
         the run ends; one that holds attempts already is a request walking on (a stream
         restarting: :meth:`_Walk.resume`). ``now``: the loop time, if the caller just read it.
+        With ``traced`` (the caller's request has a span) each attempt gets a span of its own.
         """
         clock = asyncio.get_running_loop().time
         if now is None:
@@ -271,7 +273,7 @@ class Dispatcher:
         if trail:
             walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
             walk.resume(now, self.retry, self._rng)
-            return await self._walk_on(walk, attempt, None, route, settle, usage_tokens, hedge)
+            return await self._walk_on(walk, attempt, None, route, settle, usage_tokens, hedge, traced)
         trail = [] if trail is None else trail
         self.retry_budget.record_request(now)
         if hedge is not None or self.hedge is not None:
@@ -280,7 +282,7 @@ class Dispatcher:
         picked = self._choose_in(tiers[0], tokens, now, _NONE, prompt_tokens, accept) if tiers and now < deadline else None
         if picked is None or hedge is not None or picked[0].confirm is not None:
             walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
-            return await self._walk_on(walk, attempt, picked, route, settle, usage_tokens, hedge)
+            return await self._walk_on(walk, attempt, picked, route, settle, usage_tokens, hedge, traced)
         # ... and answers: no walk is built until an attempt fails, and no frame of the
         # dispatcher's own stands between this one and the attempt's (see _single).
         actor, permit = picked
@@ -288,7 +290,7 @@ class Dispatcher:
         if deadline - now < timeout:  # min(), a call less
             timeout = deadline - now
         try:
-            value = await (_traced(attempt, actor, timeout, 1) if tracing_enabled() else attempt(actor, timeout))
+            value = await (_traced(attempt, actor, timeout, 1) if traced else attempt(actor, timeout))
         except BaseException as exc:
             _lost(trail, clock, actor, permit, exc, now)
             if not isinstance(exc, LLMError):
@@ -298,7 +300,7 @@ class Dispatcher:
                 raise
         else:
             return _answered(trail, clock(), actor, permit, now, value, settle, usage_tokens)
-        return await self._walk_on(walk, attempt, None, route, settle, usage_tokens, hedge)
+        return await self._walk_on(walk, attempt, None, route, settle, usage_tokens, hedge, traced)
 
     async def _walk_on(
         self,
@@ -309,6 +311,7 @@ class Dispatcher:
         settle: bool,
         usage_tokens: Callable[[T], int | None] | None,
         hedge: HedgePolicy | None,
+        traced: bool,
     ) -> Outcome[T]:
         """Attempts after the first (or with hedging or shared state), starting with ``picked``
         when one is admitted already, until one succeeds or the rules give up."""
@@ -322,7 +325,9 @@ class Dispatcher:
             now = clock()
             try:
                 if hedge is None:
-                    return await self._single(walk.attempts, clock, attempt, actor, permit, timeout, now, settle, usage_tokens)
+                    return await self._single(
+                        walk.attempts, clock, attempt, actor, permit, timeout, now, settle, usage_tokens, traced
+                    )
                 value, actor, permit = await self._hedged(walk, attempt, actor, permit, timeout, hedge)
             except LLMError as exc:
                 if walk.failed_on(actor, exc, clock(), self.retry, self._rng):
@@ -426,12 +431,13 @@ class Dispatcher:
         started: float,
         settle: bool,
         usage_tokens: Callable[[T], int | None] | None,
+        traced: bool,
     ) -> Outcome[T]:
-        """One attempt, recorded in ``trail``; the permit is settled here on any error or
-        cancellation, and on success unless ``settle`` is false. (:meth:`run` takes a
+        """One attempt (in a span of its own when ``traced``), recorded in ``trail``; the permit
+        is settled here on any error or cancellation, and on success unless ``settle`` is false. (:meth:`run` takes a
         request's first attempt the same way, in its own frame.)"""
         try:
-            if tracing_enabled():
+            if traced:
                 value = await _traced(attempt, actor, timeout, len(trail) + 1)
             else:
                 value = await attempt(actor, timeout)

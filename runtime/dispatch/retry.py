@@ -29,18 +29,22 @@ class RetryBudget:
     """At most ``ratio`` × recent requests + ``floor`` per second of extra attempts.
 
     Counts live in one-second buckets over ``window`` seconds: memory is constant and
-    each call is O(1) amortised.
+    each call is O(1) amortised. The current second's requests are one counter, put in
+    its bucket when the second is over: counting a request (every one) is one comparison
+    and one add.
     """
 
-    __slots__ = ("_floor_total", "_ratio", "_requests", "_retries", "_second", "_window", "refused")
+    __slots__ = ("_current", "_floor_total", "_ratio", "_requests", "_retries", "_second", "_until", "_window", "refused")
 
     def __init__(self, ratio: float, floor: float, *, window: int = 10) -> None:
         self._ratio = ratio
         self._floor_total = floor * window
         self._window = window
-        self._requests = [0] * window
+        self._requests = [0] * window  # by second, the current one's in _current
         self._retries = [0] * window
         self._second = 0
+        self._until = 1.0  # when the current second ends
+        self._current = 0  # requests in the current second
         self.refused = 0
 
     def __repr__(self) -> str:
@@ -52,24 +56,29 @@ class RetryBudget:
         gap = second - self._second
         if gap > 0:
             window = self._window
+            self._requests[self._second % window] += self._current  # the second just over, in its bucket
+            self._current = 0
             for k in range(1, min(gap, window) + 1):
                 slot = (self._second + k) % window
                 self._requests[slot] = 0
                 self._retries[slot] = 0
             self._second = second
+            self._until = second + 1.0
         return second % self._window
 
     def record_request(self, now: float) -> None:
-        """Count a first attempt."""
-        second = int(now)
-        # Within the current second (nearly every request under load) there is nothing to slide.
-        self._requests[second % self._window if second == self._second else self._advance(now)] += 1
+        """Count a first attempt (callers read ``now`` just before: never before the current second)."""
+        if now < self._until:  # within the current second: nearly every request under load
+            self._current += 1
+        else:
+            self._advance(now)
+            self._current = 1
 
     def can_spend(self, now: float, ratio: float | None = None) -> bool:
         """Whether one extra attempt would pass now, without taking it."""
         self._advance(now)
         share = self._ratio if ratio is None else ratio
-        return sum(self._retries) + 1 <= self._floor_total + share * sum(self._requests)
+        return sum(self._retries) + 1 <= self._floor_total + share * (sum(self._requests) + self._current)
 
     def try_spend(self, now: float, ratio: float | None = None) -> bool:
         """Take one extra attempt from the budget; False when it is spent.
@@ -85,7 +94,7 @@ class RetryBudget:
 
     def statistics(self) -> RetryBudgetStats:
         """Counts over the current window."""
-        requests = sum(self._requests)
+        requests = sum(self._requests) + self._current
         return RetryBudgetStats(
             requests=requests,
             retries=sum(self._retries),
