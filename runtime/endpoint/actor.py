@@ -32,7 +32,16 @@ from ..policy import Endpoint
 from ..providers.base import ProviderClient
 from ..telemetry import emit_transition
 from ..types import FrozenStruct
-from .breaker import Breaker, BreakerState, BreakerStats, BreakerStorage, Outcome, classify
+from .breaker import (
+    S_CLOSED,
+    WINDOW_BUCKETS,
+    Breaker,
+    BreakerState,
+    BreakerStats,
+    BreakerStorage,
+    Outcome,
+    classify,
+)
 from .health import ProbeSchedule, ProbeScheduleStats
 from .limiter import Limiter, LimiterStats, Reservation
 from .stats import LatencyStats, LatencyTracker
@@ -129,15 +138,27 @@ class Permit(msgspec.Struct, eq=False, gc=False):
             actor._settle_failure(self, error, now, tokens)
             return
         # A success, straight through (nearly every attempt): breaker, slot, latency, health.
+        # The common cases of Breaker.record and Limiter.release are inlined here (the actor's
+        # hot-path twins of theirs, keep them alike): a call costs more than either does then.
         elapsed = now - self.started
         slow = actor._slow_call
-        actor.breaker.record(_SUCCESS if slow is None else classify(None, elapsed, slow), now)
+        rec = actor._record
+        if slow is None and rec.state == S_CLOSED and not rec.consecutive and now < rec.window_until:
+            rec.window_calls[rec.window_bucket % WINDOW_BUCKETS] += 1  # a success in the window's bucket
+        else:
+            actor.breaker.record(_SUCCESS if slow is None else classify(None, elapsed, slow), now)
         limiter = actor.limiter
-        limiter.release(self.reservation, tokens, now)
+        reservation = self.reservation
+        if limiter._free and not reservation.released:  # nothing but counts to give back
+            reservation.released = True
+            limiter._released += 1
+            if tokens is not None:
+                limiter._used += tokens
+        else:
+            limiter.release(reservation, tokens, now)
         if actor._draining and limiter.in_flight == 0:
             actor.drained.set()
-        actor.latency.observe(elapsed, now)
-        actor._last_success = now
+        actor.latency.observe(elapsed, now)  # (also when the last success was: the probe loop reads it)
         if actor.health is not _HEALTHY:
             # A real answer is better evidence than the last failed probe.
             actor._probe_failing = False
@@ -193,13 +214,14 @@ class EndpointActor(Actor):
             storage=breaker_storage,
             rng=self._rng,
         )
+        # The breaker's record (its storage's, never replaced), read by the hot path itself.
+        self._record = self.breaker.storage.record
         self.limiter = limiter if limiter is not None else Limiter(endpoint.rpm, endpoint.tpm, endpoint.max_concurrency)
         self.latency = LatencyTracker()
         self._schedule = ProbeSchedule(endpoint.health, self._rng)
         self.health = EndpointState.HEALTHY
         self._misconfigured: str | None = endpoint.key_problem()
         self._probe_failing = False
-        self._last_success = -math.inf
         self._refresh(anyio.current_time() if _in_loop() else 0.0, "started")
 
     def _take_over(self, old: EndpointActor) -> None:
@@ -207,13 +229,13 @@ class EndpointActor(Actor):
         # (whose slots the permits still out hold), one latency record. Only the tasks
         # and the mailbox are new.
         self.breaker = old.breaker
+        self._record = old._record
         self.limiter = old.limiter
         self.latency = old.latency
         self._schedule = old._schedule
         self.health = old.health
         self._misconfigured = old._misconfigured
         self._probe_failing = old._probe_failing
-        self._last_success = old._last_success
         self.confirm = old.confirm
         old._successor = self
 
@@ -234,9 +256,15 @@ class EndpointActor(Actor):
         """Take the request now if breaker, limiter and health allow; None (at once) if not."""
         if self._failed or self._draining or self._misconfigured is not None:  # _blocked(), a call less
             return None
-        if not self.breaker.admit(now):
+        # The common cases of Breaker.admit and Limiter.try_acquire inline (twins of theirs,
+        # keep them alike): a closed breaker admits, a free limiter only counts.
+        if self._record.state != S_CLOSED and not self.breaker.admit(now):
             return None
-        reservation = self.limiter.try_acquire(tokens, now)
+        limiter = self.limiter
+        if limiter._free:
+            limiter._admitted += 1
+            return Permit(self, Reservation(tokens), now)
+        reservation = limiter.try_acquire(tokens, now)
         if reservation is None:
             self.breaker.record(Outcome.IGNORED, now)
             return None
@@ -464,9 +492,11 @@ class EndpointActor(Actor):
             if self._failed or self._draining or self.endpoint.key_problem() is not None:
                 continue
             now = anyio.current_time()
+            last_success = self.latency.last_sample_at
             if (
                 self.health is EndpointState.HEALTHY
-                and now - self._last_success < self.endpoint.health.interval
+                and last_success is not None
+                and now - last_success < self.endpoint.health.interval
             ):
                 healthy = True  # passive health: real traffic succeeded lately
                 continue

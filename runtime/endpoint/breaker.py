@@ -679,7 +679,7 @@ class Breaker:
         An open breaker whose period has ended moves to half-open here (the actor's timer
         does the same through :meth:`tick`); other calls are refused at once, never queued.
         """
-        if self._rec.state == S_CLOSED:
+        if self._rec.state == S_CLOSED:  # (EndpointActor.try_admit has this case inline: keep them alike)
             return True
         admitted, moved = self._storage.admit(self._policy, now)
         self._announce(moved)
@@ -693,7 +693,8 @@ class Breaker:
         """
         rec = self._rec
         if rec.state == S_CLOSED and outcome is _SUCCESS and not rec.consecutive:
-            # The common case: only the window moves, and within the current bucket it need not slide.
+            # The common case: only the window moves, and within the current bucket it need not
+            # slide. (Permit.settle has this case inline for a success: keep them alike.)
             rec.window_calls[rec.window_bucket % WINDOW_BUCKETS if now < rec.window_until else _advance(rec, now, self._policy)] += 1
             return
         self._announce(self._storage.settle(self._policy, outcome, now, retry_after, self._rng.random()))

@@ -182,6 +182,7 @@ class Limiter:
 
     __slots__ = (
         "_admitted",
+        "_counts_only",
         "_free",
         "_gate_requests",
         "_gate_tokens",
@@ -219,8 +220,11 @@ class Limiter:
         self._gate_requests: _ProviderWindow | None = None
         self._gate_tokens: _ProviderWindow | None = None
         self._plain = not rpm and not tpm
+        # A subclass that does more on acquire or release (shared state's) is never free: the
+        # endpoint actor counts a free limiter's admissions and releases itself.
+        self._counts_only = type(self).try_acquire is Limiter.try_acquire and type(self).release is Limiter.release
         # Plain and uncapped: an admission is one count, a release one more (see _replain).
-        self._free = self._plain and not max_concurrency
+        self._free = self._plain and not max_concurrency and self._counts_only
         # In flight is admitted - released: two counts per request, where a count of its
         # own would take a third.
         self._admitted = 0
@@ -284,6 +288,8 @@ class Limiter:
     def try_acquire(self, tokens: int, now: float) -> Reservation | None:
         """Reserve a request of ``tokens`` (estimated prompt + ``max_tokens``) now, or
         refuse it at once (None; :attr:`last_refusal` says why). Never waits."""
+        # (EndpointActor.try_admit and Permit.settle count a free limiter themselves, a call
+        # less each per request: the free paths of try_acquire and release are theirs too.)
         if self._free:  # no limit, cap, throttle or trial (see _replain): nothing to check
             self._admitted += 1
             return Reservation(tokens)
@@ -492,4 +498,4 @@ class Limiter:
             and not self._trial_due
             and self._trial is None
         )
-        self._free = plain and self._max_in_flight == sys.maxsize
+        self._free = plain and self._max_in_flight == sys.maxsize and self._counts_only

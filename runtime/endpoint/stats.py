@@ -177,6 +177,11 @@ class LatencyTracker:
         return self._ewma * math.exp(-(now - last) / self._decay)
 
     @property
+    def last_sample_at(self) -> float | None:
+        """Loop time of the last successful call (None before any)."""
+        return self._last_at
+
+    @property
     def samples(self) -> int:
         """How many samples the percentiles rest on."""
         return min(self._observed, self._size)
