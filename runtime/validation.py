@@ -121,22 +121,26 @@ def _messages(messages: Any) -> list[Message]:
         if not messages.strip():
             raise InvalidRequest("messages must not be empty: give the prompt text", field="messages")
         return [Message(role="user", content=messages)]
-    items = _list(messages, "messages")
+    items = messages if type(messages) is list else _list(messages, "messages")  # a list: what _list admits
     if not items:
         raise InvalidRequest("messages must be a string or a non-empty list of messages", field="messages")
-    return [_message(m, f"messages[{i}]") for i, m in enumerate(items)]
+    return [_message(m, i) for i, m in enumerate(items)]
 
 
-def _message(value: Any, field: str) -> Message:
-    if isinstance(value, Message):
-        if (
-            value.role in ROLES
-            and type(value.content) is str
-            and value.tool_calls is None
-            and value.name is None
-            and value.tool_call_id is None
-        ):
-            return value  # the common case: checked without a round trip
+def _message(value: Any, index: int) -> Message:
+    """``messages[index]`` checked (its field name spelled only for an error)."""
+    struct = isinstance(value, Message)
+    if (
+        struct
+        and value.role in ROLES
+        and type(value.content) is str
+        and value.tool_calls is None
+        and value.name is None
+        and value.tool_call_id is None
+    ):
+        return value  # type: ignore[no-any-return]  # the common case: checked without a round trip
+    field = f"messages[{index}]"
+    if struct:
         try:
             value = msgspec.to_builtins(value)
         except TypeError as exc:
@@ -391,7 +395,7 @@ def chat_request(
         msgs = _messages(messages)
     if system is not None:
         msgs.insert(0, Message(role="system", content=_text(system, "system")))
-    if model is not None:
+    if model is not None and (type(model) is not str or not model):  # a plain name passes without _text's call
         _text(model, "model")
     # Each check runs only for an argument given: most requests give few. A plain int
     # (type(): no bool) of 1 or more passes without _count's calls.
