@@ -282,7 +282,8 @@ class Pipeline:
         request = options.request
         completion = request.kind == "completion"
         call = Call(
-            self, "text_completion" if completion else "chat", request.model, options.endpoint, deadline, completion, now
+            self, "text_completion" if completion else "chat", request.model, options.endpoint, deadline, now, completion,
+            request, options.trim,
         )
         if tracing_enabled():
             call.start_span()
@@ -291,7 +292,6 @@ class Pipeline:
             key, hit = call.cached(request, options.cache)
             if hit is not None:
                 return hit
-        call.request, call.trim = request, options.trim
         hedge = options.hedge
         try:
             tokens, window = call.reserve(request, options.trim)
@@ -330,13 +330,16 @@ class Pipeline:
         from ._stream import ReplyStream
 
         request = options.request
-        call = Call(self, "stream", request.model, options.endpoint, self.deadline(options.timeout), request.kind == "completion")
+        call = Call(
+            self, "stream", request.model, options.endpoint, self.deadline(options.timeout), self.clock(),
+            request.kind == "completion",
+        )
         return ReplyStream(self, call, options)
 
     async def embed(self, options: EmbedOptions) -> EmbeddingResponse:
         """Vectors from the best endpoint that has an embeddings API."""
         request = options.request
-        call = Call(self, "embeddings", request.model, options.endpoint, self.deadline(options.timeout))
+        call = Call(self, "embeddings", request.model, options.endpoint, self.deadline(options.timeout), self.clock())
         call.start_span()
 
         async def attempt(actor: EndpointActor, timeout: float) -> EmbeddingResponse:
@@ -410,13 +413,15 @@ class Call:
 
     def __init__(
         self, pipeline: Pipeline, operation: str, model: str | None, endpoint: str | None, deadline: float,
+        started: float,
         completion: bool = False,
-        started: float | None = None,
+        request: ChatRequest | None = None,
+        trim: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.operation = operation
         self.model = model
-        self.started = pipeline.clock() if started is None else started
+        self.started = started
         self.deadline = deadline
         self.route = endpoint or model
         routes = pipeline.routes
@@ -430,8 +435,8 @@ class Call:
         self.reservation: Any = None
         self.span: Any = NO_SPAN
         #: a whole chat's request and trim option, read by :meth:`chat_attempt`
-        self.request: ChatRequest | None = None
-        self.trim = False
+        self.request = request
+        self.trim = trim
 
     def start_span(self) -> None:
         """Open the request's span (a no-op one when tracing is off); attempts are its children."""
@@ -586,14 +591,14 @@ class Call:
             price = pipeline.price(answered, actor)
         reply.cost_usd = cost = price.cost(usage)
         reply.cost_known = price.known
-        tokens = usage.input_tokens + usage.output_tokens
+        # The tokens are summed only for a budget to charge (most runtimes have none).
         if self.reservation is not None and pipeline.budget is not None:
-            pipeline.budget.settle(self.reservation, tokens, cost)
+            pipeline.budget.settle(self.reservation, usage.input_tokens + usage.output_tokens, cost)
             self.reservation = None
         if pipeline.endpoint_budgets:
             guard = pipeline.endpoint_budgets.get(actor.name)
             if guard is not None:
-                guard.spend(tokens, cost)
+                guard.spend(usage.input_tokens + usage.output_tokens, cost)
         pipeline.ledger.record(actor.name, reply.model, usage, cost, priced=price.known)
         if metrics_enabled():
             pipeline.metrics.record_request(
