@@ -253,7 +253,7 @@ class Dispatcher:
         usage_tokens: Callable[[T], int | None] | None = None,
         accept: Callable[[EndpointActor], bool] | None = None,
         hedge: HedgePolicy | None = None,
-        trail: list[Attempt] | None = None,
+        trail: list[Attempt],
         now: float | None = None,
         traced: bool = False,
     ) -> Outcome[T]:
@@ -262,7 +262,7 @@ class Dispatcher:
         ``tokens`` is what the limiter reserves (prompt + max_tokens), ``prompt_tokens`` what
         must fit a context window with the reply. With ``settle`` false the winning permit
         stays open for the caller to settle (streams). ``hedge`` hedges every attempt. Each
-        attempt is appended to ``trail`` (a new list when None; ``Outcome.attempts``) however
+        attempt is appended to ``trail`` (the caller's list; ``Outcome.attempts``) however
         the run ends; one that holds attempts already is a request walking on (a stream
         restarting: :meth:`_Walk.resume`). ``now``: the loop time, if the caller just read it.
         With ``traced`` (the caller's request has a span) each attempt gets a span of its own.
@@ -274,7 +274,6 @@ class Dispatcher:
             walk = _Walk(tiers, tokens, deadline, prompt_tokens, accept, trail, clock)
             walk.resume(now, self.retry, self._rng)
             return await self._walk_on(walk, attempt, None, route, settle, usage_tokens, hedge, traced)
-        trail = [] if trail is None else trail
         self.retry_budget.record_request(now)
         if hedge is not None or self.hedge is not None:
             self.hedge_budget.record_request(now)
