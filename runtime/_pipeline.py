@@ -330,10 +330,9 @@ class Pipeline:
         from ._stream import ReplyStream
 
         request = options.request
-        call = Call(
-            self, "stream", request.model, options.endpoint, self.deadline(options.timeout), self.clock(),
-            request.kind == "completion",
-        )
+        now, timeout = self.clock(), options.timeout
+        deadline = now + (self.timeout if timeout is None else timeout)  # deadline(), a call and a clock reading less
+        call = Call(self, "stream", request.model, options.endpoint, deadline, now, request.kind == "completion")
         return ReplyStream(self, call, options)
 
     async def embed(self, options: EmbedOptions) -> EmbeddingResponse:

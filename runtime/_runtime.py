@@ -326,7 +326,9 @@ class Runtime:
         content reaches the caller; after that a failure raises :class:`StreamInterrupted`
         carrying the partial text. ``s.response`` holds the whole reply once the stream has ended.
         """
-        pipeline = self._pipeline_running()
+        pipeline = self._pipeline
+        if pipeline is None or not self._running:  # _pipeline_running(), a call less on the hot path
+            pipeline = self._pipeline_running()
         options = chat_options(*args, **kwargs)
         if options.request.n not in (None, 1):
             raise InvalidRequest("n > 1 cannot be streamed: use chat() to get every choice", field="n")
