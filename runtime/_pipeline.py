@@ -51,7 +51,7 @@ from .types import (
     OpenAIParams,
     Usage,
 )
-from .validation import call_options, chat_request, embed_request
+from .validation import call_options, chat_messages, chat_request, embed_request
 
 if TYPE_CHECKING:
     from ._stream import ReplyStream
@@ -149,14 +149,18 @@ def chat_options(
     if type(repair) is not int or repair < 0:  # type(): a bool is no count
         raise InvalidRequest(f"repair must be an integer >= 0, got {repair!r}", field="repair")
     if (
-        type(messages) is str and messages.strip() and system is None and stop is None and tools is None
-        and tool_choice is None and response_format is None and not params and temperature is None and top_p is None
-        and seed is None and (model is None or (type(model) is str and model))
+        system is None and stop is None and tools is None and tool_choice is None and response_format is None
+        and not params and top_p is None and seed is None and (model is None or (type(model) is str and model))
         and (max_tokens is None or (type(max_tokens) is int and max_tokens >= 1))
+        and (temperature is None or (type(temperature) is float and 0.0 <= temperature <= 2.0))
     ):
-        # One prompt whose every argument plainly passes chat_request's checks (most requests):
-        # built here, without its frame and twelve arguments. Anything else, it checks.
-        request = ChatRequest(messages=[Message(role="user", content=messages)], model=model, max_tokens=max_tokens)
+        # Messages and keywords that plainly pass chat_request's checks (most requests): built
+        # here, without its frame and twelve arguments. Anything else, it checks.
+        msgs = (
+            [Message(role="user", content=messages)] if type(messages) is str and messages.strip()
+            else chat_messages(messages)
+        )
+        request = ChatRequest(messages=msgs, model=model, max_tokens=max_tokens, temperature=temperature)
     else:
         request = chat_request(
             messages, system=system, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,

@@ -30,6 +30,7 @@ __all__ = [
     "REASONING_EFFORTS",
     "ROLES",
     "call_options",
+    "chat_messages",
     "chat_request",
     "check_header",
     "check_response_format",
@@ -116,7 +117,8 @@ def _mapping(value: Any, field: str) -> Mapping[str, Any]:
 # --- messages ---------------------------------------------------------------------------
 
 
-def _messages(messages: Any) -> list[Message]:
+def chat_messages(messages: Any) -> list[Message]:
+    """``messages`` (one prompt, or a list of dicts and :class:`Message`) as the request's messages, checked."""
     if isinstance(messages, str):
         if not messages.strip():
             raise InvalidRequest("messages must not be empty: give the prompt text", field="messages")
@@ -389,10 +391,10 @@ def chat_request(
     params: Mapping[str, Any] | None = None,
 ) -> ChatRequest:
     """The :class:`ChatRequest` for ``chat``/``stream``'s arguments, every one checked."""
-    if type(messages) is str and messages.strip():  # one prompt (most requests): _messages() in short
+    if type(messages) is str and messages.strip():  # one prompt (most requests): chat_messages() in short
         msgs = [Message(role="user", content=messages)]
     else:
-        msgs = _messages(messages)
+        msgs = chat_messages(messages)
     if system is not None:
         msgs.insert(0, Message(role="system", content=_text(system, "system")))
     if model is not None and (type(model) is not str or not model):  # a plain name passes without _text's call
