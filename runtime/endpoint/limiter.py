@@ -359,10 +359,14 @@ class Limiter:
         if self._gate_requests is None and self._gate_tokens is None:
             # Nearly every reply: healthy counts and no gate on, so admission stays as it was
             # (what _gate would find for each count, without its two calls).
-            remaining, limit = snapshot.remaining_requests, snapshot.limit_requests
-            if remaining is None or (limit is not None and LOW_REMAINING * limit <= remaining > 0):
-                remaining, limit = snapshot.remaining_tokens, snapshot.limit_tokens
-                if remaining is None or (limit is not None and LOW_REMAINING * limit <= remaining > 0):
+            remaining = snapshot.remaining_requests
+            if remaining is None or (
+                remaining > 0 and (limit := snapshot.limit_requests) is not None and remaining >= LOW_REMAINING * limit
+            ):
+                remaining = snapshot.remaining_tokens
+                if remaining is None or (
+                    remaining > 0 and (limit := snapshot.limit_tokens) is not None and remaining >= LOW_REMAINING * limit
+                ):
                     return now < self._throttled_until
         requests = self._gate(snapshot.remaining_requests, snapshot.limit_requests, snapshot.reset_requests, now)
         tokens = self._gate(snapshot.remaining_tokens, snapshot.limit_tokens, snapshot.reset_tokens, now)
