@@ -254,7 +254,9 @@ class EndpointActor(Actor):
 
     def try_admit(self, tokens: int, now: float) -> Permit | None:
         """Take the request now if breaker, limiter and health allow; None (at once) if not."""
-        if self._failed or self._draining or self._misconfigured is not None:  # _blocked(), a call less
+        # Healthy means none of failed, draining, misconfigured (_refresh follows every change
+        # of those): the one comparison stands for _blocked() on nearly every request.
+        if self.health is not _HEALTHY and self._blocked():
             return None
         # The common cases of Breaker.admit and Limiter.try_acquire inline (twins of theirs,
         # keep them alike): a closed breaker admits, a free limiter only counts.
