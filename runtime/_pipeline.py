@@ -245,6 +245,8 @@ class Pipeline:
         on_interrupt: OnInterrupt = "raise",
     ) -> None:
         self.routes = routes
+        #: route -> its tiers, None for an unknown one (the table's dict, whose tiers a restart edits in place)
+        self.route_tiers = routes.by_route.get
         self.dispatcher = dispatcher
         self.timeout = timeout
         self.hedge = hedge
@@ -427,11 +429,10 @@ class Call:
         self.started = started
         self.deadline = deadline
         self.route = endpoint or model
-        routes = pipeline.routes
         # Unpinned (nearly every request): the route's tiers straight from the table, tiers() a call less.
-        tiers = routes.by_route.get(model) if endpoint is None else None
+        tiers = pipeline.route_tiers(model) if endpoint is None else None
         if tiers is None:
-            tiers = routes.tiers(model, endpoint)
+            tiers = pipeline.routes.tiers(model, endpoint)
         self.tiers: list[Tier] = _completion_tiers(tiers, endpoint, model) if completion else tiers
         self.trail: list[Attempt] = []
         self.counted = 0
