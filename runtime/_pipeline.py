@@ -593,8 +593,9 @@ class Call:
         price = pipeline._prices.get((actor.name, answered))  # price()'s first step, a call less
         if price is None:
             price = pipeline.price(answered, actor)
-        reply.cost_usd = cost = price.cost(usage)
-        reply.cost_known = price.known
+        known = price.known
+        reply.cost_usd = cost = price.cost(usage) if known else 0.0  # an unknown price is all zeros: no call
+        reply.cost_known = known
         # The tokens are summed only for a budget to charge (most runtimes have none).
         if self.reservation is not None and pipeline.budget is not None:
             pipeline.budget.settle(self.reservation, usage.input_tokens + usage.output_tokens, cost)
@@ -603,7 +604,7 @@ class Call:
             guard = pipeline.endpoint_budgets.get(actor.name)
             if guard is not None:
                 guard.spend(usage.input_tokens + usage.output_tokens, cost)
-        pipeline.ledger.record(actor.name, reply.model, usage, cost, priced=price.known)
+        pipeline.ledger.record(actor.name, reply.model, usage, cost, priced=known)
         if metrics_enabled():
             pipeline.metrics.record_request(
                 actor.name, actor.provider, reply.model, usage, cost, pipeline.clock() - self.started,
