@@ -67,6 +67,7 @@ T = TypeVar("T")
 # unbounded request neither reserves nothing nor a whole context window.
 DEFAULT_REPLY_RESERVE = 1024
 _PRICE_CACHE_LIMIT = 1024
+_NO_REPAIR = 0  # repair's default: the same small-int object, so an identity test finds it
 
 
 class ChatOptions(msgspec.Struct, frozen=True):
@@ -146,7 +147,8 @@ def chat_options(
     if on_interrupt is not None and on_interrupt not in ON_INTERRUPT:
         raise InvalidRequest(f"on_interrupt {ON_INTERRUPT_RULE}, got {on_interrupt!r}", field="on_interrupt")
     output = output_schema(response_format) if response_format is not None else None
-    if type(repair) is not int or repair < 0:  # type(): a bool is no count
+    # The default (the very object 0) passes on one identity test; type(): a bool is no count.
+    if repair is not _NO_REPAIR and (type(repair) is not int or repair < 0):
         raise InvalidRequest(f"repair must be an integer >= 0, got {repair!r}", field="repair")
     if (
         system is None and stop is None and tools is None and tool_choice is None and response_format is None
@@ -265,6 +267,11 @@ class Pipeline:
         self.accept_embeddings = _embeddings_filter(self.accept)
         # Built inside the running loop the runtime serves from: its clock, read once.
         self.clock = asyncio.get_running_loop().time
+        # The stream class, which imports this module: imported once here, not by an import
+        # statement per stream (the import machinery's lookups cost microseconds each time).
+        from ._stream import ReplyStream
+
+        self._reply_stream = ReplyStream
         # (endpoint, model that answered) -> price: one dict hit per reply after the first.
         self._prices: dict[tuple[str, str], ModelPrice] = {}
 
@@ -333,13 +340,11 @@ class Pipeline:
 
     def stream(self, options: ChatOptions) -> ReplyStream:
         """A streamed reply; the walk starts when the caller enters it."""
-        from ._stream import ReplyStream
-
         request = options.request
         now, timeout = self.clock(), options.timeout
         deadline = now + (self.timeout if timeout is None else timeout)  # deadline(), a call and a clock reading less
         call = Call(self, "stream", request.model, options.endpoint, deadline, now, request.kind == "completion")
-        return ReplyStream(self, call, options)
+        return self._reply_stream(self, call, options)
 
     async def embed(self, options: EmbedOptions) -> EmbeddingResponse:
         """Vectors from the best endpoint that has an embeddings API."""

@@ -452,13 +452,16 @@ def embed_request(inputs: Any, *, model: Any = None, dimensions: Any = None) -> 
 def call_options(*, timeout: Any = None, endpoint: Any = None, cache: Any = None, hedge: Any = None, trim: Any = False) -> None:
     """Check the per-call knobs: ``timeout`` (seconds, finite, > 0), ``endpoint`` (a name),
     ``cache`` and ``trim`` (flags), ``hedge`` (a flag or a :class:`~runtime.policy.HedgePolicy`)."""
-    from .policy import HedgePolicy  # policy imports this module for its header rules
-
     if timeout is not None and (not _is_number(timeout) or timeout <= 0):
         raise _bad("timeout", "a finite number of seconds > 0", timeout)
     if endpoint is not None:
         _text(endpoint, "endpoint")
     _flag(cache, "cache")
     _flag(trim, "trim")
-    if hedge is not None and not isinstance(hedge, bool | HedgePolicy):
-        raise _bad("hedge", "True, False or a HedgePolicy", hedge)
+    if hedge is not None and not isinstance(hedge, bool):
+        # Imported only for a policy (policy imports this module for its header rules): an
+        # import statement costs microseconds each time it runs, and a timeout is a common knob.
+        from .policy import HedgePolicy
+
+        if not isinstance(hedge, HedgePolicy):
+            raise _bad("hedge", "True, False or a HedgePolicy", hedge)
