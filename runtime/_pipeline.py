@@ -375,11 +375,11 @@ class Pipeline:
 
     def hedge_for(self, hedge: HedgePolicy | bool | None) -> HedgePolicy | None:
         """This request's hedging: the runtime's unless the call says otherwise."""
-        if hedge is None or hedge is True:
-            policy = self.hedge or (HedgePolicy() if hedge is True else None)
-        else:
-            policy = hedge or None
-        return policy
+        if hedge is None:  # the call says nothing (most calls)
+            return self.hedge
+        if hedge is True:
+            return self.hedge or HedgePolicy()
+        return hedge or None
 
     @staticmethod
     def fit(request: ChatRequest, actor: EndpointActor) -> ChatRequest:
