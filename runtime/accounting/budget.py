@@ -29,6 +29,8 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -95,6 +97,21 @@ class BudgetGuard:
         self.scope = scope
         self._now = now
         self._limits = {kind: float(limit) for kind, *_ in _KINDS if (limit := getattr(budget, kind)) is not None}
+        # Each limit as a number (inf: not set), and the use at which it warns: the request
+        # path compares against all four at once, and walks _limits only to name the one passed.
+        limits = self._limits
+        self._cap_day_tokens = limits.get("daily_tokens", math.inf)
+        self._cap_day_usd = limits.get("daily_usd", math.inf)
+        self._cap_month_tokens = limits.get("monthly_tokens", math.inf)
+        self._cap_month_usd = limits.get("monthly_usd", math.inf)
+        warn_at = budget.warn_at
+        self._warn_day_tokens = warn_at * self._cap_day_tokens
+        self._warn_day_usd = warn_at * self._cap_day_usd
+        self._warn_month_tokens = warn_at * self._cap_month_tokens
+        self._warn_month_usd = warn_at * self._cap_month_usd
+        # When the day the totals count in ends (wall clock): only the default clock sets it,
+        # so that a period check is one float comparison; another clock is asked each time.
+        self._day_end = -math.inf
         self._ids = itertools.count(1)
         self._outstanding: dict[int, Reservation] = {}
         self._reserved_tokens = 0
@@ -115,6 +132,10 @@ class BudgetGuard:
     # --- periods ------------------------------------------------------------------------
 
     def _today(self) -> datetime.date:
+        if self._now is _utc_now:
+            today = datetime.datetime.fromtimestamp(time.time(), datetime.UTC).date()
+            self._day_end = datetime.datetime.combine(today, datetime.time(), datetime.UTC).timestamp() + 86400.0
+            return today
         now = self._now()
         if now.tzinfo is not None:
             now = now.astimezone(datetime.UTC)
@@ -163,17 +184,30 @@ class BudgetGuard:
         Refuses when used + reserved + this estimate would pass any limit. Nothing is
         held when it refuses.
         """
-        self._roll()
-        for kind, limit in self._limits.items():
-            committed = self._used(kind) + self._reserved(kind)
-            need = estimated_tokens if kind.endswith("tokens") else estimated_usd
-            if committed + need > limit:
-                raise self.exceeded(kind, committed, need)
+        if time.time() >= self._day_end:  # a new day may have begun (always asked with another clock)
+            self._roll()
+        # used + reserved + need against each limit, summed in the order _refuse sums them.
+        tokens, usd = self._reserved_tokens, self._reserved_usd
+        if (
+            self._day_tokens + tokens + estimated_tokens > self._cap_day_tokens
+            or self._day_usd + usd + estimated_usd > self._cap_day_usd
+            or self._month_tokens + tokens + estimated_tokens > self._cap_month_tokens
+            or self._month_usd + usd + estimated_usd > self._cap_month_usd
+        ):
+            self._refuse(estimated_tokens, estimated_usd)
         reservation = Reservation(id=next(self._ids), tokens=estimated_tokens, usd=estimated_usd)
         self._outstanding[reservation.id] = reservation
         self._reserved_tokens += estimated_tokens
         self._reserved_usd += estimated_usd
         return reservation
+
+    def _refuse(self, estimated_tokens: int, estimated_usd: float) -> None:
+        """Raise the refusal naming the first limit (in _KINDS order) the estimate would pass."""
+        for kind, limit in self._limits.items():
+            committed = self._used(kind) + self._reserved(kind)
+            need = estimated_tokens if kind.endswith("tokens") else estimated_usd
+            if committed + need > limit:
+                raise self.exceeded(kind, committed, need)
 
     def exceeded(self, kind: str, committed: float, need: float) -> BudgetExceeded:
         """The refusal of a request needing ``need`` more of ``kind``, of which ``committed``
@@ -209,12 +243,20 @@ class BudgetGuard:
 
     def spend(self, tokens: int, usd: float) -> None:
         """Charge usage that had no reservation (and check the warning thresholds)."""
-        self._roll()
+        if time.time() >= self._day_end:
+            self._roll()
         self._day_tokens += tokens
         self._day_usd += usd
         self._month_tokens += tokens
         self._month_usd += usd
-        self._check_warnings()
+        # Below every warning threshold (nearly always): nothing to look up.
+        if (
+            self._day_tokens >= self._warn_day_tokens
+            or self._day_usd >= self._warn_day_usd
+            or self._month_tokens >= self._warn_month_tokens
+            or self._month_usd >= self._warn_month_usd
+        ):
+            self._check_warnings()
 
     # --- warnings -----------------------------------------------------------------------
 
@@ -262,8 +304,15 @@ class BudgetGuard:
 
     def exhausted(self) -> bool:
         """True when any limit is fully used or reserved: nothing more can be sent now."""
-        self._roll()
-        return any(self._used(kind) + self._reserved(kind) >= limit for kind, limit in self._limits.items())
+        if time.time() >= self._day_end:
+            self._roll()
+        tokens, usd = self._reserved_tokens, self._reserved_usd
+        return (
+            self._day_tokens + tokens >= self._cap_day_tokens
+            or self._day_usd + usd >= self._cap_day_usd
+            or self._month_tokens + tokens >= self._cap_month_tokens
+            or self._month_usd + usd >= self._cap_month_usd
+        )
 
     def statistics(self) -> BudgetStatistics:
         """A frozen snapshot for status output and tests."""
