@@ -17,6 +17,7 @@ import datetime
 import email.utils
 import functools
 import math
+import operator
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -642,6 +643,8 @@ def connection_story(exc: BaseException, streamed: int | None = None) -> str:
 #: deadline is its client's :class:`Deadlines`.
 _NO_TIMER = aiohttp.ClientTimeout(total=None)
 
+_text_of = operator.attrgetter("text")
+
 
 class ProviderClient:
     """Sends an adapter's requests over the shared session and translates every failure.
@@ -879,10 +882,9 @@ class ChunkStream:
         return self
 
     async def __anext__(self) -> StreamChunk:
-        if self._pending:
-            chunk = self._pending.pop(0)
-            self._chars += len(chunk.text)
-            return chunk
+        pending = self._pending
+        if pending:
+            return pending.pop()
         if self._ended or self._resp is None:
             raise StopAsyncIteration
         content = self._resp.content
@@ -910,10 +912,12 @@ class ChunkStream:
         self._deadline = bound if bound < self._until else self._until  # min(), a call less per read
         if not chunks:
             raise StopAsyncIteration
-        first = chunks[0]
-        if len(chunks) > 1:
-            self._pending.extend(chunks[1:])
-        self._chars += len(first.text)
+        # Counted as the read brings them, not as each is taken: nothing reads the count
+        # before the next read, and by then every one of them has been taken.
+        self._chars += sum(map(len, map(_text_of, chunks)))
+        chunks.reverse()  # the rest are taken from the end, in order
+        first = chunks.pop()
+        self._pending = chunks
         return first
 
     def _finish(self) -> list[StreamChunk]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
@@ -191,6 +191,35 @@ class _ChunkView(_View):
     error: _ErrorView | str | None = None
 
 
+# A stream's plain text delta, nearly every event of a reply, as one strict shape: one
+# choice, choice 0, only ``content`` in its delta (a role beside it changes nothing), no
+# finish reason, usage or error. An event that fits it means exactly what the full reading
+# of it would; one that does not fails to decode and is read in full.
+
+
+class _PlainDeltaView(_View, forbid_unknown_fields=True):
+    content: str
+    role: str | None = None
+    refusal: None = None
+    reasoning_content: None = None
+    reasoning: None = None
+    tool_calls: None = None
+
+
+class _PlainChoiceView(_View):
+    delta: _PlainDeltaView
+    index: Literal[0] = 0
+    finish_reason: None = None
+
+
+class _PlainChunkView(_View):
+    choices: tuple[_PlainChoiceView]
+    id: str | None = None
+    model: str | None = None
+    usage: None = None
+    error: None = None
+
+
 class _EmbeddingView(_View):
     index: int = 0
     embedding: list[float] = []
@@ -205,6 +234,7 @@ class _EmbeddingListView(_View):
 _NO_MESSAGE = _MessageView()
 _completion_decoder = msgspec.json.Decoder(_CompletionView)
 _chunk_decoder = msgspec.json.Decoder(_ChunkView)
+_decode_plain_chunk = msgspec.json.Decoder(_PlainChunkView).decode
 _embedding_decoder = msgspec.json.Decoder(_EmbeddingListView)
 _encode = msgspec.json.encode
 
@@ -572,6 +602,23 @@ class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
         super().__init__(adapter, SSEDecoder())
         self._openai = adapter
         self._filtered = False
+
+    def _frames(self, frames: list[SSEEvent], out: list[StreamChunk]) -> None:
+        if self.done:
+            return
+        for frame in frames:
+            try:
+                plain = _decode_plain_chunk(frame.data)
+            except msgspec.DecodeError:
+                pass  # any other event (or no JSON at all): read in full below
+            else:
+                text = plain.choices[0].delta.content
+                if text:  # an empty one carries nothing, as _frame would find
+                    out.append(StreamChunk(text=text, model=plain.model or None, id=plain.id or None))
+                continue
+            self._frame(frame, out)
+            if self.done:
+                return
 
     def _frame(self, frame: SSEEvent, out: list[StreamChunk]) -> None:
         data = frame.data
