@@ -34,7 +34,7 @@ the runtime uses: ``input_tokens`` counts every prompt token, cached or not
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -169,6 +169,25 @@ class _EventView(_View):
 
 _message_decoder = msgspec.json.Decoder(_MessageView)
 _event_decoder = msgspec.json.Decoder(_EventView)
+
+
+# A stream's text delta, nearly every event of a reply, as one strict shape: a
+# content_block_delta whose delta has text and none of the other fields the full reading
+# reads. An event that fits it means exactly what the full reading of it would.
+
+
+class _PlainDeltaView(_View):
+    text: str
+    partial_json: None = None
+    thinking: None = None
+
+
+class _PlainEventView(_View):
+    type: Literal["content_block_delta"]
+    delta: _PlainDeltaView
+
+
+_decode_plain_event = msgspec.json.Decoder(_PlainEventView).decode
 _encode = msgspec.json.encode
 
 #: Extended-thinking budgets standing in for OpenAI's ``reasoning_effort`` (tokens).
@@ -488,6 +507,10 @@ class _MessageStreamDecoder(FramedDecoder[SSEEvent]):
         self._cache_creation: int | None = None
         self._tools: dict[int, int] = {}  # content-block index → tool-call number
         self._output_blocks: set[int] = set()  # content-block indexes of the forced output tool
+
+    def _plain(self, frame: SSEEvent) -> StreamChunk | None:
+        text = _decode_plain_event(frame.data).delta.text
+        return StreamChunk(text=text, model=self._model, id=self._id) if text else None
 
     def _frame(self, frame: SSEEvent, out: list[StreamChunk]) -> None:
         event = _event_decoder.decode(frame.data)

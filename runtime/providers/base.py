@@ -574,18 +574,38 @@ def rate_limit_snapshot(
 ) -> RateLimitSnapshot | None:
     """The rate-limit headers ``names`` (from :func:`rate_limit_names`), resets read by
     ``reset``; None when the response carried none of them."""
-    limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = map(headers.get, names)
-    if limit_r is remaining_r is reset_r is limit_t is remaining_t is reset_t is None:  # all six absent
+    found: tuple[Any, ...] = tuple(map(headers.get, names))  # str or None each
+    if None not in found:
+        # Every response carries all six (when the provider sends them at all), the counts
+        # in plain digits: read in one expression, the odd value by _partial_snapshot.
+        limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = found
+        try:
+            return RateLimitSnapshot(
+                limit_requests=int(limit_r),
+                remaining_requests=int(remaining_r),
+                reset_requests=reset(reset_r),
+                limit_tokens=int(limit_t),
+                remaining_tokens=int(remaining_t),
+                reset_tokens=reset(reset_t),
+            )
+        except ValueError:
+            pass  # a count int() refuses ("12.5", "nan"): read one by one below
+    elif found == _NONE_FOUND:
         return None
-    # Every response carries these (when the provider sends them at all): plain digits,
-    # what providers send, are read inline; anything else goes through _int. (isdecimal,
-    # not isdigit: int() refuses "²", which isdigit accepts.)
+    return _partial_snapshot(found, reset)
+
+
+_NONE_FOUND = (None,) * 6
+
+
+def _partial_snapshot(found: tuple[str | None, ...], reset: Callable[[str], float | None]) -> RateLimitSnapshot:
+    limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = found
     return RateLimitSnapshot(
-        limit_requests=int(limit_r) if limit_r is not None and limit_r.isdecimal() else _int(limit_r),
-        remaining_requests=int(remaining_r) if remaining_r is not None and remaining_r.isdecimal() else _int(remaining_r),
+        limit_requests=_int(limit_r),
+        remaining_requests=_int(remaining_r),
         reset_requests=reset(reset_r) if reset_r is not None else None,
-        limit_tokens=int(limit_t) if limit_t is not None and limit_t.isdecimal() else _int(limit_t),
-        remaining_tokens=int(remaining_t) if remaining_t is not None and remaining_t.isdecimal() else _int(remaining_t),
+        limit_tokens=_int(limit_t),
+        remaining_tokens=_int(remaining_t),
         reset_tokens=reset(reset_t) if reset_t is not None else None,
     )
 

@@ -114,6 +114,7 @@ class Bound(msgspec.Struct, eq=False):
             deadlines._handle.cancel()
             deadlines._handle = None
             deadlines._armed = math.inf
-        task = self.task
-        if self.expired and task is not None and task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-            raise TimeoutError from exc
+        if self.expired:  # rare: tested first, and the rest read only then
+            task = self.task
+            if task is not None and task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc

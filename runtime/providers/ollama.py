@@ -30,7 +30,7 @@ Bearer token. The translation, decided once here:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -98,6 +98,27 @@ class _EmbedView(_View):
 
 
 _chat_decoder = msgspec.json.Decoder(_ChatView)
+
+
+# A stream's text line, nearly every line of a reply, as one strict shape: not done, no
+# error, a message with content and none of the other fields the full reading reads. A
+# line that fits it means exactly what the full reading of it would.
+
+
+class _PlainMessageView(_View):
+    content: str
+    thinking: None = None
+    tool_calls: None = None
+
+
+class _PlainLineView(_View):
+    message: _PlainMessageView
+    model: str | None = None
+    done: Literal[False] = False
+    error: None = None
+
+
+_decode_plain_line = msgspec.json.Decoder(_PlainLineView).decode
 _embed_decoder = msgspec.json.Decoder(_EmbedView)
 _encode = msgspec.json.encode
 
@@ -304,6 +325,11 @@ class _ChatStreamDecoder(FramedDecoder[bytes]):
         super().__init__(adapter, NDJSONDecoder())
         self._ollama = adapter
         self._calls = 0
+
+    def _plain(self, frame: bytes) -> StreamChunk | None:
+        plain = _decode_plain_line(frame)
+        text = plain.message.content
+        return StreamChunk(text=text, model=plain.model) if text else None
 
     def _frame(self, frame: bytes, out: list[StreamChunk]) -> None:
         view = _chat_decoder.decode(frame)

@@ -87,7 +87,15 @@ from .base import (
     response_schema,
     undecodable,
 )
-from .params import OPENAI_RULES, Rule, apply_params, rules_for, with_extra_headers
+from .params import (
+    NOTHING_EXTRA,
+    OPENAI_RULES,
+    Rule,
+    apply_params,
+    params_and_extra_body,
+    rules_for,
+    with_extra_headers,
+)
 from .streams import FramedDecoder, SSEDecoder, SSEEvent
 
 if TYPE_CHECKING:  # policy reads the provider registry in this package
@@ -192,14 +200,14 @@ class _ChunkView(_View):
 
 
 # A stream's plain text delta, nearly every event of a reply, as one strict shape: one
-# choice, choice 0, only ``content`` in its delta (a role beside it changes nothing), no
-# finish reason, usage or error. An event that fits it means exactly what the full reading
-# of it would; one that does not fails to decode and is read in full.
+# choice, choice 0, a delta with content and none of the other fields the full reading
+# reads (those it ignores, such as a role, may be there), no finish reason, usage or
+# error. An event that fits it means exactly what the full reading of it would; one that
+# does not fails to decode and is read in full.
 
 
-class _PlainDeltaView(_View, forbid_unknown_fields=True):
+class _PlainDeltaView(_View):
     content: str
-    role: str | None = None
     refusal: None = None
     reasoning_content: None = None
     reasoning: None = None
@@ -231,6 +239,37 @@ class _EmbeddingListView(_View):
     usage: _UsageView | None = None
 
 
+class _ChatBody(msgspec.Struct, omit_defaults=True, gc=False):
+    """A chat (or text completion) request body, its keys in their order on the wire; a
+    field left at its default is not sent. A struct, not a dict: no store and no test a
+    key, and it encodes as the dict would (``to_builtins`` makes that dict when parameters
+    are to be added)."""
+
+    model: str
+    messages: list[Message | dict[str, Any]] | None = None
+    prompt: str | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+
+
+class _ModernChatBody(_ChatBody, rename={"max_tokens": "max_completion_tokens"}):
+    """OpenAI's chat body: the reply limit as ``max_completion_tokens``."""
+
+    # declared again (in its place) for the rename to reach it: msgspec renames a class's own fields
+    max_tokens: int | None = None
+
+
+#: The chat body of each spelling of the reply limit (``max_tokens_field``).
+_CHAT_BODIES: dict[str, type[_ChatBody]] = {"max_tokens": _ChatBody, "max_completion_tokens": _ModernChatBody}
+
 _NO_MESSAGE = _MessageView()
 _completion_decoder = msgspec.json.Decoder(_CompletionView)
 _chunk_decoder = msgspec.json.Decoder(_ChunkView)
@@ -256,7 +295,7 @@ def _usage(view: _UsageView) -> Usage:
     prompt = view.prompt_tokens or 0
     completion = view.completion_tokens or 0
     details = view.prompt_tokens_details
-    cached = details.cached_tokens if details is not None and details.cached_tokens is not None else None
+    cached = details.cached_tokens if details is not None else None
     if cached is None:
         cached = view.prompt_cache_hit_tokens
     out_details = view.completion_tokens_details
@@ -402,6 +441,7 @@ class OpenAIAdapter(Adapter):
         self._chat_url, self._embed_url, self._probe_url = self._urls(base, endpoint)
         # …/chat/completions → …/completions, the text-completion API beside it
         self._completions_url = self._chat_url.replace("/chat/completions", "/completions", 1)
+        self._chat_body = _CHAT_BODIES[self.max_tokens_field]
         auth = self._auth_headers(api_key)
         self._probe_headers: dict[str, str] = {**auth, **endpoint.headers}
         self._json_headers: dict[str, str] = {"Content-Type": "application/json", **auth, **endpoint.headers}
@@ -425,35 +465,30 @@ class OpenAIAdapter(Adapter):
     def chat_request(self, request: ChatRequest, *, stream: bool) -> HTTPRequest:
         """``POST …/chat/completions`` with the endpoint's model and the request's options."""
         completion = request.kind == "completion"
-        body: dict[str, Any] = (
-            {"model": self._model, "prompt": request.messages[0].text}
-            if completion
-            else {"model": self._model, "messages": list(map(_wire_message, request.messages))}
+        # a text completion's body spells the limit max_tokens: the legacy API knows no other
+        body = (_ChatBody if completion else self._chat_body)(
+            model=self._model,
+            messages=None if completion else list(map(_wire_message, request.messages)),
+            prompt=request.messages[0].text if completion else None,
+            stream=stream,
+            stream_options=_INCLUDE_USAGE if stream and self.stream_usage else None,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop or None,
+            tools=request.tools or None,
+            tool_choice=request.tool_choice,
+            response_format=request.response_format,  # json_object / json_schema, as given
+            seed=request.seed,
         )
-        if stream:
-            body["stream"] = True
-            if self.stream_usage:
-                body["stream_options"] = _INCLUDE_USAGE
-        if request.max_tokens is not None:
-            # the legacy completions API knows only max_tokens
-            body["max_tokens" if completion else self.max_tokens_field] = request.max_tokens
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if request.stop:
-            body["stop"] = request.stop
-        if request.tools:
-            body["tools"] = request.tools
-        if request.tool_choice is not None:
-            body["tool_choice"] = request.tool_choice
-        if request.response_format is not None:
-            body["response_format"] = request.response_format  # json_object / json_schema, as given
-        if request.seed is not None:
-            body["seed"] = request.seed
-        apply_params(body, request, _COMPLETION_RULES if completion else self.param_rules, self)
+        if params_and_extra_body(request) == NOTHING_EXTRA:
+            encoded = _encode(body)
+        else:
+            wire = msgspec.to_builtins(body)  # the same keys in the same order, as a dict to add to
+            apply_params(wire, request, _COMPLETION_RULES if completion else self.param_rules, self)
+            encoded = _encode(wire)
         headers = with_extra_headers(self._stream_headers if stream else self._json_headers, request)
-        return HTTPRequest("POST", self._completions_url if completion else self._chat_url, headers, _encode(body))
+        return HTTPRequest("POST", self._completions_url if completion else self._chat_url, headers, encoded)
 
     def continuation(self, request: ChatRequest, partial: str) -> ChatRequest | None:
         """With ``prefill`` on the endpoint (vLLM and servers like it): the partial answer as a
@@ -485,12 +520,13 @@ class OpenAIAdapter(Adapter):
         if not choices_in:
             raise self._protocol("chat reply has no choices")
         choice = choices_in[0]
-        if choice.index != 0:  # choice 0 is the reply, wherever the provider put it
+        if choice.index:  # choice 0 is the reply, wherever the provider put it
             choice = next((c for c in choices_in if c.index == 0), choice)
         message = choice.message
         calls: list[ToolCall]
         if message is not None and not message.tool_calls:  # a plain reply, read here
-            text, calls = message.content or message.refusal or "", []
+            text = message.content or message.refusal or ""
+            calls = []
         else:
             text, calls = _choice_content(choice)
             message = message or _NO_MESSAGE
@@ -603,22 +639,10 @@ class _ChatStreamDecoder(FramedDecoder[SSEEvent]):
         self._openai = adapter
         self._filtered = False
 
-    def _frames(self, frames: list[SSEEvent], out: list[StreamChunk]) -> None:
-        if self.done:
-            return
-        for frame in frames:
-            try:
-                plain = _decode_plain_chunk(frame.data)
-            except msgspec.DecodeError:
-                pass  # any other event (or no JSON at all): read in full below
-            else:
-                text = plain.choices[0].delta.content
-                if text:  # an empty one carries nothing, as _frame would find
-                    out.append(StreamChunk(text=text, model=plain.model or None, id=plain.id or None))
-                continue
-            self._frame(frame, out)
-            if self.done:
-                return
+    def _plain(self, frame: SSEEvent) -> StreamChunk | None:
+        plain = _decode_plain_chunk(frame.data)
+        text = plain.choices[0].delta.content
+        return StreamChunk(text=text, model=plain.model or None, id=plain.id or None) if text else None
 
     def _frame(self, frame: SSEEvent, out: list[StreamChunk]) -> None:
         data = frame.data

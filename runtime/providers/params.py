@@ -41,7 +41,7 @@ from ..types import ChatRequest
 if TYPE_CHECKING:  # the adapters import this module
     from .base import Adapter
 
-__all__ = ["OPENAI_RULES", "PARAMS", "Rule", "apply_params", "as_is", "in_options", "unsupported", "with_extra_headers"]
+__all__ = ["NOTHING_EXTRA", "OPENAI_RULES", "PARAMS", "Rule", "apply_params", "as_is", "in_options", "params_and_extra_body", "unsupported", "with_extra_headers"]
 
 #: The parameters this module translates, in the order they are applied.
 PARAMS = (
@@ -61,6 +61,11 @@ PARAMS = (
 # requests): compared at once instead of ten lookups on every request.
 _params_of = operator.attrgetter(*PARAMS)
 _NONE_SET = (None,) * len(PARAMS)
+
+#: A request's parameters and ``extra_body`` at once, and what they are on most requests
+#: (nothing set): a body built without :func:`apply_params` is whole when the two are equal.
+params_and_extra_body = operator.attrgetter(*PARAMS, "extra_body")
+NOTHING_EXTRA = (None,) * (len(PARAMS) + 1)
 
 #: How one parameter goes onto the wire: ``rule(body, value, request)`` edits the body.
 Rule = Callable[[dict[str, Any], Any, ChatRequest], None]

@@ -354,6 +354,13 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
     @abc.abstractmethod
     def _frame(self, frame: _T, out: list[StreamChunk]) -> None: ...
 
+    @abc.abstractmethod
+    def _plain(self, frame: _T) -> StreamChunk | None:
+        """The chunk of the dialect's commonest frame, a plain text delta (None when its text
+        is empty), decoded as one strict shape; raises :class:`msgspec.DecodeError` for any
+        other frame, which :meth:`_frame` then reads in full. A frame that fits the shape
+        must mean exactly what :meth:`_frame` would make of it."""
+
     def feed(self, data: bytes) -> list[StreamChunk]:
         """The chunks completed by ``data``; raises the error a frame carried."""
         if self._error is not None:
@@ -396,12 +403,23 @@ class FramedDecoder(StreamDecoder, Generic[_T]):
             raise self._adapter._protocol(decode_failure(self.unit, exc)) from self._adapter.scrub(exc)
 
     def _frames(self, frames: list[_T], out: list[StreamChunk]) -> None:
-        """Each frame to :meth:`_frame` until the terminal event; a dialect overrides this
-        to read its commonest frame inline."""
+        # Each frame read as a plain text delta, and in full when it is not one, until
+        # the terminal event (frames after it are ignored).
+        if self.done:
+            return
+        plain = self._plain
         for frame in frames:
-            if self.done:
-                break
+            try:
+                chunk = plain(frame)
+            except msgspec.DecodeError:
+                pass  # any other frame (or no JSON at all): read in full below, outside this handler
+            else:
+                if chunk is not None:
+                    out.append(chunk)
+                continue
             self._frame(frame, out)
+            if self.done:
+                return
 
     def _missing_terminal(self) -> ProviderError:
         """The error for a stream that ended without its terminal event."""
