@@ -2,7 +2,8 @@
 
 A bound behaves as ``asyncio.timeout_at``: its block raises TimeoutError at its deadline,
 a cancellation from elsewhere propagates as one. The shared timer is re-armed to the
-earliest deadline in flight and gone when nothing is in flight.
+earliest deadline in flight and gone as soon as the loop runs on with nothing in flight;
+a bound that begins before then (the next request of a caller) keeps it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,30 @@ async def test_a_block_that_ends_in_time_is_untouched_and_leaves_no_timer() -> N
     with deadlines.after(5) as bound:
         await asyncio.sleep(1)
     assert not bound.expired
+    await asyncio.sleep(0)  # the loop runs on: nothing in flight, no timer of ours
     assert deadlines._handle is None
     await asyncio.sleep(10)  # a cancel left pending would surface at this await
+
+
+async def test_back_to_back_bounds_keep_one_timer() -> None:
+    """The next bound begins before the loop runs on (a caller's next request): the timer
+    armed for the first stays and is not re-armed for later deadlines; once nothing is in
+    flight it goes."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop)
+    with deadlines.after(5):
+        await asyncio.sleep(0.1)
+    handle = deadlines._handle
+    assert handle is not None
+    for _ in range(3):
+        with deadlines.after(5):
+            await asyncio.sleep(0.1)
+        assert deadlines._handle is handle and not handle.cancelled()
+    await asyncio.sleep(0)
+    assert deadlines._handle is None and handle.cancelled()
+    with pytest.raises(TimeoutError):  # a bound after all that still expires at its deadline
+        with deadlines.after(2):
+            await asyncio.sleep(60)
 
 
 async def test_each_of_many_bounds_expires_at_its_own_deadline() -> None:
