@@ -356,7 +356,7 @@ class Pipeline:
             reply, _ = await actor.client.embed(request, timeout)
             return reply
 
-        tokens = sum(len(t) for t in request.inputs) // 4 + 1
+        tokens = sum(map(len, request.inputs)) // 4 + 1
         try:
             call.reservation = self.budget.reserve(tokens, 0.0) if self.budget is not None else None
             outcome = await call.dispatch(attempt, tokens=tokens, accept=self.accept_embeddings)
@@ -482,14 +482,18 @@ class Call:
             return None, None
         key = cache.key(self.route, request)
         hit = cache.get(key)
-        pipeline.metrics.record_cache(hit is not None)
+        metered = metrics_enabled()  # asked once for both counts (each would ask again)
+        if metered:
+            pipeline.metrics.record_cache(hit is not None)
         if hit is None:
             return key, None
         pipeline.ledger.record_cache_hit(hit.endpoint, hit.model)
-        pipeline.metrics.record_request(
-            hit.endpoint, hit.provider, hit.model, None, 0.0, 0.0, outcome="cached", operation=self.operation
-        )
-        end_span(self.span, None, {"llm_runtime.cached": True})
+        if metered:
+            pipeline.metrics.record_request(
+                hit.endpoint, hit.provider, hit.model, None, 0.0, 0.0, outcome="cached", operation=self.operation
+            )
+        if self.span is not NO_SPAN:
+            end_span(self.span, None, {"llm_runtime.cached": True})
         return key, msgspec.structs.replace(hit, cached=True, attempts=[])
 
     def stale(self, key: str | None, failure: AllEndpointsFailed) -> ChatResponse | None:
