@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -327,44 +327,89 @@ def check_header(name: Any, value: Any, field: str) -> None:
 # --- the OpenAI parameters --------------------------------------------------------------
 
 
+def _penalty(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    _number(value, name, -2.0, 2.0)
+
+
+def _logit_bias(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    if not isinstance(value, Mapping):
+        raise _bad(name, "a mapping of token ids to numbers in [-100, 100]", value)
+    for token, weight in value.items():
+        if not (_is_int(token) or (isinstance(token, str) and token.isdigit())):
+            raise _bad(name, "keyed by token ids", token)
+        _number(weight, f"{name}[{token!r}]", -100.0, 100.0)
+
+
+def _boolean(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    _flag(value, name)
+
+
+def _positive(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    _count(value, name)
+
+
+def _top_logprobs(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    _count(value, name, 0, 20)
+    if not params.get("logprobs"):
+        raise InvalidRequest("top_logprobs needs logprobs=True", field=name)
+
+
+def _effort(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    if value not in REASONING_EFFORTS:
+        raise _bad(name, f"one of {', '.join(REASONING_EFFORTS)}", value)
+
+
+def _user(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    _text(value, name)
+
+
+def _metadata(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    for key, text in _mapping(value, name).items():
+        _text(text, f"{name}[{key!r}]", empty_ok=True)
+
+
+def _extra_headers(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    for key, text in _mapping(value, name).items():
+        check_header(key, text, f"{name}[{key!r}]")
+
+
+def _extra_body(value: Any, name: str, params: Mapping[str, Any]) -> None:
+    _mapping(value, name)
+
+
+#: Each OpenAI parameter's check (given a value that is not None), in the order they are
+#: checked: with several wrong, the one named is always the same.
+_PARAM_CHECKS: dict[str, Callable[[Any, str, Mapping[str, Any]], None]] = {
+    "presence_penalty": _penalty,
+    "frequency_penalty": _penalty,
+    "logit_bias": _logit_bias,
+    "logprobs": _boolean,
+    "parallel_tool_calls": _boolean,
+    "drop_unsupported": _boolean,
+    "n": _positive,
+    "top_logprobs": _top_logprobs,
+    "max_completion_tokens": _positive,
+    "reasoning_effort": _effort,
+    "user": _user,
+    "metadata": _metadata,
+    "extra_headers": _extra_headers,
+    "extra_body": _extra_body,
+}
+_PARAM_RANK = {name: rank for rank, name in enumerate(_PARAM_CHECKS)}
+if _PARAM_CHECKS.keys() != OpenAIParams.__annotations__.keys():  # a parameter added without its check
+    raise RuntimeError(f"checks for {sorted(_PARAM_CHECKS)} != OpenAIParams {sorted(OpenAIParams.__annotations__)}")
+
+
 def _params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The OpenAI parameters beyond the common ones, each checked, Nones dropped."""
-    unknown = params.keys() - OpenAIParams.__annotations__.keys()
+    unknown = params.keys() - _PARAM_CHECKS.keys()
     if unknown:
         raise TypeError(f"unexpected keyword argument {min(unknown)!r}")
-    for name in ("presence_penalty", "frequency_penalty"):
-        _number(params.get(name), name, -2.0, 2.0)
-    bias = params.get("logit_bias")
-    if bias is not None:
-        if not isinstance(bias, Mapping):
-            raise _bad("logit_bias", "a mapping of token ids to numbers in [-100, 100]", bias)
-        for token, weight in bias.items():
-            if not (_is_int(token) or (isinstance(token, str) and token.isdigit())):
-                raise _bad("logit_bias", "keyed by token ids", token)
-            _number(weight, f"logit_bias[{token!r}]", -100.0, 100.0)
-    for name in ("logprobs", "parallel_tool_calls", "drop_unsupported"):
-        _flag(params.get(name), name)
-    _count(params.get("n"), "n")
-    if params.get("top_logprobs") is not None:
-        _count(params["top_logprobs"], "top_logprobs", 0, 20)
-        if not params.get("logprobs"):
-            raise InvalidRequest("top_logprobs needs logprobs=True", field="top_logprobs")
-    _count(params.get("max_completion_tokens"), "max_completion_tokens")
-    effort = params.get("reasoning_effort")
-    if effort is not None and effort not in REASONING_EFFORTS:
-        raise _bad("reasoning_effort", f"one of {', '.join(REASONING_EFFORTS)}", effort)
-    if params.get("user") is not None:
-        _text(params["user"], "user")
-    metadata = params.get("metadata")
-    if metadata is not None:
-        for key, text in _mapping(metadata, "metadata").items():
-            _text(text, f"metadata[{key!r}]", empty_ok=True)
-    headers = params.get("extra_headers")
-    if headers is not None:
-        for key, text in _mapping(headers, "extra_headers").items():
-            check_header(key, text, f"extra_headers[{key!r}]")
-    if params.get("extra_body") is not None:
-        _mapping(params["extra_body"], "extra_body")
+    # Only the parameters given are checked (a request gives one or two of the fourteen).
+    for name in sorted(params, key=_PARAM_RANK.__getitem__) if len(params) > 1 else params:
+        value = params[name]
+        if value is not None:
+            _PARAM_CHECKS[name](value, name, params)
     checked = {name: dict(v) if isinstance(v, Mapping) else v for name, v in params.items() if v is not None}
     if "logit_bias" in checked:
         checked["logit_bias"] = {str(k): float(v) for k, v in checked["logit_bias"].items()}
@@ -452,12 +497,19 @@ def embed_request(inputs: Any, *, model: Any = None, dimensions: Any = None) -> 
 def call_options(*, timeout: Any = None, endpoint: Any = None, cache: Any = None, hedge: Any = None, trim: Any = False) -> None:
     """Check the per-call knobs: ``timeout`` (seconds, finite, > 0), ``endpoint`` (a name),
     ``cache`` and ``trim`` (flags), ``hedge`` (a flag or a :class:`~runtime.policy.HedgePolicy`)."""
-    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+    # Each check runs for a knob given; a plain float or int in range passes without a call.
+    if (
+        timeout is not None
+        and not ((type(timeout) is float or type(timeout) is int) and 0 < timeout < math.inf)
+        and (not _is_number(timeout) or timeout <= 0)
+    ):
         raise _bad("timeout", "a finite number of seconds > 0", timeout)
-    if endpoint is not None:
+    if endpoint is not None and (type(endpoint) is not str or not endpoint):
         _text(endpoint, "endpoint")
-    _flag(cache, "cache")
-    _flag(trim, "trim")
+    if cache is not None:
+        _flag(cache, "cache")
+    if trim is not False:
+        _flag(trim, "trim")
     if hedge is not None and not isinstance(hedge, bool):
         # Imported only for a policy (policy imports this module for its header rules): an
         # import statement costs microseconds each time it runs, and a timeout is a common knob.
