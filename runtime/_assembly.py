@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .errors import Timeout
 from .types import ChatRequest, ChatResponse, StreamChunk, ToolCall, Usage
 
 if TYPE_CHECKING:
@@ -94,23 +93,20 @@ class PartialReply:
         )
 
 
-async def first_content(chunks: ChunkStream, until: float, timeout: float, endpoint: str) -> list[StreamChunk]:
+async def first_content(chunks: ChunkStream) -> list[StreamChunk]:
     """The chunks up to and including the first one with content (text, reasoning or a tool
-    call), which must come by loop time ``until`` (``timeout`` after the attempt began):
-    chunks without content do not extend it. Until then the stream may still fail over."""
+    call). The chunk stream bounds the wait: its first-chunk timeout holds until content
+    comes (chunks without any do not extend it), raising :class:`Timeout`. Until then the
+    stream may still fail over."""
     held: list[StreamChunk] = []
-    try:
-        async with asyncio.timeout_at(until):
-            async for chunk in chunks:
-                if chunk.text or chunk.reasoning or chunk.tool_calls:
-                    held.append(chunk)
-                    break
-                if len(held) < MAX_HELD:
-                    held.append(chunk)
-                else:
-                    held[-1] = _fold(held[-1], chunk)
-    except TimeoutError:
-        raise Timeout(f"no content within {timeout:.3g}s of the request", endpoint=endpoint) from None
+    async for chunk in chunks:
+        if chunk.text or chunk.reasoning or chunk.tool_calls:
+            held.append(chunk)
+            break
+        if len(held) < MAX_HELD:
+            held.append(chunk)
+        else:
+            held[-1] = _fold(held[-1], chunk)
     return held
 
 
@@ -138,18 +134,16 @@ async def assembled(actor: EndpointActor, request: ChatRequest, timeout: float, 
     long answer that keeps coming is not cut by ``timeout``; a stalled one is caught
     after ``idle_timeout`` rather than at the end of one whole-response timeout."""
     loop = asyncio.get_running_loop()
-    first = min(actor.first_chunk_timeout, timeout)
-    until = loop.time() + first
-    chunks = await actor.client.stream(request, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout)
+    chunks = await actor.client.stream(
+        request, first_chunk_timeout=min(actor.first_chunk_timeout, timeout),
+        idle_timeout=actor.endpoint.idle_timeout, deadline=deadline,
+    )
     answer = PartialReply()
     try:
-        for chunk in await first_content(chunks, until, first, actor.name):
+        for chunk in await first_content(chunks):
             answer.add(chunk)
-        async with asyncio.timeout_at(deadline):
-            async for chunk in chunks:
-                answer.add(chunk)
-    except TimeoutError:
-        raise Timeout("the request's deadline passed mid-reply", endpoint=actor.name) from None
+        async for chunk in chunks:
+            answer.add(chunk)
     finally:
         await chunks.aclose()
     snapshot = chunks.rate_limit

@@ -139,13 +139,12 @@ class ReplyStream:
             mode: Mode | None = None
             if partial is not None:
                 sent, mode = recovery.request_for(actor, sent, partial or None)
-            first = min(actor.first_chunk_timeout, timeout)
-            until = pipeline.clock() + first
             chunks = await actor.client.stream(
-                sent, first_chunk_timeout=first, idle_timeout=actor.endpoint.idle_timeout, deadline=deadline
+                sent, first_chunk_timeout=min(actor.first_chunk_timeout, timeout),
+                idle_timeout=actor.endpoint.idle_timeout, deadline=deadline,
             )
             try:
-                return _Opened(chunks, await first_content(chunks, until, first, actor.name), mode, sent)
+                return _Opened(chunks, await first_content(chunks), mode, sent)
             except BaseException:
                 await chunks.aclose()
                 raise

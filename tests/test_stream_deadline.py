@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import aiohttp
 import anyio
 import pytest
 
 from runtime import AllEndpointsFailed, HealthPolicy, Runtime, StreamInterrupted, Timeout
+from runtime.providers import make_client
 from runtime.testing import FaultyEndpoint
+from runtime.types import ChatRequest, Message
 
 pytestmark = pytest.mark.anyio
 
 QUIET = HealthPolicy(enabled=False)
+REQUEST = ChatRequest(messages=[Message(role="user", content="hi")])
 DIALECTS = ["openai", "anthropic", "ollama"]
 # The virtual clock jumps over sleeps, but socket I/O still takes real milliseconds.
 SLACK = 0.05
@@ -45,6 +49,22 @@ async def test_contentless_trickle_ends_by_the_deadline_with_timeout(dialect: st
         async with Runtime([ep.endpoint(health=QUIET)]) as rt:
             failed = await read_until_it_fails(rt, 1.5, AllEndpointsFailed)
     assert failed.attempts and all(isinstance(a.error, Timeout) for a in failed.attempts)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_a_chunk_stream_waits_for_content_by_its_first_chunk_timeout(dialect: str) -> None:
+    """On the provider client's own chunk stream: content-less frames every 0.1 s do not
+    extend the first-chunk timeout; it ends at 0.5 s with a Timeout saying no content came
+    (no first chunk at all where the dialect's idle frames decode to none, as Ollama's do)."""
+    async with FaultyEndpoint(dialect, name="trickle") as ep, aiohttp.ClientSession() as session:
+        ep.faults.trickle = 0.1
+        client = make_client(ep.endpoint(health=QUIET), session)
+        start = anyio.current_time()
+        chunks = await client.stream(REQUEST, first_chunk_timeout=0.5, idle_timeout=30)
+        with pytest.raises(Timeout, match=r"no (content|first chunk) within 0\.5s"):
+            async for _ in chunks:
+                pass
+        assert 0.5 <= anyio.current_time() - start < 0.5 + SLACK
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

@@ -818,12 +818,14 @@ class ProviderClient:
 class ChunkStream:
     """An open streamed reply: an async iterator of :class:`StreamChunk`.
 
-    The first chunk must come within ``first_chunk_timeout`` seconds of the request and
-    each later one within ``idle_timeout`` of the one before (keep-alives do not count),
-    all of them by ``deadline`` (loop time), the request's: one bound per read holds the
-    earlier of the two, where a timeout of the caller's around every chunk cost a loop
-    timer armed and cancelled per chunk. ``aclose()`` closes the connection at once, so
-    the server sees the client leave.
+    The first chunk with content (text, reasoning or a tool call) must come within
+    ``first_chunk_timeout`` seconds of the request: chunks without any (role openers,
+    pings, usage) do not extend it. Each later read must bring a chunk within
+    ``idle_timeout`` of the one before, and all of them come by ``deadline`` (loop time),
+    the request's. One bound per read holds the earliest that applies, where a timeout of
+    the caller's around every chunk (and another around the wait for content) cost a loop
+    timer armed and cancelled each. ``aclose()`` closes the connection at once, so the
+    server sees the client leave.
     """
 
     __slots__ = (
@@ -925,11 +927,13 @@ class ChunkStream:
         if not data or decoder.done:
             self._ended = True
             self._close()
-        if self._what == "first chunk":
+        if self._what == "next chunk" or any(c.text or c.reasoning or c.tool_calls for c in chunks):
             self._what = "next chunk"
             self._timeout = self._idle
-        bound = self._deadlines.time() + self._timeout
-        self._deadline = bound if bound < self._until else self._until  # min(), a call less per read
+            bound = self._deadlines.time() + self._timeout
+            self._deadline = bound if bound < self._until else self._until  # min(), a call less per read
+        elif chunks:
+            self._what = "content"  # chunks came, none with content: the first deadline stands
         if not chunks:
             raise StopAsyncIteration
         # Counted as the read brings them, not as each is taken: nothing reads the count
