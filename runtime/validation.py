@@ -126,23 +126,22 @@ def chat_messages(messages: Any) -> list[Message]:
     items = messages if type(messages) is list else _list(messages, "messages")  # a list: what _list admits
     if not items:
         raise InvalidRequest("messages must be a string or a non-empty list of messages", field="messages")
-    return [_message(m, i) for i, m in enumerate(items)]
+    # A Message with a role, text content and nothing else (most) is taken as it is, without
+    # a call; anything else is checked the long way.
+    return [
+        m
+        if isinstance(m, Message) and m.role in ROLES and type(m.content) is str
+        and m.tool_calls is None and m.name is None and m.tool_call_id is None
+        else _message(m, i)
+        for i, m in enumerate(items)
+    ]
 
 
 def _message(value: Any, index: int) -> Message:
-    """``messages[index]`` checked (its field name spelled only for an error)."""
-    struct = isinstance(value, Message)
-    if (
-        struct
-        and value.role in ROLES
-        and type(value.content) is str
-        and value.tool_calls is None
-        and value.name is None
-        and value.tool_call_id is None
-    ):
-        return value  # type: ignore[no-any-return]  # the common case: checked without a round trip
+    """``messages[index]``, not a plain text Message: converted and checked (its field name
+    spelled only for an error)."""
     field = f"messages[{index}]"
-    if struct:
+    if isinstance(value, Message):
         try:
             value = msgspec.to_builtins(value)
         except TypeError as exc:
@@ -299,8 +298,9 @@ def _stop(stop: Any) -> list[str] | None:
         return None
     if isinstance(stop, str):
         return [_text(stop, "stop")]
-    items = _list(stop, "stop")
-    return [_text(s, f"stop[{i}]") for i, s in enumerate(items)] or None
+    items = stop if type(stop) is list else _list(stop, "stop")  # a list: what _list admits
+    # A non-empty string passes as it is; the field is spelled only for _text's error.
+    return [s if type(s) is str and s else _text(s, f"stop[{i}]") for i, s in enumerate(items)] or None
 
 
 # --- headers ------------------------------------------------------------------------------
@@ -448,9 +448,10 @@ def chat_request(
     # (type(): no bool) of 1 or more passes without _count's calls.
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
         _count(max_tokens, "max_tokens")
-    if temperature is not None:
+    # A plain float in range passes without _number's two calls.
+    if temperature is not None and not (type(temperature) is float and 0.0 <= temperature <= 2.0):
         _number(temperature, "temperature", 0.0, 2.0)
-    if top_p is not None:
+    if top_p is not None and not (type(top_p) is float and 0.0 < top_p <= 1.0):
         _number(top_p, "top_p", 0.0, 1.0, open_low=True)
     if seed is not None and (not _is_int(seed) or not -_INT64 <= seed < _INT64):
         raise _bad("seed", "a 64-bit integer", seed)
