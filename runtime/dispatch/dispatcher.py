@@ -208,11 +208,21 @@ class Dispatcher:
             if j == i:
                 j = (i + 1) % n
         a, b = actors[i], actors[j]
-        order = (a, b) if a.score(now) <= b.score(now) else (b, a)
-        for actor in order:
-            permit = self._admit(actor, tokens, now, exclude, min_window, accept)
+        if a.score(now) > b.score(now):
+            a, b = b, a
+        if not (exclude or min_window or accept is not None):
+            # Nearly every pick: no exclusion, window or filter, so each is asked straight away.
+            permit = a.try_admit(tokens, now)
             if permit is not None:
-                return actor, permit
+                return a, permit
+            permit = b.try_admit(tokens, now)
+            if permit is not None:
+                return b, permit
+        else:
+            for actor in (a, b):
+                permit = self._admit(actor, tokens, now, exclude, min_window, accept)
+                if permit is not None:
+                    return actor, permit
         if n <= 2:
             return None
         # Both draws refused: look at the whole tier before spilling to the next one.

@@ -313,7 +313,14 @@ class EndpointActor(Actor):
         The latency decays while the endpoint is idle, so one slow spike does not keep
         it out of rotation for good.
         """
-        return self.latency.cost(now) * (self.limiter.in_flight + 1) / self.weight
+        # LatencyTracker.cost and Limiter.in_flight inline (twins of theirs, keep them alike):
+        # two endpoints are scored on every pick among two or more, and their calls cost
+        # more than the arithmetic.
+        latency, limiter = self.latency, self.limiter
+        last, cost = latency._last_at, latency._ewma
+        if last is not None and now > last:
+            cost *= math.exp(-(now - last) / latency._decay)
+        return cost * (limiter._admitted - limiter._released + 1) / self.weight
 
     def available_at(self, tokens: int, now: float) -> float:
         """When this endpoint expects to take a request of ``tokens`` again (``inf``: not by itself)."""

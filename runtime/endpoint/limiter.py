@@ -239,7 +239,7 @@ class Limiter:
     @property
     def in_flight(self) -> int:
         """Requests admitted and not yet released."""
-        return self._admitted - self._released
+        return self._admitted - self._released  # (EndpointActor.score reads the two counts itself)
 
     @property
     def throttled_until(self) -> float:

@@ -171,6 +171,7 @@ class LatencyTracker:
         time passes, so it gets a request again and its true latency is relearned
         instead of being shunned forever on one old peak.
         """
+        # (EndpointActor.score has this inline: keep them alike.)
         last = self._last_at
         if last is None or now <= last:
             return self._ewma
