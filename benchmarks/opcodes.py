@@ -4,10 +4,11 @@ Wall-clock and CPU figures on a shared machine move by tens of percent between r
 number of bytecode instructions the interpreter executes for one request does not. This
 program runs the same requests as ``overhead.py`` (a fast local server in its own process,
 concurrency 1) under ``sys.settrace`` with opcode events on, and reports per request: the
-opcodes and Python calls of (a) a bare aiohttp + msgspec call and (b) ``rt.chat`` (and,
-with ``--stream``, a bare SSE read and ``rt.stream`` to the end), what the runtime adds, and its costliest
-functions by the opcodes each executes itself (not its callees). C work (msgspec, dict
-operations, the event loop's selector) is not counted: for that, run the program under
+opcodes and Python calls of (a) a bare aiohttp + msgspec call and (b) ``rt.chat`` on one
+endpoint and on a tier of three (and, with ``--stream``, a bare SSE read and ``rt.stream``
+to the end), what the runtime adds, and its costliest functions by the opcodes each
+executes itself (not its callees). C work (msgspec, dict operations, the event loop's
+selector) is not counted: for that, run the program under
 ``valgrind --tool=callgrind`` as ``overhead.py`` is.
 
 With ``--gateway`` it counts the server's side instead: a bare aiohttp proxy (read, POST
@@ -89,11 +90,7 @@ async def count(fn: Callable[[], Awaitable[object]], requests: int) -> Tally:
 async def main(requests: int, top: int, stream: bool, gateway: bool) -> None:
     proc, base_url = start_server()
     try:
-        endpoint = Endpoint(
-            name="e0", provider="openai-compatible", model="bench", base_url=base_url,
-            health=HealthPolicy(enabled=False), timeout=30,
-        )
-        async with Runtime([endpoint], seed=1) as rt:
+        async with Runtime(endpoints(base_url, 1), seed=1) as rt:
             modes = await (through_gateway(rt, base_url) if gateway else direct(rt, base_url, stream))
             try:
                 tallies = {name: await count(fn, requests) for name, fn in modes.items()}
@@ -103,6 +100,16 @@ async def main(requests: int, top: int, stream: bool, gateway: bool) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     report(tallies, requests, top)
+
+
+def endpoints(base_url: str, n: int) -> list[Endpoint]:
+    return [
+        Endpoint(
+            name=f"e{i}", provider="openai-compatible", model="bench", base_url=base_url,
+            health=HealthPolicy(enabled=False), timeout=30,
+        )
+        for i in range(n)
+    ]
 
 
 _CLEANUP = contextlib.AsyncExitStack()
@@ -121,6 +128,11 @@ async def direct(rt: Runtime, base_url: str, stream: bool) -> Modes:
     async def chat() -> None:
         await rt.chat("Say hi", max_tokens=16)
 
+    rt3 = await _CLEANUP.enter_async_context(Runtime(endpoints(base_url, 3), seed=1))
+
+    async def chat3() -> None:  # one tier of three: a choice between two drawn each request
+        await rt3.chat("Say hi", max_tokens=16)
+
     async def bare_stream() -> None:
         body = msgspec.json.encode({**PAYLOAD, "stream": True})
         async with session.post(url, data=body, headers=HEADERS) as resp:
@@ -133,7 +145,7 @@ async def direct(rt: Runtime, base_url: str, stream: bool) -> Modes:
             async for _ in s:
                 pass
 
-    modes: Modes = {"bare": bare, "runtime chat": chat}
+    modes: Modes = {"bare": bare, "runtime chat": chat, "chat, 3 endpoints": chat3}
     if stream:
         modes |= {"bare stream": bare_stream, "runtime stream": streamed}
     return modes
@@ -182,7 +194,7 @@ def report(tallies: dict[str, Tally], requests: int, top: int) -> None:
         own = sum(v for k, v in tally.opcodes.items() if k.startswith("runtime/")) / requests
         print(f"{name:<16}{ops:>10.0f}{calls:>8.0f}{ops - base_ops:>15.0f}{calls - base_calls:>13.0f}{own:>13.0f}")
     for name, tally in tallies.items():
-        if name.startswith("bare"):
+        if name.startswith(("bare", "chat, 3")):
             continue
         print(f"\n{name}: the runtime's costliest functions (opcodes each executes itself, calls)")
         functions = [(k, v) for k, v in tally.opcodes.items() if k.startswith("runtime/")]
