@@ -10,8 +10,6 @@ silently dropped.
 from __future__ import annotations
 
 import base64
-import itertools
-import operator
 import struct
 import time
 import typing
@@ -125,38 +123,31 @@ class EmbeddingBody(_Wire):
     user: str | None = None
 
 
-class _Keywords:
+_CHAT_KEYWORDS = (*_SAMPLING, *_CHAT_ONLY, "max_tokens", "max_completion_tokens", "stop", "reasoning_effort")
+_COMPLETION_KEYWORDS = (*_SAMPLING, "max_tokens", "stop")
+
+
+def _keywords(body: msgspec.Struct, names: tuple[str, ...]) -> dict[str, Any]:
     """The runtime keywords a body sets (a parameter left out is left to the runtime).
 
-    Read in C (one ``attrgetter`` for all the names, ``is not None`` mapped over the values):
-    a Python loop over the 19 names of a chat body was the edge's costliest step, ~220
-    bytecodes a request."""
-
-    __slots__ = ("_get", "_names")
-
-    def __init__(self, *names: str) -> None:
-        self._names = names
-        self._get = operator.attrgetter(*names)
-
-    def __call__(self, body: msgspec.Struct) -> dict[str, Any]:
-        values = self._get(body)
-        kept = list(map(operator.is_not, values, _NONES))
-        return dict(zip(itertools.compress(self._names, kept), itertools.compress(values, kept), strict=True))
-
-
-_NONES = itertools.repeat(None)
-_chat_keywords = _Keywords(*_SAMPLING, *_CHAT_ONLY, "max_tokens", "max_completion_tokens", "stop", "reasoning_effort")
-_completion_keywords = _Keywords(*_SAMPLING, "max_tokens", "stop")
+    A plain loop: fewer bytecodes in C (one attrgetter, ``is not None`` mapped, compress)
+    timed 2.4x slower, 1.8 µs against 0.75 µs for a chat body's 19 names."""
+    options: dict[str, Any] = {}
+    for name in names:
+        value = getattr(body, name)
+        if value is not None:
+            options[name] = value
+    return options
 
 
 def chat_call(body: ChatCompletionBody) -> tuple[list[Message], dict[str, Any]]:
     """The runtime messages and the ``chat``/``stream`` keywords of a request body."""
-    return [_message(m) for m in body.messages], _chat_keywords(body)
+    return [_message(m) for m in body.messages], _keywords(body, _CHAT_KEYWORDS)
 
 
 def completion_call(body: CompletionBody) -> dict[str, Any]:
     """The ``complete``/``stream_complete`` keywords of a legacy completions body."""
-    return _completion_keywords(body)
+    return _keywords(body, _COMPLETION_KEYWORDS)
 
 
 def _message(m: _Message) -> Message:
