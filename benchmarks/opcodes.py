@@ -9,7 +9,9 @@ endpoint and on a tier of three (and, with ``--stream``, a bare SSE read and ``r
 to the end), what the runtime adds, and its costliest functions by the opcodes each
 executes itself (not its callees). C work (msgspec, dict operations, the event loop's
 selector) is not counted: for that, run the program under
-``valgrind --tool=callgrind`` as ``overhead.py`` is.
+``valgrind --tool=callgrind`` as ``overhead.py`` is. So a cut that moves Python work into
+C builtins (``map``, ``attrgetter``, ``compress``) can count fewer bytecodes and still take
+longer: time such a cut alone (``timeit``) before keeping it.
 
 With ``--gateway`` it counts the server's side instead: a bare aiohttp proxy (read, POST
 upstream, answer) and the gateway on a runtime, both in this process, one bare client
