@@ -19,7 +19,7 @@ import functools
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import aiohttp
@@ -662,6 +662,10 @@ def connection_story(exc: BaseException, streamed: int | None = None) -> str:
 #: deadline is its client's :class:`Deadlines`.
 _NO_TIMER = aiohttp.ClientTimeout(total=None)
 
+
+def _unread(body: bytes) -> None:
+    """A probe's answer: only that it came matters."""
+
 class ProviderClient:
     """Sends an adapter's requests over the shared session and translates every failure.
 
@@ -746,7 +750,10 @@ class ProviderClient:
             parts.append(piece)
         return b"".join(parts)
 
-    async def chat(self, request: ChatRequest, timeout: float) -> tuple[ChatResponse, RateLimitSnapshot | None]:
+    # chat and embed are not coroutines of their own: each hands over its exchange's, one
+    # frame less on every resumption of a request. (A request that cannot be written raises
+    # when it is called, in the awaiting frame as before.)
+    def chat(self, request: ChatRequest, timeout: float) -> Awaitable[tuple[ChatResponse, RateLimitSnapshot | None]]:
         """One non-streaming chat attempt, bounded by ``timeout`` seconds."""
         adapter = self.adapter
         try:  # _encode's guard, inline: this is every chat's path
@@ -755,20 +762,20 @@ class ProviderClient:
             raise
         except Exception as exc:
             raise self._unwritable(exc) from adapter.scrub(exc)
-        body, headers = await self._exchange(http, timeout, "reply")
-        return adapter.parse_chat(body), adapter.rate_limit(headers)
+        return self._exchange(http, timeout, "reply", adapter.parse_chat)
 
-    async def embed(self, request: EmbeddingRequest, timeout: float) -> tuple[EmbeddingResponse, RateLimitSnapshot | None]:
+    def embed(self, request: EmbeddingRequest, timeout: float) -> Awaitable[tuple[EmbeddingResponse, RateLimitSnapshot | None]]:
         """One embeddings attempt, bounded by ``timeout`` seconds."""
-        http = self._encode(self.adapter.embed_request, request)
-        body, headers = await self._exchange(http, timeout, "reply")
-        return self.adapter.parse_embed(body), self.adapter.rate_limit(headers)
+        return self._exchange(self._encode(self.adapter.embed_request, request), timeout, "reply", self.adapter.parse_embed)
 
     async def probe(self, timeout: float) -> None:
         """A token-free health probe; raises the error it met."""
-        await self._exchange(self.adapter.probe_request(), timeout, "probe answer")
+        await self._exchange(self.adapter.probe_request(), timeout, "probe answer", _unread)
 
-    async def _exchange(self, http: HTTPRequest, timeout: float, what: str) -> tuple[bytes, Mapping[str, str]]:
+    async def _exchange(
+        self, http: HTTPRequest, timeout: float, what: str, parse: Callable[[bytes], _R]
+    ) -> tuple[_R, RateLimitSnapshot | None]:
+        """The answer to ``http`` read by ``parse``, and its rate-limit headers."""
         # One deadline bounds connect, headers and body alike, kept by the client's shared
         # timer (see runtime.providers.deadlines); aiohttp's own timer is turned off.
         try:
@@ -786,7 +793,6 @@ class ProviderClient:
                     # The raw header, not aiohttp's parsed property: parsing costs more than the check.
                     if what == "reply" and not resp.headers.get(hdrs.CONTENT_TYPE, "").startswith("application/json"):
                         raise self.adapter._protocol(f"expected application/json, got {resp.content_type!r}")
-                    return body, resp.headers
                 finally:
                     resp.release()
         except LLMError:
@@ -795,6 +801,7 @@ class ProviderClient:
             raise self._timeout(timeout, what) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise self._connection(exc) from self.adapter.scrub(exc)
+        return parse(body), self.adapter.rate_limit(resp.headers)
 
     def continuation(self, request: ChatRequest, partial: str) -> ChatRequest | None:
         """The request asking this endpoint to continue ``partial`` (None: it cannot)."""
