@@ -12,13 +12,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-__all__ = ["install_otel_sdk", "pct", "samples", "start_child", "start_server", "throughput"]
+__all__ = ["bench_endpoints", "install_otel_sdk", "pct", "samples", "start_child", "start_server", "throughput"]
 
 
 def start_server(*flags: str, dialect: str = "openai") -> tuple[subprocess.Popen[str], str]:
     """``python -m runtime.testing.server`` in its own process, with ``flags``; the process and its base URL."""
     return start_child([sys.executable, "-m", "runtime.testing.server", "--dialect", dialect, "--port", "0", *flags])
+
+
+def bench_endpoints(base_url: str, n: int) -> list[Any]:
+    """``n`` endpoints of one tier on the local server at ``base_url``. Probes off: the
+    benchmarks measure the request path, not background traffic."""
+    from runtime import Endpoint, HealthPolicy
+
+    return [
+        Endpoint(
+            name=f"e{i}", provider="openai-compatible", model="bench", base_url=base_url,
+            health=HealthPolicy(enabled=False), timeout=30,
+        )
+        for i in range(n)
+    ]
 
 
 def start_child(args: list[str]) -> tuple[subprocess.Popen[str], str]:

@@ -34,11 +34,11 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from _common import start_server
+from _common import bench_endpoints, start_server
 from aiohttp import web
 
 import runtime
-from runtime import Endpoint, HealthPolicy, Runtime
+from runtime import Runtime
 from runtime.gateway import GatewayConfig
 from runtime.gateway.server import Gateway
 
@@ -92,7 +92,7 @@ async def count(fn: Callable[[], Awaitable[object]], requests: int) -> Tally:
 async def main(requests: int, top: int, stream: bool, gateway: bool) -> None:
     proc, base_url = start_server()
     try:
-        async with Runtime(endpoints(base_url, 1), seed=1) as rt:
+        async with Runtime(bench_endpoints(base_url, 1), seed=1) as rt:
             modes = await (through_gateway(rt, base_url) if gateway else direct(rt, base_url, stream))
             try:
                 tallies = {name: await count(fn, requests) for name, fn in modes.items()}
@@ -102,16 +102,6 @@ async def main(requests: int, top: int, stream: bool, gateway: bool) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     report(tallies, requests, top)
-
-
-def endpoints(base_url: str, n: int) -> list[Endpoint]:
-    return [
-        Endpoint(
-            name=f"e{i}", provider="openai-compatible", model="bench", base_url=base_url,
-            health=HealthPolicy(enabled=False), timeout=30,
-        )
-        for i in range(n)
-    ]
 
 
 _CLEANUP = contextlib.AsyncExitStack()
@@ -130,7 +120,7 @@ async def direct(rt: Runtime, base_url: str, stream: bool) -> Modes:
     async def chat() -> None:
         await rt.chat("Say hi", max_tokens=16)
 
-    rt3 = await _CLEANUP.enter_async_context(Runtime(endpoints(base_url, 3), seed=1))
+    rt3 = await _CLEANUP.enter_async_context(Runtime(bench_endpoints(base_url, 3), seed=1))
 
     async def chat3() -> None:  # one tier of three: a choice between two drawn each request
         await rt3.chat("Say hi", max_tokens=16)

@@ -31,9 +31,9 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import msgspec
-from _common import install_otel_sdk, pct, samples, start_server, throughput
+from _common import bench_endpoints, install_otel_sdk, pct, samples, start_server, throughput
 
-from runtime import Endpoint, HealthPolicy, Runtime
+from runtime import Runtime
 
 # What a bare client sends. It encodes the body on every call, as any real client
 # must (the runtime does too), with msgspec, the cheapest encoder there is.
@@ -44,17 +44,6 @@ BLOCK = 50
 STREAM_BODY = msgspec.json.encode(
     {"model": "bench", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16, "stream": True}
 )
-
-
-def endpoints(base_url: str, n: int) -> list[Endpoint]:
-    # Probes off: the benchmark measures the request path, not background traffic.
-    return [
-        Endpoint(
-            name=f"e{i}", provider="openai-compatible", model="bench", base_url=base_url,
-            health=HealthPolicy(enabled=False), timeout=30,
-        )
-        for i in range(n)
-    ]
 
 
 async def main(requests: int, concurrency: int) -> None:
@@ -80,7 +69,7 @@ async def run(base_url: str, requests: int, concurrency: int) -> None:
             async with session.post(url, data=msgspec.json.encode(STREAM_PAYLOAD), headers=headers) as resp:
                 await resp.content.readline()
 
-        async with Runtime(endpoints(base_url, 1), seed=1) as rt1, Runtime(endpoints(base_url, 3), seed=1) as rt3:
+        async with Runtime(bench_endpoints(base_url, 1), seed=1) as rt1, Runtime(bench_endpoints(base_url, 3), seed=1) as rt3:
 
             async def one() -> None:
                 await rt1.chat("Say hi", max_tokens=16)
