@@ -57,13 +57,9 @@ PARAMS = (
     "metadata",
 )
 
-# The parameters of a request in one call, and what they are when none is set (most
-# requests): compared at once instead of ten lookups on every request.
-_params_of = operator.attrgetter(*PARAMS)
-_NONE_SET = (None,) * len(PARAMS)
-
-#: A request's parameters and ``extra_body`` at once, and what they are on most requests
-#: (nothing set): a body built without :func:`apply_params` is whole when the two are equal.
+#: A request's parameters and ``extra_body`` in one call, and what they are on most requests
+#: (nothing set): compared at once instead of eleven lookups, and a body built without
+#: :func:`apply_params` is whole when the two are equal.
 params_and_extra_body = operator.attrgetter(*PARAMS, "extra_body")
 NOTHING_EXTRA = (None,) * (len(PARAMS) + 1)
 
@@ -101,18 +97,20 @@ OPENAI_RULES: Mapping[str, Rule] = rules_for(PARAMS)
 def apply_params(body: dict[str, Any], request: ChatRequest, rules: Mapping[str, Rule], adapter: Adapter) -> None:
     """Put the request's extra parameters on ``body`` by ``rules``, then merge ``extra_body``;
     a parameter without a rule is :func:`unsupported` on ``adapter``'s endpoint."""
-    values = _params_of(request)
-    if values != _NONE_SET:
-        for name, value in zip(PARAMS, values, strict=True):
-            if value is None:
-                continue
-            rule = rules.get(name)
-            if rule is not None:
-                rule(body, value, request)
-            else:
-                unsupported(name, request, adapter)
-    if request.extra_body:
-        body.update(request.extra_body)
+    values = params_and_extra_body(request)
+    if values == NOTHING_EXTRA:
+        return
+    *params, extra_body = values
+    for name, value in zip(PARAMS, params, strict=True):
+        if value is None:
+            continue
+        rule = rules.get(name)
+        if rule is not None:
+            rule(body, value, request)
+        else:
+            unsupported(name, request, adapter)
+    if extra_body:
+        body.update(extra_body)
 
 
 def unsupported(name: str, request: ChatRequest, adapter: Adapter) -> None:
