@@ -51,7 +51,7 @@ from .types import (
     OpenAIParams,
     Usage,
 )
-from .validation import call_options, chat_messages, chat_request, embed_request
+from .validation import MAX_TEMPERATURE, call_options, chat_messages, chat_request, embed_request
 
 if TYPE_CHECKING:
     from ._stream import ReplyStream
@@ -154,7 +154,7 @@ def chat_options(
         system is None and stop is None and tools is None and tool_choice is None and response_format is None
         and not params and top_p is None and seed is None and (model is None or (type(model) is str and model))
         and (max_tokens is None or (type(max_tokens) is int and max_tokens >= 1))
-        and (temperature is None or (type(temperature) is float and 0.0 <= temperature <= 2.0))
+        and (temperature is None or (type(temperature) is float and 0.0 <= temperature <= MAX_TEMPERATURE))
     ):
         # Messages and keywords that plainly pass chat_request's checks (most requests): built
         # here, without its frame and twelve arguments. Anything else, it checks.

@@ -27,6 +27,7 @@ from .structured import output_schema
 from .types import ChatRequest, EmbeddingRequest, ImagePart, Message, OpenAIParams, ToolCall
 
 __all__ = [
+    "MAX_TEMPERATURE",
     "REASONING_EFFORTS",
     "ROLES",
     "call_options",
@@ -112,6 +113,10 @@ def _mapping(value: Any, field: str) -> Mapping[str, Any]:
         if not isinstance(key, str):
             raise _bad(f"{field} keys", "strings", key)
     return value
+
+
+#: The highest ``temperature`` a request may ask for (OpenAI's range, [0, 2]).
+MAX_TEMPERATURE = 2.0
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -435,7 +440,10 @@ def chat_request(
     seed: Any = None,
     params: Mapping[str, Any] | None = None,
 ) -> ChatRequest:
-    """The :class:`ChatRequest` for ``chat``/``stream``'s arguments, every one checked."""
+    """The :class:`ChatRequest` for ``chat``/``stream``'s arguments, every one checked.
+
+    (``chat_options`` builds the plainest requests itself, with the same plain-value tests
+    as the ones inline here: keep the two alike.)"""
     if type(messages) is str and messages.strip():  # one prompt (most requests): chat_messages() in short
         msgs = [Message(role="user", content=messages)]
     else:
@@ -449,8 +457,8 @@ def chat_request(
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
         _count(max_tokens, "max_tokens")
     # A plain float in range passes without _number's two calls.
-    if temperature is not None and not (type(temperature) is float and 0.0 <= temperature <= 2.0):
-        _number(temperature, "temperature", 0.0, 2.0)
+    if temperature is not None and not (type(temperature) is float and 0.0 <= temperature <= MAX_TEMPERATURE):
+        _number(temperature, "temperature", 0.0, MAX_TEMPERATURE)
     if top_p is not None and not (type(top_p) is float and 0.0 < top_p <= 1.0):
         _number(top_p, "top_p", 0.0, 1.0, open_low=True)
     if seed is not None and (not _is_int(seed) or not -_INT64 <= seed < _INT64):
