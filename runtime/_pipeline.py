@@ -71,7 +71,25 @@ _NO_REPAIR = 0  # repair's default: the same small-int object, so an identity te
 
 
 class ChatOptions(msgspec.Struct, frozen=True):
-    """A chat or stream request with its per-call options, checked once."""
+    """A chat or stream request with its per-call options, checked once by :func:`chat_options`.
+
+    Its keywords: ``messages`` is a string (one user message) or a list of messages (dicts
+    or :class:`Message`). ``model`` routes by group or model name, ``endpoint`` pins one
+    endpoint, ``timeout`` is the whole request's deadline in seconds, ``cache`` opts in
+    (True) or out (False) of the response cache, ``hedge`` overrides the runtime's hedging
+    for this request (a policy, or False for none). With ``trim`` a conversation too long
+    for an endpoint's ``context_window`` is trimmed to fit it (system messages and the
+    newest turns kept, tool call and result never split) instead of routing around that
+    endpoint. The OpenAI parameters beyond these (:class:`~runtime.types.OpenAIParams`:
+    ``presence_penalty``, ``n``, ``logprobs``, ``reasoning_effort``, ``extra_body``, ...)
+    are translated per provider or refused. ``response_format`` may be a msgspec Struct,
+    dataclass or TypedDict type or a JSON schema: the reply is then checked and
+    ``reply.parsed`` holds it (:mod:`runtime.structured`), and ``repair`` is how many times
+    an invalid reply is sent back, with what was wrong, to the endpoint that wrote it.
+    ``on_interrupt`` (streams only) says what a stream that fails after content reached the
+    caller does: ``"raise"``, ``"restart"`` or ``"continue"`` (:mod:`runtime._recovery`);
+    None takes the runtime's.
+    """
 
     request: ChatRequest
     timeout: float | None = None
@@ -122,25 +140,8 @@ def chat_options(
     on_interrupt: OnInterrupt | None = None,
     **params: Unpack[OpenAIParams],
 ) -> ChatOptions:
-    """The keywords of ``chat`` and ``stream``, declared once.
-
-    ``messages`` is a string (one user message) or a list of messages (dicts or
-    :class:`Message`). ``model`` routes by group or model name, ``endpoint`` pins one
-    endpoint, ``timeout`` is the whole request's deadline in seconds, ``cache`` opts in
-    (True) or out (False) of the response cache, ``hedge`` overrides the runtime's
-    hedging for this request (a policy, or False for none). With ``trim`` a conversation
-    too long for an endpoint's ``context_window`` is trimmed to fit it (system messages
-    and the newest turns kept, tool call and result never split) instead of routing
-    around that endpoint. The OpenAI parameters beyond these
-    (:class:`~runtime.types.OpenAIParams`: ``presence_penalty``, ``n``, ``logprobs``,
-    ``reasoning_effort``, ``extra_body``, ...) are translated per provider or refused.
-    ``response_format`` may be a msgspec Struct, dataclass or TypedDict type or a JSON
-    schema: the reply is then checked and ``reply.parsed`` holds it
-    (:mod:`runtime.structured`), and ``repair`` is how many times an invalid reply is
-    sent back, with what was wrong, to the endpoint that wrote it. ``on_interrupt`` (streams
-    only) says what a stream that fails after content reached the caller does: ``"raise"``,
-    ``"restart"`` or ``"continue"`` (:mod:`runtime._recovery`); None takes the runtime's.
-    """
+    """The keywords of ``chat`` and ``stream``, declared once, checked into a :class:`ChatOptions`
+    (which says what each one does)."""
     # The knobs are checked only when one is set: most requests set none.
     if timeout is not None or endpoint is not None or cache is not None or hedge is not None or trim is not False:
         call_options(timeout=timeout, endpoint=endpoint, cache=cache, hedge=hedge, trim=trim)

@@ -307,11 +307,11 @@ class Runtime:
     async def chat(self, *args: Any, **kwargs: Any) -> ChatResponse:
         """Send a chat request to the best healthy endpoint and return the whole reply.
 
-        The keywords are :func:`chat_options`'s: ``system``, ``model`` (a group or model
-        name to route by), ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``tools``,
-        ``tool_choice``, ``response_format``, ``seed``, ``timeout`` (the whole request's
-        deadline), ``endpoint`` (pin one), ``cache``, ``hedge``, ``trim`` and the OpenAI
-        parameters of :class:`~runtime.types.OpenAIParams`.
+        The keywords (:class:`~runtime._pipeline.ChatOptions` says what each does): ``system``,
+        ``model`` (a group or model name to route by), ``max_tokens``, ``temperature``, ``top_p``,
+        ``stop``, ``tools``, ``tool_choice``, ``response_format``, ``seed``, ``timeout`` (the
+        whole request's deadline), ``endpoint`` (pin one), ``cache``, ``hedge``, ``trim``,
+        ``repair``, ``on_interrupt`` and the OpenAI parameters of :class:`~runtime.types.OpenAIParams`.
         """
         pipeline = self._pipeline
         if pipeline is None or not self._running:  # _pipeline_running(), a call less on the hot path

@@ -473,17 +473,9 @@ def chat_request(
             raise InvalidRequest("give max_tokens or max_completion_tokens, not both", field="max_completion_tokens")
         max_tokens = completion
     return ChatRequest(
-        messages=msgs,
-        model=model,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        stop=_stop(stop),
-        tools=checked_tools,
-        tool_choice=_tool_choice(tool_choice, checked_tools),
-        response_format=check_response_format(response_format),
-        seed=seed,
-        **extra,
+        messages=msgs, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=_stop(stop),
+        tools=checked_tools, tool_choice=_tool_choice(tool_choice, checked_tools),
+        response_format=check_response_format(response_format), seed=seed, **extra,
     )
 
 

@@ -179,6 +179,10 @@ class SSEDecoder(_LineFramer):
             payloads = data[6:-2].split(b"\n\ndata: ")
             if data.count(b"\n") == 2 * len(payloads):
                 return list(map(_message_event, payloads))
+        return self._lines(data, has_cr)
+
+    def _lines(self, data: bytes, has_cr: bool) -> list[SSEEvent]:
+        """``feed`` for any read but the common one: line by line, with what an earlier read left open."""
         if not has_cr and b"\n" not in data:
             if data:
                 self._hold(data)

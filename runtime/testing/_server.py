@@ -381,14 +381,14 @@ class Arrival:
 # Counters
 
 
-class ServerStats(msgspec.Struct, frozen=True, kw_only=True):
-    """A snapshot of one endpoint's counters.
+class ServerStats(msgspec.Struct, kw_only=True):
+    """One endpoint's counters; :meth:`FaultyEndpoint.statistics` hands out a copy.
 
     ``requests`` counts chat and embedding requests (and unknown paths), ``probes`` the
     model listings; ``by_path`` counts both by URL path. ``disconnects`` counts clients
     that left before their answer was complete (never a connection the endpoint dropped
     itself); ``injected`` counts requests that got a fault; ``streams`` streamed answers
-    begun; ``in_flight`` requests being answered now.
+    begun; ``in_flight`` requests being answered when the copy was taken.
     """
 
     requests: int = 0
@@ -398,16 +398,6 @@ class ServerStats(msgspec.Struct, frozen=True, kw_only=True):
     streams: int = 0
     in_flight: int = 0
     by_path: dict[str, int] = msgspec.field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Counters:
-    requests: int = 0
-    probes: int = 0
-    disconnects: int = 0
-    injected: int = 0
-    streams: int = 0
-    by_path: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -1325,7 +1315,7 @@ class FaultyEndpoint:
         self._host = host
         self._port = port
         self._wire = _DIALECTS[self.dialect]
-        self._counters = _Counters()
+        self._counters = ServerStats()
         self._flights: set[_Flight] = set()
         self._serial = 0
         self._runner: web.AppRunner | None = None
@@ -1360,17 +1350,9 @@ class FaultyEndpoint:
     # --- counters -------------------------------------------------------------------
 
     def statistics(self) -> ServerStats:
-        """A frozen snapshot of the counters."""
+        """A copy of the counters as they stand (the endpoint's own record keeps counting)."""
         c = self._counters
-        return ServerStats(
-            requests=c.requests,
-            probes=c.probes,
-            disconnects=c.disconnects,
-            injected=c.injected,
-            streams=c.streams,
-            in_flight=len(self._flights),
-            by_path=dict(c.by_path),
-        )
+        return msgspec.structs.replace(c, in_flight=len(self._flights), by_path=dict(c.by_path))
 
     @property
     def stats(self) -> ServerStats:
@@ -1379,7 +1361,7 @@ class FaultyEndpoint:
 
     def reset_stats(self) -> None:
         """Zero the counters and forget the last request."""
-        self._counters = _Counters()
+        self._counters = ServerStats()
         self.last_request = None
         self.last_headers = {}
 
