@@ -148,7 +148,9 @@ async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requ
     """
     rates: dict[str, list[float]] = {name: [] for name in modes}
     cpu: dict[str, float] = dict.fromkeys(modes, 0.0)
-    per_round = max(concurrency * 4, requests // ROUNDS)
+    # A round of the bare client at 64 takes ~0.03 s per 400 requests here: too short to
+    # read (a scheduler hiccup swung the ratio 0.7-1.5x); 32 requests a worker gives ~0.2 s.
+    per_round = max(concurrency * 32, requests // ROUNDS)
     for _ in range(ROUNDS):
         for name, fn in modes.items():
             c0 = time.process_time()
