@@ -705,6 +705,8 @@ async def test_local_endpoints_start_together_and_build_runtime_endpoints(sessio
     assert endpoints[0].base_url == fleet["a"].base_url and endpoints[1].api_key == "test-key"
     with pytest.raises(ValueError, match="unique"):
         LocalEndpoints(FaultyEndpoint(name="x"), FaultyEndpoint(name="x"))
+    with pytest.raises(TypeError, match="FaultyEndpoint values, got int at position 1"):
+        LocalEndpoints(FaultyEndpoint(name="x"), 2)  # type: ignore[arg-type]
 
 
 async def test_restart_keeps_the_port_and_a_busy_port_fails_cleanly() -> None:

@@ -1766,6 +1766,9 @@ class LocalEndpoints:
     """
 
     def __init__(self, *endpoints: FaultyEndpoint) -> None:
+        for i, ep in enumerate(endpoints):
+            if not isinstance(ep, FaultyEndpoint):
+                raise TypeError(f"LocalEndpoints takes FaultyEndpoint values, got {type(ep).__name__} at position {i}")
         names = [ep.name for ep in endpoints]
         if len(set(names)) != len(names):
             raise ValueError(f"endpoint names must be unique, got {names}")
