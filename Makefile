@@ -18,6 +18,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 # The shared-state tests start their own redis-server on a free port; Debian's package
 # brings the binary (installed here when missing and we are root, as on CI).

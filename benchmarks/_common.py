@@ -11,7 +11,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 __all__ = ["bench_endpoints", "install_otel_sdk", "pct", "samples", "start_child", "start_server", "throughput"]
@@ -54,7 +54,7 @@ def pct(samples: list[float], q: float) -> float:
 
 
 async def samples(
-    modes: dict[str, Callable[[], Awaitable[object]]], requests: int, block: int, cpu: dict[str, float] | None = None
+    modes: Mapping[str, Callable[[], Awaitable[object]]], requests: int, block: int, cpu: dict[str, float] | None = None
 ) -> dict[str, list[float]]:
     """Seconds per call of each mode, ``requests`` each, the modes alternating in blocks of
     ``block`` calls: often enough that drift in machine load hits every mode alike, seldom

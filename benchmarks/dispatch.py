@@ -64,7 +64,7 @@ def choice_cost(n: int, iterations: int, *, all_but_one_open: bool = False) -> t
 async def choices(iterations: int) -> None:
     print("choose + finish, one tier (µs)")
     print(f"{'endpoints':>10}{'median':>10}{'p99':>10}{'× n=2':>8}")
-    base = None
+    base = 0.0
     for n in (2, 10, 100, 1000):
         med, p99 = choice_cost(n, iterations)
         base = base or med

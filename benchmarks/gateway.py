@@ -11,7 +11,8 @@ and this one, the client (the official ``openai.AsyncOpenAI``). The same request
       on uvloop and on asyncio,
   (c) through the gateway (uvloop), (d) through the gateway (asyncio) (without the
       ``uvloop`` extra installed, (b) and (c) run on asyncio alone),
-  (e) through LiteLLM's proxy, when ``litellm`` is installed.
+  (e) through LiteLLM's proxy, when ``litellm[proxy]`` is installed (``--litellm PATH``
+      names its executable in another environment), with its defaults otherwise.
 
 Concurrency 1: the modes alternate in blocks of 50 requests, so drift on a shared
 machine hits them alike; median and p99 latency and what each adds over (a).
@@ -21,7 +22,7 @@ requests sent by a bare aiohttp client at concurrency 64 (the openai client cost
 CPU per request than the gateway and would only slow the count). All three processes
 share the machine's cores: read the ratios and the added microseconds.
 
-    python benchmarks/gateway.py [--requests 2000] [--concurrency 64] [--memory-requests 100000]
+    python benchmarks/gateway.py [--requests 2000] [--concurrency 64] [--memory-requests 100000] [--litellm PATH]
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ import importlib.util
 import math
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -203,19 +206,47 @@ async def cpu_table(
         )
 
 
-def litellm_proxy(upstream: str, directory: Path) -> tuple[subprocess.Popen[str], str] | None:
-    exe = shutil.which("litellm")
+def litellm_proxy(upstream: str, directory: Path, exe: str | None) -> tuple[subprocess.Popen[str], str] | None:
+    """LiteLLM's proxy (``litellm --config``) on a free port in front of ``upstream``, once it
+    answers its liveness check; None when it is not installed. Its defaults otherwise (one
+    uvicorn worker, its access log on), as a user starting it gets them."""
+    exe = exe or shutil.which("litellm")
     if exe is None:
-        print("litellm is not installed: mode (d), LiteLLM's proxy, skipped")
+        print("litellm is not installed: mode (e), LiteLLM's proxy, skipped (pip install 'litellm[proxy]', or --litellm PATH)")
         return None
     config = directory / "litellm.yaml"
     config.write_text(
         "model_list:\n  - model_name: up\n    litellm_params:\n"
         f"      model: openai/bench\n      api_base: {upstream}\n      api_key: x\n"
     )
-    port = "4111"
-    proc = subprocess.Popen([exe, "--config", str(config), "--port", port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-    return proc, f"http://127.0.0.1:{port}"
+    with socket.socket() as probe:  # a free port, as the servers here pick with --port 0
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = directory / "litellm.log"
+    env = {
+        **os.environ,
+        # A proxy on loopback with no master key: it refuses to start without this.
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+        # Its price table from the package: no fetch from the network at start.
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/health/liveliness", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    tail = log.read_text().splitlines()[-15:]
+    raise SystemExit("LiteLLM's proxy did not come up:\n" + "\n".join(tail))
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -240,14 +271,15 @@ async def run(args: argparse.Namespace) -> None:
                 proc, url = start_child([sys.executable, "-c", FLOOR_PROXY, upstream, loop])
                 procs.append(proc)
                 floors[f"aiohttp proxy ({loop})"], pids[f"aiohttp proxy ({loop})"] = url, proc.pid
-            lite = litellm_proxy(upstream, Path(tmp))
+            lite = litellm_proxy(upstream, Path(tmp), args.litellm)
             if lite is not None:
                 procs.append(lite[0])
+                pids["litellm proxy"] = lite[0].pid
             clients = {"direct": openai.AsyncOpenAI(base_url=upstream, api_key="x", max_retries=0)}
             for name, url in {**floors, **gateways}.items():
                 clients[name] = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
             if lite is not None:
-                clients["litellm proxy"] = openai.AsyncOpenAI(base_url=lite[1], api_key="x", max_retries=0)
+                clients["litellm proxy"] = openai.AsyncOpenAI(base_url=lite[1] + "/v1", api_key="x", max_retries=0)
 
             def mode(client: openai.AsyncOpenAI, model: str) -> Callable[[], Awaitable[None]]:
                 async def call() -> None:
@@ -258,6 +290,8 @@ async def run(args: argparse.Namespace) -> None:
             modes = {name: mode(c, "bench" if name == "direct" else "up") for name, c in clients.items()}
             targets = {"direct": (upstream + "/chat/completions", "bench")}
             targets.update({name: (url + "/v1/chat/completions", "up") for name, url in {**floors, **gateways}.items()})
+            if lite is not None:
+                targets["litellm proxy"] = (lite[1] + "/v1/chat/completions", "up")
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             bare = bare_modes(session, targets)
             for fn in (*modes.values(), *bare.values()):
@@ -295,4 +329,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--memory-seconds", type=float, default=240.0, help="time budget of the memory run")
+    parser.add_argument("--litellm", help="LiteLLM's executable for mode (e), e.g. from another venv (default: on PATH)")
     asyncio.run(run(parser.parse_args()))

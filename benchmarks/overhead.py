@@ -27,7 +27,8 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -124,7 +125,7 @@ async def run(base_url: str, requests: int, concurrency: int) -> None:
             await throughput_table(traced, requests, concurrency)
 
 
-async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int) -> None:
+async def latency_table(modes: Mapping[str, Callable[[], Awaitable[None]]], requests: int) -> None:
     """Concurrency 1: median, p99 and CPU per request of each mode (alternating in blocks of
     BLOCK requests), and what each adds over bare."""
     cpu: dict[str, float] = {}
@@ -140,7 +141,7 @@ async def latency_table(modes: dict[str, Callable[[], Awaitable[None]]], request
         )
 
 
-async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requests: int, concurrency: int) -> None:
+async def throughput_table(modes: Mapping[str, Callable[[], Awaitable[None]]], requests: int, concurrency: int) -> None:
     """Throughput at ``concurrency`` as a ratio of bare's, and CPU per request.
 
     Rounds alternate between modes, so a change in machine load during the run hits every
@@ -167,7 +168,7 @@ async def throughput_table(modes: dict[str, Callable[[], Awaitable[None]]], requ
         )
 
 
-def litellm_router(base_url: str) -> object | None:
+def litellm_router(base_url: str) -> Any:
     try:
         import litellm  # type: ignore[import-not-found]
     except ImportError:

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -41,7 +42,7 @@ BLOCK = 50
 PROCESSES = 4
 
 
-def endpoint(base_url: str, name: str, **limits: int) -> Endpoint:
+def endpoint(base_url: str, name: str, **limits: Any) -> Endpoint:
     return Endpoint(
         name=name, provider="openai-compatible", model="bench", base_url=base_url,
         health=HealthPolicy(enabled=False), timeout=30, **limits,
